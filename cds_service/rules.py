@@ -1,0 +1,562 @@
+"""The decision: facts about one spine MRI order in, a verdict with its reasons out.
+
+Pure functions only (no I/O, no clock: `facts.as_of` is "today"). Read top to bottom, the
+rules are checked in the order a clinician would: urgent red flags, then trauma, prior
+surgery, a failed trial of conservative care, fracture and weaker risk factors, and last the
+"no red flags" verdicts. The variant ids name entries in mappings/guidelines.yaml.
+
+Where guidelines disagree the choice is made here, in a comment beside the rule.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from .model import FROM_ORDER, RED_FLAG_SOURCES, SOURCE_LABELS, Evidence, Facts, MedicationCourse, Verdict
+
+# ----------------------------------------------------------------------------- parameters
+# ACR LBP 2021 V1/V2, Choosing Wisely (AAFP, NASS, ACR): no imaging in the first 6 weeks.
+ACUTE_WEEKS = 6
+# ACR LBP 2021 V3: persistent symptoms "during or following 6 weeks of optimal medical management".
+THERAPY_TRIAL_WEEKS = 6
+# ACP/APS 2007: weaker cancer risk (age > 50, weight loss) -> radiographs after ~1 month.
+ACP_TRIAL_WEEKS = 4
+# Fever and inflammatory markers speak for a current infection only when recent.
+RECENT_FINDING_DAYS = 28
+# HEDIS LBP MY2025: trauma or fragility fracture in the 90 days before the episode counts.
+TRAUMA_WINDOW_DAYS = 90
+# HEDIS LBP / CMS166v7: >= 90 days of systemic corticosteroids within the last 366 days.
+STEROID_DAYS = 90
+STEROID_WINDOW_DAYS = 366
+# HEDIS LBP: IV drug abuse in the 365 days before counts.
+IVDU_WINDOW_DAYS = 365
+# ACP/APS 2007 vertebral compression fracture risk: age > 65 (men) or > 75 (women).
+FRACTURE_AGE = {"male": 65, "female": 75}
+WEAKER_CANCER_AGE = 50
+# A radiograph "of this episode" when the episode start is unknown: the last 26 weeks.
+UNDATED_EPISODE_LOOKBACK_DAYS = 182
+
+EPISODE_CONCEPTS = ("low_back_pain", "neck_pain", "thoracic_pain", "radiculopathy", "stenosis")
+URGENT_CONCEPTS = ("cauda_equina", "progressive_neuro_deficit", "myelopathy", "spinal_cord_injury",
+                   "spinal_infection", "cancer", "cancer_history")
+INFECTION_RISK_CONCEPTS = ("ivdu", "immunosuppression")
+FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
+# Every red flag the card reports as "checked" (found or absent).
+CHECKED_RED_FLAGS = (
+    "cauda_equina", "progressive_neuro_deficit", "myelopathy", "spinal_cord_injury", "cancer",
+    "cancer_history", "spinal_infection", "fever", "bacteremia_sepsis", "inflammatory_markers",
+    "ivdu", "immunosuppression", "trauma", "prior_spine_surgery", "osteoporosis_fracture",
+    "long_term_steroids", "weight_loss", "axial_spa",
+)
+
+# Guideline variant per rule and region. Thoracic spine has no ACR pain topic of its own:
+# the lumbar variants apply by analogy and the verdict is marked extrapolated.
+VARIANTS = {
+    "cauda_equina": {"lumbar": "LBP-V4"},
+    "progressive_neuro_deficit": {"lumbar": "LBP-V4", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
+    "myelopathy": {"lumbar": "MYELO-V1", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
+    "spinal_cord_injury": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
+    "infection": {"lumbar": "LBP-V7", "cervical": "CN-V4", "thoracic": "TH-INFX"},
+    "cancer": {"lumbar": "LBP-V7", "cervical": "CN-V5", "thoracic": "LBP-V7"},
+    "trauma": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
+    "prior_surgery": {"lumbar": "LBP-V5", "cervical": "CN-V3", "thoracic": "LBP-V5"},
+    "therapy_failed": {"lumbar": "LBP-V3", "thoracic": "LBP-V3"},
+    "fracture_risk": {"lumbar": "LBP-V6", "cervical": "CN-V1", "thoracic": "TH-VCF"},
+    "weaker_risk": {"lumbar": "LBP-ACP-DEFER", "cervical": "LBP-ACP-DEFER", "thoracic": "LBP-ACP-DEFER"},
+    "acute": {"lumbar": "LBP-V1", "cervical": "CN-V1", "thoracic": "TH-NONSPECIFIC"},
+    "no_therapy": {"lumbar": "LBP-V2", "cervical": "CN-V7", "thoracic": "TH-NONSPECIFIC"},
+}
+# Thoracic verdicts that rest on lumbar evidence by analogy (PAMA: no criteria apply).
+EXTRAPOLATED_THORACIC = {"LBP-V3", "LBP-V5", "LBP-V6", "LBP-V7", "LBP-ACP-DEFER", "TH-NONSPECIFIC", "TH-VCF", "TRAUMA-TL"}
+RATING = {
+    "indicated-urgent": "appropriate",
+    "indicated-routine": "appropriate",
+    # The guideline's first study is another one: ordering MRI first does not adhere.
+    "radiographs-first": "not-appropriate",
+    "low-value": "not-appropriate",
+}
+REGION_WORDS = {"lumbar": "low back", "cervical": "neck", "thoracic": "thoracic back"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _weeks(since: date | None, as_of: date) -> float | None:
+    return None if since is None else max((as_of - since).days, 0) / 7
+
+
+def _fmt_weeks(weeks: float) -> str:
+    if weeks < 1:
+        return f"{round(weeks * 7)} days"
+    return f"{weeks:.0f} week" + ("" if round(weeks) == 1 else "s")
+
+
+def _relevant(item: Evidence, region: str) -> bool:
+    return item.region in ("any", region) or region in ("multi", "unspecified")
+
+
+def _recent(item: Evidence, as_of: date, days: int) -> bool:
+    # A fact from the order is current by definition; an undated record fact is not trusted as recent.
+    if item.origin == FROM_ORDER:
+        return True
+    return item.date is not None and as_of - item.date <= timedelta(days=days)
+
+
+def steroid_days(courses: list[MedicationCourse], as_of: date) -> int:
+    """Days covered by systemic corticosteroid prescriptions within the last 366 days."""
+    window_start = as_of - timedelta(days=STEROID_WINDOW_DAYS)
+    covered: set[date] = set()
+    for course in courses:
+        if course.concept_id != "systemic_corticosteroid" or course.start is None or not course.days:
+            continue
+        for offset in range(min(course.days, STEROID_WINDOW_DAYS + 1)):
+            day = course.start + timedelta(days=offset)
+            if window_start <= day <= as_of:
+                covered.add(day)
+    return len(covered)
+
+
+class _Context:
+    """The facts read once, for the rules below."""
+
+    def __init__(self, facts: Facts):
+        self.facts = facts
+        self.as_of = facts.as_of
+        self.region = facts.order.region
+        self.rule_region = self.region if self.region in ("lumbar", "cervical", "thoracic") else "lumbar"
+        self.flags: dict[str, list[Evidence]] = {}
+        for item in facts.findings:
+            if _relevant(item, self.region):
+                self.flags.setdefault(item.concept_id, []).append(item)
+        self._derive_flags()
+        self.episode = [e for c in EPISODE_CONCEPTS for e in self.flags.get(c, [])]
+        dated = [e.date for e in self.episode if e.date is not None]
+        self.episode_start = min(dated) if dated else None
+        self.episode_weeks = _weeks(self.episode_start, self.as_of)
+        self.radicular = bool(self.flags.get("radiculopathy") or self.flags.get("stenosis"))
+        self._therapy()
+        self.missing = [SOURCE_LABELS[k] for k in RED_FLAG_SOURCES if k in facts.unread_sources]
+
+    def _derive_flags(self) -> None:
+        facts, as_of = self.facts, self.as_of
+        labels = facts.concept_labels
+        # Recency windows: an old fever or an old injury says nothing about today's pain.
+        for concept_id, days in (("fever", RECENT_FINDING_DAYS), ("inflammatory_markers", RECENT_FINDING_DAYS),
+                                 ("bacteremia_sepsis", RECENT_FINDING_DAYS), ("trauma", TRAUMA_WINDOW_DAYS),
+                                 ("ivdu", IVDU_WINDOW_DAYS)):
+            if concept_id in self.flags:
+                kept = [e for e in self.flags[concept_id] if _recent(e, as_of, days)]
+                if kept:
+                    self.flags[concept_id] = kept
+                else:
+                    del self.flags[concept_id]
+        days = steroid_days(facts.medications, as_of)
+        if days >= STEROID_DAYS:
+            courses = [c for c in facts.medications if c.concept_id == "systemic_corticosteroid"]
+            self.flags.setdefault("long_term_steroids", []).append(
+                Evidence("long_term_steroids", labels.get("long_term_steroids", "Long-term systemic steroids"),
+                         ", ".join(c.reference for c in courses), "record",
+                         f"{days} days of systemic corticosteroid in the last year ({courses[0].description})")
+            )
+        for course in facts.medications:
+            if course.concept_id == "immunosuppressant_medication":
+                self.flags.setdefault("immunosuppression", []).append(
+                    Evidence("immunosuppression", labels.get("immunosuppression", "Immunosuppression"),
+                             course.reference, "record", course.description, course.start))
+        age, sex = facts.age, facts.sex
+        if age is not None and sex in FRACTURE_AGE and age > FRACTURE_AGE[sex]:
+            self.flags["age_fracture_risk"] = [Evidence(
+                "age_fracture_risk", f"Age {age} ({sex}): vertebral fracture risk", "Patient", "record",
+                f"age {age}, {sex} (ACP threshold > {FRACTURE_AGE[sex]})")]
+        if age is not None and age > WEAKER_CANCER_AGE:
+            self.flags["age_over_50"] = [Evidence(
+                "age_over_50", f"Age {age} (> 50)", "Patient", "record", f"age {age}")]
+
+    def _therapy(self) -> None:
+        facts = self.facts
+        floor = (self.episode_start - timedelta(days=14)) if self.episode_start else (
+            self.as_of - timedelta(days=365))
+        items: list[tuple[date | None, str]] = []
+        for procedure in facts.therapy_procedures:
+            items.append((procedure.date, f"{procedure.description} ({procedure.reference}"
+                          + (f", {procedure.date.isoformat()})" if procedure.date else ", undated)")))
+        for course in facts.medications:
+            if course.concept_id == "analgesic_medication":
+                items.append((course.start, f"{course.description} ({course.reference}"
+                              + (f", from {course.start.isoformat()})" if course.start else ", undated)")))
+        self.therapy_descriptions = [text for when, text in items if when is None or when >= floor]
+        dated = [when for when, _ in items if when is not None and when >= floor]
+        self.therapy_undated = bool(items) and not dated
+        self.therapy_weeks = _weeks(min(dated), self.as_of) if dated else None
+
+    def has(self, *concept_ids: str) -> bool:
+        return any(self.flags.get(c) for c in concept_ids)
+
+    def evidence(self, *concept_ids: str) -> list[Evidence]:
+        return [e for c in concept_ids for e in self.flags.get(c, [])]
+
+    def prior_first_study(self, modalities: tuple[str, ...]) -> list:
+        since = self.episode_start or (self.as_of - timedelta(days=UNDATED_EPISODE_LOOKBACK_DAYS))
+        return [
+            study for study in self.facts.prior_imaging
+            if study.modality in modalities and (study.region in (self.region, "multi") or self.region == "multi")
+            and study.date is not None and since <= study.date <= self.as_of
+        ]
+
+    def variant(self, rule: str) -> str:
+        return VARIANTS[rule].get(self.rule_region) or VARIANTS[rule]["lumbar"]
+
+
+def _label_phrase(item: Evidence) -> str:
+    return item.label + (" (stated on the order)" if item.origin == FROM_ORDER else "")
+
+
+# ----------------------------------------------------------------------------- the rules
+
+def decide(facts: Facts) -> Verdict:
+    ctx = _Context(facts)
+    verdict = _urgent(ctx) or (
+        _trauma(ctx)
+        or _prior_surgery(ctx)
+        or _infection_risk(ctx)
+        or _therapy_failed(ctx)
+        or _cervical_radiculopathy(ctx)
+        or _fracture_risk(ctx)
+        or _weaker_risk(ctx)
+        or _no_indication(ctx)
+        or _no_red_flags(ctx)
+    )
+    # A red flag found is enough to call the MRI indicated; anything less needs every source.
+    if not verdict.code.startswith("indicated-") and ctx.missing:
+        verdict = _missing_data(ctx)
+    return _finish(verdict, ctx)
+
+
+def _urgent(ctx: _Context) -> Verdict | None:
+    """Any urgent red flag -> MRI now (ACR V4/V7, CN-V4/V5, Myelopathy; ACP 2007 'immediate MRI')."""
+    # Suspected infection: a diagnosed spinal infection, bacteremia, or a recent fever (ACP 2007
+    # lists fever as a sign of infection on its own), or raised markers with a risk factor
+    # (ACR Suspected Spine Infection 2021). Raised markers alone are too unspecific.
+    infection = ctx.evidence("spinal_infection", "bacteremia_sepsis", "fever")
+    if ctx.has("inflammatory_markers") and ctx.has(*INFECTION_RISK_CONCEPTS):
+        infection += ctx.evidence("inflammatory_markers", *INFECTION_RISK_CONCEPTS)
+    checks = [
+        ("cauda_equina", ctx.evidence("cauda_equina"), "cauda_equina"),
+        ("spinal_cord_injury", ctx.evidence("spinal_cord_injury"), "spinal_cord_injury"),
+        ("myelopathy", ctx.evidence("myelopathy"), "myelopathy"),
+        ("progressive_neuro_deficit", ctx.evidence("progressive_neuro_deficit"), "progressive_neuro_deficit"),
+        ("infection", infection, "infection"),
+        # ACP 2007: history of cancer with new back pain -> immediate MRI; we treat active and
+        # prior cancer alike (ACR V7 rates MRI usually appropriate for both).
+        ("cancer", ctx.evidence("cancer", "cancer_history"), "cancer"),
+    ]
+    found = [(name, evidence, rule) for name, evidence, rule in checks if evidence]
+    if not found:
+        return None
+    name, evidence, rule = found[0]
+    variant = ctx.variant(rule)
+    all_evidence = [e for _, ev, _ in found for e in ev]
+    verdict = Verdict(
+        code="indicated-urgent",
+        variant_id=variant,
+        decisive_reason=_label_phrase(evidence[0]),
+        reasons=[f"Urgent red flag: {_label_phrase(e)}: {e.description}" for e in all_evidence],
+        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        red_flags_found=all_evidence,
+        would_change=["If this red flag is not current (resolved, refuted or entered in error), "
+                      "update the record: the advice will be re-evaluated."],
+    )
+    verdict.contrast_needed = any(rule in ("infection", "cancer") for _, _, rule in found)
+    if ctx.region == "thoracic" and rule == "cancer":
+        verdict.extrapolated = True
+    return verdict
+
+
+def _missing_data(ctx: _Context) -> Verdict:
+    """Without every red-flag source, only a red flag found can rate the order."""
+    return Verdict(
+        code="insufficient-information",
+        variant_id=None,
+        decisive_reason="patient data not available: " + ", ".join(m.split(" (")[0] for m in ctx.missing),
+        reasons=["No urgent red flag was found in the data that could be read, but 'no red flags' "
+                 "cannot be asserted without: " + "; ".join(ctx.missing) + "."],
+        missing=ctx.missing,
+        would_change=["Send the missing data in the hook's prefetch (or allow the service to read the "
+                      "EHR's FHIR server): the order will then be rated."],
+    )
+
+
+def _first_study_done(ctx: _Context, verdict: Verdict, modalities=("radiograph", "ct")) -> Verdict:
+    """A radiographs-first verdict whose first study is already done becomes indicated.
+
+    ACP 2007: MRI if radiographs are negative but suspicion remains; ACR LBP V6 and CN-V8 rate
+    MRI without contrast usually appropriate once plain films have been done.
+    """
+    done = ctx.prior_first_study(modalities)
+    if not done:
+        return verdict
+    study = max(done, key=lambda s: s.date)
+    verdict.code = "indicated-routine"
+    verdict.suggest_cancel = False
+    verdict.suggest_first_study = None
+    verdict.decisive_reason += f"; {study.modality} already done {study.date.isoformat()}"
+    verdict.reasons.append(f"First study already done: {study.description} ({study.reference}, {study.date.isoformat()}).")
+    verdict.would_change = ["If the earlier study already explains the symptoms, MRI adds little."]
+    return verdict
+
+
+def _trauma(ctx: _Context) -> Verdict | None:
+    """Recent spinal trauma without deficit: CT (high-risk) or radiographs first, not MRI (ACR Spine Trauma)."""
+    if not ctx.has("trauma"):
+        return None
+    evidence = ctx.evidence("trauma")
+    verdict = Verdict(
+        code="radiographs-first",
+        variant_id=ctx.variant("trauma"),
+        decisive_reason=f"recent spinal trauma ({evidence[0].description.split(' ', 2)[-1]}) without neurological deficit",
+        reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in evidence]
+        + ["No cord injury or neurological deficit is documented: MRI is for suspected cord or ligament injury."],
+        guideline_ids=["ACR_TRAUMA"],
+        red_flags_found=evidence,
+        suggest_cancel=True,
+        suggest_first_study="ct",
+        would_change=["A neurological deficit or suspected cord/ligament injury makes MRI the study of choice."],
+    )
+    return _first_study_done(ctx, verdict)
+
+
+def _prior_surgery(ctx: _Context) -> Verdict | None:
+    """Prior spine surgery with new symptoms: lumbar MRI indicated (ACR LBP V5); cervical radiographs first (CN-V3)."""
+    if not ctx.has("prior_spine_surgery"):
+        return None
+    evidence = ctx.evidence("prior_spine_surgery")
+    variant = ctx.variant("prior_surgery")
+    common = dict(
+        variant_id=variant,
+        red_flags_found=evidence,
+        reasons=[f"Prior spine surgery: {e.description} ({e.reference})" for e in evidence],
+        guideline_ids=["OP8", "HEDIS_LBP_MY2025"],
+    )
+    if ctx.rule_region == "cervical":
+        verdict = Verdict(
+            code="radiographs-first", decisive_reason="prior cervical spine surgery: radiographs or CT come first",
+            suggest_cancel=True, suggest_first_study="radiograph",
+            would_change=["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."],
+            **common)
+        return _first_study_done(ctx, verdict)
+    return Verdict(
+        code="indicated-routine", decisive_reason="prior spine surgery with new symptoms",
+        would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
+        **common)
+
+
+def _infection_risk(ctx: _Context) -> Verdict | None:
+    """Immunosuppression or injection drug use with back/neck pain: MRI usually appropriate (ACR LBP V7, ACR Infection 2021)."""
+    if not ctx.has(*INFECTION_RISK_CONCEPTS):
+        return None
+    evidence = ctx.evidence(*INFECTION_RISK_CONCEPTS)
+    return Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("infection"),
+        decisive_reason=f"{_label_phrase(evidence[0]).lower()}: risk of spinal infection",
+        reasons=[f"Infection risk factor: {_label_phrase(e)}: {e.description} ({e.reference})" for e in evidence],
+        guideline_ids=["ACR_INFX_2021", "CW_NASS"],
+        red_flags_found=evidence,
+        would_change=["Fever or raised ESR/CRP would make this urgent (MRI with and without contrast)."],
+    )
+
+
+def _therapy_failed(ctx: _Context) -> Verdict | None:
+    """ACR LBP V3: radiculopathy or stenosis persisting after >= 6 weeks of conservative therapy.
+
+    ACR V3 says "+/- radiculopathy" for surgery or intervention candidates; we require
+    radiculopathy or stenosis because axial pain alone rarely makes a surgical candidate
+    (ACP 2007, NICE NG59 1.1.6). The override reason "surgical or interventional candidate"
+    covers the exception.
+    """
+    if ctx.rule_region == "cervical" or not ctx.radicular:
+        return None
+    if ctx.therapy_undated:
+        return Verdict(
+            code="insufficient-information", variant_id=None,
+            decisive_reason="conservative therapy is documented without dates",
+            reasons=["Radiculopathy/stenosis with conservative therapy whose dates are missing: "
+                     "whether 6 weeks of therapy have failed cannot be told."],
+            missing=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
+            would_change=["Therapy dated >= 6 weeks ago: MRI indicated. Under 6 weeks: MRI is low-value."],
+        )
+    if ctx.therapy_weeks is None or ctx.therapy_weeks < THERAPY_TRIAL_WEEKS:
+        return None
+    kind = "radiculopathy" if ctx.flags.get("radiculopathy") else "spinal stenosis"
+    return Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("therapy_failed"),
+        decisive_reason=f"{kind} persisting after {_fmt_weeks(ctx.therapy_weeks)} of conservative therapy",
+        reasons=[f"{kind.capitalize()} documented and conservative therapy started {_fmt_weeks(ctx.therapy_weeks)} ago "
+                 f"(>= {THERAPY_TRIAL_WEEKS} weeks)."],
+        guideline_ids=["ACP_APS_2007", "NOR_2010"],
+        would_change=["If symptoms are improving, or the patient is not a candidate for surgery or "
+                      "epidural injection, MRI will not change management (ACP 2007)."],
+    )
+
+
+def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
+    """ACR Cervical Neck Pain CN-V2: radiculopathy persisting >= 6 weeks -> MRI without contrast.
+
+    The 2018 criteria rate MRI usually appropriate for any new radiculopathy; the 2024 update
+    rates it only 'may be appropriate' when acute. We follow 2024: defer under 6 weeks.
+    """
+    if ctx.rule_region != "cervical" or not ctx.radicular:
+        return None
+    weeks = ctx.episode_weeks
+    if weeks is None:
+        return Verdict(
+            code="insufficient-information", variant_id=None,
+            decisive_reason="cervical radiculopathy of unknown duration",
+            reasons=["Cervical radiculopathy is documented without an onset or recorded date."],
+            missing=["onset date of the radiculopathy (Condition.onsetDateTime)"],
+            would_change=["Onset >= 6 weeks ago: MRI indicated. Under 6 weeks without deficit: defer MRI."],
+        )
+    if weeks >= ACUTE_WEEKS:
+        return Verdict(
+            code="indicated-routine", variant_id="CN-V2",
+            decisive_reason=f"cervical radiculopathy persisting {_fmt_weeks(weeks)}",
+            reasons=[f"Cervical radiculopathy for {_fmt_weeks(weeks)} (>= {ACUTE_WEEKS} weeks)."],
+            guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
+            would_change=["If symptoms are resolving, MRI will not change management."],
+        )
+    return Verdict(
+        code="low-value", variant_id="CN-V2",
+        decisive_reason=f"cervical radiculopathy for {_fmt_weeks(weeks)} without deficit: most resolve",
+        reasons=[f"Acute cervical radiculopathy ({_fmt_weeks(weeks)}), no red flag, no motor deficit."],
+        guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
+        suggest_cancel=True,
+        would_change=["Persistence beyond 6 weeks, a motor deficit or myelopathic signs make MRI appropriate."],
+    )
+
+
+def _fracture_risk(ctx: _Context) -> Verdict | None:
+    """Osteoporosis, long-term steroids or older age without deficit: radiographs first (ACR LBP V6, ACP 2007)."""
+    evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
+    if not evidence:
+        return None
+    verdict = Verdict(
+        code="radiographs-first",
+        variant_id=ctx.variant("fracture_risk"),
+        decisive_reason=f"{_label_phrase(evidence[0]).lower() if not evidence[0].label.startswith('Age') else evidence[0].label}"
+        " without neurological deficit: look for a compression fracture",
+        reasons=[f"Vertebral fracture risk: {_label_phrase(e)}: {e.description}" for e in evidence],
+        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        red_flags_found=evidence,
+        suggest_cancel=True,
+        suggest_first_study="radiograph",
+        would_change=["A neurological deficit, or radiographs done and inconclusive, make MRI appropriate "
+                      "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs)."],
+    )
+    return _first_study_done(ctx, verdict)
+
+
+def _weaker_risk(ctx: _Context) -> Verdict | None:
+    """ACP 2007: weight loss, age > 50 (after ~1 month) or axial spondyloarthritis -> radiographs (+ ESR) first."""
+    evidence = ctx.evidence("weight_loss", "axial_spa")
+    if ctx.has("age_over_50") and ctx.episode_weeks is not None and ctx.episode_weeks >= ACP_TRIAL_WEEKS:
+        evidence += ctx.evidence("age_over_50")
+    if not evidence:
+        return None
+    verdict = Verdict(
+        code="radiographs-first",
+        variant_id=ctx.variant("weaker_risk"),
+        decisive_reason=f"{evidence[0].label.lower() if not evidence[0].label.startswith('Age') else evidence[0].label}"
+        ": radiographs and ESR first",
+        reasons=[f"Weaker risk factor: {_label_phrase(e)}: {e.description}" for e in evidence],
+        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        red_flags_found=evidence,
+        suggest_cancel=True,
+        suggest_first_study="radiograph",
+        would_change=["Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate."],
+    )
+    return _first_study_done(ctx, verdict, modalities=("radiograph",))
+
+
+def _no_indication(ctx: _Context) -> Verdict | None:
+    if ctx.episode:
+        return None
+    words = REGION_WORDS.get(ctx.region, "spine")
+    return Verdict(
+        code="insufficient-information", variant_id=None,
+        decisive_reason=f"no {words} pain, radiculopathy or red flag documented",
+        reasons=[f"Neither the order's reason nor the record names {words} pain, radiculopathy, stenosis or a red flag."],
+        missing=["the indication for the MRI (order reasonCode or an active Condition)"],
+        would_change=["Add the indication to the order (reason) or the problem list."],
+    )
+
+
+def _no_red_flags(ctx: _Context) -> Verdict:
+    """No red flags: low-value within 6 weeks (V1) and after 6 weeks without a trial of therapy (V2)."""
+    weeks = ctx.episode_weeks
+    words = REGION_WORDS.get(ctx.region, "spine")
+    if ctx.rule_region == "cervical" and weeks is not None and weeks >= ACUTE_WEEKS:
+        # CN-V7: chronic neck pain -> radiographs are the first study; CN-V8 once they are done.
+        verdict = Verdict(
+            code="radiographs-first", variant_id="CN-V7",
+            decisive_reason=f"neck pain for {_fmt_weeks(weeks)}: radiographs are the first study",
+            reasons=[f"Chronic neck pain ({_fmt_weeks(weeks)}) without red flags or radiculopathy."],
+            guideline_ids=["ACR_CNECK_2018", "NOR_2010"],
+            suggest_cancel=True, suggest_first_study="radiograph",
+            would_change=["Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
+                          "radiculopathy or myelopathic signs."],
+        )
+        return _first_study_done(ctx, verdict, modalities=("radiograph",))
+    if weeks is not None and weeks >= ACUTE_WEEKS:
+        if ctx.therapy_weeks is not None and ctx.therapy_weeks >= THERAPY_TRIAL_WEEKS:
+            reason = f"axial {words} pain after {_fmt_weeks(ctx.therapy_weeks)} of therapy, no radiculopathy"
+            variant, guidelines = ctx.variant("no_therapy"), ["ACP_APS_2007", "NICE_NG59"]
+        else:
+            reason = f"{words} pain for {_fmt_weeks(weeks)} without a trial of conservative therapy"
+            variant, guidelines = ctx.variant("no_therapy"), ["OP8", "NICE_NG59"]
+    else:
+        span = f"for {_fmt_weeks(weeks)}" if weeks is not None else "(duration not documented)"
+        reason = f"{words} pain {span}, no red flags"
+        variant = ctx.variant("acute")
+        guidelines = ["ACP_APS_2007", "ACP_2011", "CW_AAFP", "CW_NASS", "CW_ACR", "NICE_NG59"]
+    return Verdict(
+        code="low-value",
+        variant_id=variant,
+        decisive_reason=reason,
+        reasons=["No red flag documented and no failed trial of >= 6 weeks of conservative therapy"
+                 + (" with radiculopathy." if ctx.rule_region != "cervical" else ".")]
+        + ([] if weeks is not None else ["The episode has no onset date: under 6 weeks (ACR V1) and over "
+                                        "6 weeks without therapy (ACR V2) both rate MRI usually not appropriate."]),
+        guideline_ids=guidelines,
+        suggest_cancel=True,
+        would_change=[
+            "A red flag: new urinary retention, saddle anaesthesia, progressive weakness, fever, "
+            "cancer history, immunosuppression, injection drug use, osteoporosis or steroid use.",
+            "Radiculopathy persisting after >= 6 weeks of documented conservative therapy in a "
+            "candidate for surgery or epidural injection.",
+        ],
+    )
+
+
+def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
+    """Fill what every verdict reports: flags checked, episode, therapy, rating."""
+    found_ids = {e.concept_id for e in verdict.red_flags_found}
+    for concept_id in CHECKED_RED_FLAGS:
+        if concept_id in ctx.flags and concept_id not in found_ids:
+            verdict.red_flags_found.extend(ctx.flags[concept_id])
+            found_ids.add(concept_id)
+    labels = ctx.facts.concept_labels
+    if not ctx.missing:
+        verdict.red_flags_absent = [labels.get(c, c) for c in CHECKED_RED_FLAGS if c not in found_ids]
+    verdict.episode_weeks = ctx.episode_weeks
+    verdict.episode_evidence = ctx.episode
+    verdict.therapy_weeks = ctx.therapy_weeks
+    verdict.therapy_evidence = ctx.therapy_descriptions
+    if not verdict.missing:
+        verdict.missing = ctx.missing
+    variant = verdict.variant_id or ""
+    if ctx.region == "thoracic" and variant in EXTRAPOLATED_THORACIC:
+        verdict.extrapolated = True
+    if verdict.code in RATING:
+        verdict.pama_rating = "no-criteria-apply" if verdict.extrapolated else RATING[verdict.code]
+    if verdict.code in ("low-value", "radiographs-first"):
+        verdict.suggest_cancel = True
+    return verdict
