@@ -1,0 +1,114 @@
+"""FHIR data access: turn a hook's prefetch into resources by kind, noting what was not read.
+
+CDS Hooks 2.0 prefetch semantics: a key that is absent was not satisfied; a key whose value
+is null means the EHR has no such data; an OperationOutcome (alone or inside a Bundle) means
+the EHR failed to fetch it; a Bundle with a `next` link holds only its first page.
+A later data source (the EHR's FHIR server) fills in the keys this one leaves unread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# prefetch key -> the resource type its template asks for
+EXPECTED_TYPES = {
+    "patient": "Patient",
+    "conditions": "Condition",
+    "observations": "Observation",
+    "medications": "MedicationRequest",
+    "procedures": "Procedure",
+    "imagingStudies": "ImagingStudy",
+    "diagnosticReports": "DiagnosticReport",
+    "serviceRequests": "ServiceRequest",
+}
+
+
+@dataclass
+class ClinicalData:
+    """The patient's resources by prefetch key, plus what could not be read and why."""
+
+    resources: dict[str, list[dict]] = field(default_factory=dict)
+    # Resources a search returned with search.mode = include (e.g. Medication for
+    # MedicationRequest.medicationReference), by "Type/id".
+    included: dict[str, dict] = field(default_factory=dict)
+    unread: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def patient(self) -> dict | None:
+        patients = self.resources.get("patient") or []
+        return patients[0] if patients else None
+
+    def of(self, key: str) -> list[dict]:
+        return self.resources.get(key, [])
+
+
+def _operation_outcome_text(outcome: dict) -> str:
+    issues = outcome.get("issue") if isinstance(outcome.get("issue"), list) else []
+    texts = []
+    for issue in issues:
+        if isinstance(issue, dict):
+            details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+            text = issue.get("diagnostics") or details.get("text") or issue.get("code")
+            if text:
+                texts.append(str(text))
+    return "; ".join(texts) or "no detail given"
+
+
+def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
+    """Read one prefetch entry into `data` (resources, or the reason it is unread)."""
+    expected = EXPECTED_TYPES[key]
+    if value is None:
+        data.resources[key] = []  # the EHR says it has no such data
+        return
+    if not isinstance(value, dict):
+        data.unread[key] = "prefetch value is not a FHIR resource"
+        return
+    resource_type = value.get("resourceType")
+    if resource_type == "OperationOutcome":
+        data.unread[key] = f"the EHR could not fetch it ({_operation_outcome_text(value)})"
+        return
+    if resource_type == expected and key == "patient":
+        data.resources[key] = [value]
+        return
+    if resource_type != "Bundle":
+        data.unread[key] = f"expected a Bundle of {expected}, got {resource_type or 'no resourceType'}"
+        return
+    resources, failed = [], []
+    entries = value.get("entry") if isinstance(value.get("entry"), list) else []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            data.notes.append(f"{key}: a Bundle entry without a resource was skipped")
+            continue
+        kind = resource.get("resourceType")
+        search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+        if kind == "OperationOutcome":
+            failed.append(_operation_outcome_text(resource))
+        elif search.get("mode") == "include" or (kind != expected and kind in ("Medication", "Patient")):
+            if resource.get("id"):
+                data.included[f"{kind}/{resource['id']}"] = resource
+        elif kind == expected:
+            resources.append(resource)
+        else:
+            data.notes.append(f"{key}: a {kind} in a Bundle of {expected} was skipped")
+    links = value.get("link") if isinstance(value.get("link"), list) else []
+    has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+    if failed and not resources:
+        data.unread[key] = f"the EHR could not fetch it ({'; '.join(failed)})"
+        return
+    data.resources[key] = resources
+    if failed:
+        data.notes.append(f"{key}: the EHR reported a partial failure ({'; '.join(failed)})")
+    if has_next:
+        data.unread[key] = "only the first page was prefetched (the Bundle has a next link)"
+
+
+def from_prefetch(prefetch) -> ClinicalData:
+    data = ClinicalData()
+    prefetch = prefetch if isinstance(prefetch, dict) else {}
+    for key in EXPECTED_TYPES:
+        if key not in prefetch:
+            data.unread[key] = "not in the prefetch"
+            continue
+        read_prefetch_value(key, prefetch[key], data)
+    return data

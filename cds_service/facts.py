@@ -1,0 +1,396 @@
+"""Extract facts from FHIR resources (plain dicts), honouring FHIR status semantics.
+
+Malformed resources never raise: each is skipped with a note that reaches the card.
+What counts as a red flag, and for how long, is decided in `rules`; this module only
+says what is there, when, and where it came from.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime
+
+from .data_sources import ClinicalData
+from .mappings import CodeMatch, Mappings
+from .model import (
+    FROM_ORDER,
+    FROM_RECORD,
+    Evidence,
+    Facts,
+    MedicationCourse,
+    MriOrder,
+    PriorImaging,
+)
+
+log = logging.getLogger(__name__)
+
+IGNORED_VERIFICATION = {"refuted", "entered-in-error"}
+INACTIVE_CLINICAL = {"resolved", "inactive", "remission"}
+USABLE_OBSERVATION_STATUS = {"final", "amended", "corrected"}
+USABLE_MEDICATION_STATUS = {"active", "completed", "stopped", "on-hold"}
+USABLE_PROCEDURE_STATUS = {"completed", "in-progress"}
+USABLE_REPORT_STATUS = {"final", "amended", "corrected", "appended"}
+SYSTEM_LABELS = {
+    "snomed": "SNOMED CT",
+    "icd10cm": "ICD-10-CM",
+    "icd10": "ICD-10",
+    "loinc": "LOINC",
+    "rxnorm": "RxNorm",
+    "cpt": "CPT",
+}
+# Days per UCUM time unit, for medication supply durations.
+DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
+
+
+def parse_date(value) -> date | None:
+    """A FHIR date/dateTime (any precision) as a date; None when absent or malformed."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            return date(int(text), 1, 1)
+        if len(text) == 7:
+            return date(int(text[:4]), int(text[5:7]), 1)
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+def _ref(resource: dict) -> str:
+    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
+
+
+def _codes(concept) -> list[dict]:
+    if not isinstance(concept, dict):
+        return []
+    codings = concept.get("coding")
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def _describe_coding(coding: dict, match: CodeMatch) -> str:
+    system = SYSTEM_LABELS.get(match.system, match.system)
+    display = coding.get("display") or match.display
+    return f"{system} {coding.get('code')} {display}".strip()
+
+
+def _status_code(concept) -> str | None:
+    for coding in _codes(concept):
+        if coding.get("code"):
+            return str(coding["code"])
+    return None
+
+
+def _evidence_from_concept(mappings, concept, reference, origin, when) -> list[Evidence]:
+    found = []
+    for coding in _codes(concept):
+        for match in mappings.match_coding(coding.get("system"), coding.get("code")):
+            found.append(
+                Evidence(
+                    concept_id=match.concept.id,
+                    label=match.concept.label,
+                    reference=reference,
+                    origin=origin,
+                    description=_describe_coding(coding, match),
+                    date=when,
+                    region=match.region,
+                )
+            )
+    # Several codings of one concept for the same fact are one finding.
+    unique: dict[str, Evidence] = {}
+    for item in found:
+        unique.setdefault(item.concept_id, item)
+    return list(unique.values())
+
+
+# ---------------------------------------------------------------------------- orders
+
+def find_mri_orders(draft_orders, mappings: Mappings, selections: list[str] | None) -> list[MriOrder]:
+    """The spine MRI ServiceRequests among the draft orders (only the selected ones if given)."""
+    orders: list[MriOrder] = []
+    if not isinstance(draft_orders, dict):
+        return orders
+    entries = draft_orders.get("entry") if isinstance(draft_orders.get("entry"), list) else []
+    wanted = set(selections) if selections is not None else None
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
+            continue
+        reference = f"ServiceRequest/{resource.get('id')}"
+        if wanted is not None and reference not in wanted and str(resource.get("id")) not in wanted:
+            continue
+        order = _classify_order(resource, reference, mappings)
+        if order is not None:
+            orders.append(order)
+    return orders
+
+
+def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOrder | None:
+    code = resource.get("code")
+    best = None
+    for coding in _codes(code):
+        order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
+        if order is None or order.modality != "mri":
+            continue
+        # Prefer the coding that tells the most (a region and a contrast over "unspecified").
+        score = (order.region not in ("unspecified",)) + (order.contrast != "unspecified")
+        if best is None or score > best[0]:
+            best = (score, order, coding)
+    if best is None:
+        return None
+    _, order, coding = best
+    display = (code or {}).get("text") or coding.get("display") or f"{coding.get('code')}"
+    return MriOrder(reference=reference, resource=resource, region=order.region, contrast=order.contrast, display=display)
+
+
+# ---------------------------------------------------------------------------- facts
+
+def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
+    facts = Facts(as_of=as_of, order=order, unread_sources=dict(data.unread), skipped=list(data.notes))
+    facts.concept_labels = {concept_id: concept.label for concept_id, concept in mappings.concepts.items()}
+    _patient_facts(facts, data.patient)
+    _order_reasons(facts, order, mappings, as_of)
+    for condition in data.of("conditions"):
+        _guarded(facts, condition, _condition_facts, mappings)
+    for observation in data.of("observations"):
+        _guarded(facts, observation, _observation_facts, mappings)
+    for request in data.of("medications"):
+        _guarded(facts, request, _medication_facts, mappings, data.included)
+    for procedure in data.of("procedures"):
+        _guarded(facts, procedure, _procedure_facts, mappings)
+    for key in ("imagingStudies", "diagnosticReports", "serviceRequests"):
+        for resource in data.of(key):
+            _guarded(facts, resource, _imaging_facts, mappings)
+    return facts
+
+
+def _guarded(facts: Facts, resource, handler, *args) -> None:
+    """Run one extractor; a malformed resource is skipped with a note, never a crash."""
+    if not isinstance(resource, dict):
+        facts.skipped.append("a prefetch entry that is not a JSON object was skipped")
+        return
+    try:
+        handler(facts, resource, *args)
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
+        log.warning("skipped malformed %s: %s", _ref(resource), error)
+        facts.skipped.append(f"{_ref(resource)} was skipped: it is malformed ({type(error).__name__})")
+
+
+def _patient_facts(facts: Facts, patient: dict | None) -> None:
+    if not isinstance(patient, dict):
+        return
+    birth = parse_date(patient.get("birthDate"))
+    if birth:
+        before_birthday = (facts.as_of.month, facts.as_of.day) < (birth.month, birth.day)
+        facts.age = facts.as_of.year - birth.year - before_birthday
+    elif patient.get("birthDate") is not None:
+        facts.skipped.append(f"{_ref(patient)}: birthDate is not a FHIR date, age unknown")
+    gender = patient.get("gender")
+    facts.sex = gender if gender in ("male", "female", "other", "unknown") else None
+
+
+def _order_reasons(facts: Facts, order: MriOrder, mappings: Mappings, as_of: date) -> None:
+    reasons = order.resource.get("reasonCode")
+    if not isinstance(reasons, list):
+        return
+    for reason in reasons:
+        # The clinician states the indication today; it dates from the order.
+        facts.findings.extend(
+            _evidence_from_concept(mappings, reason, order.reference, FROM_ORDER, None)
+        )
+
+
+def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
+    verification = _status_code(condition.get("verificationStatus"))
+    if verification in IGNORED_VERIFICATION:
+        return
+    clinical = _status_code(condition.get("clinicalStatus"))
+    if clinical is None and condition.get("abatementDateTime"):
+        clinical = "resolved"
+    onset = parse_date(condition.get("onsetDateTime"))
+    if onset is None and isinstance(condition.get("onsetPeriod"), dict):
+        onset = parse_date(condition["onsetPeriod"].get("start"))
+    when = onset or parse_date(condition.get("recordedDate"))
+    found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when)
+    if clinical in INACTIVE_CLINICAL:
+        # A resolved cancer is still a history of cancer; every other resolved condition is ignored.
+        found = [
+            Evidence("cancer_history", mappings.concepts["cancer_history"].label, item.reference,
+                     item.origin, item.description + f" ({clinical})", item.date, item.region)
+            for item in found
+            if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts
+        ]
+    facts.findings.extend(found)
+
+
+def _quantity(value: dict) -> tuple[float | None, str | None]:
+    number = value.get("value")
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return None, None
+    unit = value.get("code") if value.get("system") in (None, "http://unitsofmeasure.org") else None
+    return float(number), unit or value.get("code") or value.get("unit")
+
+
+def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> None:
+    if observation.get("status") not in USABLE_OBSERVATION_STATUS:
+        return
+    when = parse_date(observation.get("effectiveDateTime")) or parse_date(observation.get("issued"))
+    if when is None and isinstance(observation.get("effectivePeriod"), dict):
+        when = parse_date(observation["effectivePeriod"].get("start"))
+    for coding in _codes(observation.get("code")):
+        if coding.get("system") != "http://loinc.org":
+            continue
+        for threshold in mappings.thresholds.get(str(coding.get("code")), ()):
+            quantity = observation.get("valueQuantity")
+            if not isinstance(quantity, dict):
+                facts.skipped.append(f"{_ref(observation)}: {threshold.display} has no numeric value")
+                continue
+            value, unit = _quantity(quantity)
+            if value is None:
+                facts.skipped.append(f"{_ref(observation)}: {threshold.display} value is not a number")
+                continue
+            canonical = threshold.to_canonical(value, unit)
+            if canonical is None:
+                facts.skipped.append(
+                    f"{_ref(observation)}: {threshold.display} in unit '{unit}' was not used (unit not recognised)"
+                )
+                continue
+            if threshold.is_met(canonical):
+                concept = mappings.concepts[threshold.concept_id]
+                facts.findings.append(
+                    Evidence(
+                        concept_id=concept.id,
+                        label=concept.label,
+                        reference=_ref(observation),
+                        origin=FROM_RECORD,
+                        description=f"{threshold.display} {value:g} {unit}"
+                        + (f" on {when.isoformat()}" if when else ""),
+                        date=when,
+                    )
+                )
+    # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
+    facts.findings.extend(
+        item for item in _evidence_from_concept(mappings, observation.get("code"), _ref(observation), FROM_RECORD, when)
+        if item.concept_id not in {t.concept_id for ts in mappings.thresholds.values() for t in ts}
+    )
+
+
+def _medication_concept(request: dict, included: dict) -> dict | None:
+    concept = request.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    reference = request.get("medicationReference")
+    if not isinstance(reference, dict):
+        return None
+    target = reference.get("reference")
+    if isinstance(target, str) and target.startswith("#"):
+        for contained in request.get("contained") or []:
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                return contained.get("code") if isinstance(contained.get("code"), dict) else None
+    elif isinstance(target, str) and target in included:
+        code = included[target].get("code")
+        return code if isinstance(code, dict) else None
+    display = reference.get("display")
+    return {"text": display} if isinstance(display, str) else None
+
+
+def _medication_days(request: dict) -> tuple[date | None, int | None]:
+    dispense = request.get("dispenseRequest") if isinstance(request.get("dispenseRequest"), dict) else {}
+    start = parse_date(request.get("authoredOn"))
+    validity = dispense.get("validityPeriod") if isinstance(dispense.get("validityPeriod"), dict) else {}
+    start = parse_date(validity.get("start")) or start
+    days = None
+    supply = dispense.get("expectedSupplyDuration")
+    if isinstance(supply, dict) and isinstance(supply.get("value"), (int, float)):
+        per_unit = DAYS_PER_UNIT.get(str(supply.get("code") or supply.get("unit") or "d").lower())
+        if per_unit:
+            repeats = dispense.get("numberOfRepeatsAllowed")
+            repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
+            days = int(round(supply["value"] * per_unit * (1 + repeats)))
+    for dosage in request.get("dosageInstruction") or []:
+        timing = dosage.get("timing") if isinstance(dosage, dict) else None
+        repeat = timing.get("repeat") if isinstance(timing, dict) else None
+        if not isinstance(repeat, dict):
+            continue
+        bounds = repeat.get("boundsPeriod")
+        if isinstance(bounds, dict):
+            begin, end = parse_date(bounds.get("start")), parse_date(bounds.get("end"))
+            start = begin or start
+            if begin and end and days is None:
+                days = (end - begin).days + 1
+        duration = repeat.get("boundsDuration")
+        if isinstance(duration, dict) and days is None and isinstance(duration.get("value"), (int, float)):
+            per_unit = DAYS_PER_UNIT.get(str(duration.get("code") or duration.get("unit") or "").lower())
+            if per_unit:
+                days = int(round(duration["value"] * per_unit))
+    return start, days
+
+
+def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included: dict) -> None:
+    if request.get("status") not in USABLE_MEDICATION_STATUS:
+        return
+    concept = _medication_concept(request, included)
+    if concept is None:
+        facts.skipped.append(f"{_ref(request)}: no medication code or name")
+        return
+    matched: dict[str, str] = {}
+    for coding in _codes(concept):
+        for match in mappings.match_coding(coding.get("system"), coding.get("code")):
+            matched.setdefault(match.concept.id, _describe_coding(coding, match))
+    text = " ".join(
+        str(part) for part in [concept.get("text")] + [c.get("display") for c in _codes(concept)] if part
+    )
+    if text:
+        for found in mappings.match_medication_name(text):
+            matched.setdefault(found.id, text)
+    start, days = _medication_days(request)
+    for concept_id, description in matched.items():
+        label = mappings.concepts[concept_id].label
+        facts.medications.append(MedicationCourse(concept_id, label, _ref(request), description, start, days))
+
+
+def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
+    if procedure.get("status") not in USABLE_PROCEDURE_STATUS:
+        return
+    when = parse_date(procedure.get("performedDateTime"))
+    if when is None and isinstance(procedure.get("performedPeriod"), dict):
+        when = parse_date(procedure["performedPeriod"].get("start"))
+    for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when):
+        if mappings.concepts[item.concept_id].source_file == "conservative_therapy":
+            facts.therapy_procedures.append(item)
+        else:
+            facts.findings.append(item)
+
+
+def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
+    kind = resource.get("resourceType")
+    status = resource.get("status")
+    if kind == "DiagnosticReport" and status not in USABLE_REPORT_STATUS:
+        return
+    if kind == "ServiceRequest" and status != "completed":
+        return
+    if kind == "ImagingStudy" and status not in ("available", None):
+        return
+    when = (
+        parse_date(resource.get("effectiveDateTime"))
+        or parse_date(resource.get("started"))
+        or parse_date(resource.get("occurrenceDateTime"))
+        or parse_date(resource.get("authoredOn"))
+        or parse_date(resource.get("issued"))
+    )
+    concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
+    for concept in concepts:
+        for coding in _codes(concept):
+            order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
+            if order is not None:
+                facts.prior_imaging.append(
+                    PriorImaging(
+                        modality=order.modality,
+                        region=order.region,
+                        reference=_ref(resource),
+                        description=coding.get("display") or str(coding.get("code")),
+                        date=when,
+                    )
+                )
+                return

@@ -1,0 +1,285 @@
+"""Load `mappings/` into lookup indexes the fact extractor uses.
+
+The YAML files are the clinical knowledge; this module only turns them into
+fast lookups: (system, code) -> concepts, with ICD-10 prefixes and ranges
+resolved by walking the code's ancestors instead of expanding the code set.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from .codesystems import normalise_icd10, short_system
+
+ICD_SYSTEMS = ("icd10cm", "icd10")
+
+
+def default_mappings_dir() -> Path:
+    configured = os.environ.get("CDS_MAPPINGS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "mappings"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """An Observation code with the value that makes it count (e.g. temperature >= 38.0 Cel)."""
+
+    concept_id: str
+    code: str
+    display: str
+    comparator: str
+    value: float
+    unit: str
+    units: dict  # accepted UCUM unit -> {"scale", "offset"} to convert into `unit`
+
+    def to_canonical(self, value: float, unit: str | None) -> float | None:
+        """The value in the threshold's unit, or None when the unit is not one we accept."""
+        if unit is None:
+            return None
+        conversion = self.units.get(unit)
+        if conversion is None:
+            return None
+        return value * float(conversion.get("scale", 1)) + float(conversion.get("offset", 0))
+
+    def is_met(self, canonical_value: float) -> bool:
+        return {
+            ">": canonical_value > self.value,
+            ">=": canonical_value >= self.value,
+            "<": canonical_value < self.value,
+            "<=": canonical_value <= self.value,
+        }[self.comparator]
+
+
+@dataclass(frozen=True)
+class Concept:
+    id: str
+    label: str
+    source_file: str
+    region: str = "any"
+    guidelines: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    excluded_name_words: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CodeMatch:
+    concept: Concept
+    system: str
+    code: str
+    display: str
+    region: str  # the code's own region, else the concept's
+
+
+@dataclass(frozen=True)
+class OrderCode:
+    modality: str  # mri | radiograph | ct
+    region: str  # lumbar | cervical | thoracic | multi | unspecified
+    contrast: str  # without | with | with-and-without | unspecified
+    preferred: bool
+    codes: tuple[dict, ...]  # the entry's codings (system short name, code, display)
+
+
+@dataclass
+class Mappings:
+    concepts: dict[str, Concept] = field(default_factory=dict)
+    _exact: dict[tuple[str, str], list[CodeMatch]] = field(default_factory=dict)
+    _prefix: dict[tuple[str, str], list[CodeMatch]] = field(default_factory=dict)
+    _ranges: list[tuple[str, str, str, CodeMatch]] = field(default_factory=list)
+    thresholds: dict[str, list[Threshold]] = field(default_factory=dict)
+    orders: list[OrderCode] = field(default_factory=list)
+    _order_index: dict[tuple[str, str], OrderCode] = field(default_factory=dict)
+    guidelines: dict[str, dict] = field(default_factory=dict)
+    medication_names: list[tuple[str, Concept]] = field(default_factory=list)
+
+    # ---- codes -> concepts -------------------------------------------------
+    def match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
+        system = short_system(system_uri) if system_uri else None
+        if system is None or not code:
+            return []
+        code = str(code).strip()
+        if system in ICD_SYSTEMS:
+            return self._match_icd(code)
+        found = list(self._exact.get((system, code), ()))
+        for range_system, low, high, match in self._ranges:
+            if range_system == system and _in_numeric_range(code, low, high):
+                found.append(match)
+        return found
+
+    def _match_icd(self, code: str) -> list[CodeMatch]:
+        normalised = normalise_icd10(code)
+        found: list[CodeMatch] = []
+        # ICD-10-CM and WHO ICD-10 share the classification's skeleton, so one
+        # mapping serves both; mappings written as icd10cm match either system.
+        for system in ICD_SYSTEMS:
+            found.extend(self._exact.get((system, normalised), ()))
+            ancestor = normalised
+            while len(ancestor) >= 3:
+                found.extend(self._prefix.get((system, ancestor), ()))
+                ancestor = ancestor[:-1].rstrip(".")
+        category = normalised[:3]
+        for range_system, low, high, match in self._ranges:
+            if range_system in ICD_SYSTEMS and low <= category <= high:
+                found.append(match)
+        return _unique(found)
+
+    def match_codeable_concept(self, concept: dict | None) -> list[CodeMatch]:
+        if not isinstance(concept, dict):
+            return []
+        found: list[CodeMatch] = []
+        codings = concept.get("coding")
+        if isinstance(codings, list):
+            for coding in codings:
+                if isinstance(coding, dict):
+                    found.extend(self.match_coding(coding.get("system"), coding.get("code")))
+        return _unique(found)
+
+    def match_medication_name(self, text: str) -> list[Concept]:
+        """Ingredient-name fallback for medications coded at product level or not at all."""
+        lowered = text.lower()
+        hits = []
+        for name, concept in self.medication_names:
+            if name in lowered and not any(word in lowered for word in concept.excluded_name_words):
+                hits.append(concept)
+        return list(dict.fromkeys(hits))
+
+    # ---- orders ------------------------------------------------------------
+    def order_for_coding(self, system_uri: str | None, code: str | None) -> OrderCode | None:
+        system = short_system(system_uri) if system_uri else None
+        if system is None or not code:
+            return None
+        return self._order_index.get((system, str(code).strip()))
+
+    def preferred_order(self, modality: str, region: str) -> OrderCode | None:
+        for order in self.orders:
+            if order.modality == modality and order.region == region and order.preferred:
+                return order
+        return None
+
+    def mri_order(self, region: str, contrast: str) -> OrderCode | None:
+        for order in self.orders:
+            if order.modality == "mri" and order.region == region and order.contrast == contrast:
+                return order
+        return None
+
+    # ---- guidelines --------------------------------------------------------
+    def guideline(self, guideline_id: str) -> dict:
+        return self.guidelines.get(guideline_id, {"id": guideline_id, "title": guideline_id})
+
+    def variant(self, variant_id: str) -> tuple[dict, dict]:
+        """(guideline, variant) for a variant id such as LBP-V1."""
+        for guideline in self.guidelines.values():
+            for variant in guideline.get("variants", ()):
+                if variant.get("id") == variant_id:
+                    return guideline, variant
+        raise KeyError(f"variant {variant_id} is not in guidelines.yaml")
+
+    def observation_codes(self) -> list[str]:
+        return sorted(self.thresholds)
+
+
+def _in_numeric_range(code: str, low: str, high: str) -> bool:
+    if code.isdigit() and low.isdigit() and high.isdigit():
+        return int(low) <= int(code) <= int(high)
+    return low <= code <= high
+
+
+def _unique(matches: Iterable[CodeMatch]) -> list[CodeMatch]:
+    return list(dict.fromkeys(matches))
+
+
+def _read_yaml(path: Path) -> dict:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def load_mappings(directory: Path | None = None) -> Mappings:
+    directory = Path(directory or default_mappings_dir())
+    mappings = Mappings()
+    for path in sorted(directory.glob("*.yaml")):
+        document = _read_yaml(path)
+        kind = document.get("kind")
+        if kind == "concepts":
+            _load_concepts(mappings, document, path.stem)
+        elif kind == "orders":
+            _load_orders(mappings, document)
+        elif kind == "guidelines":
+            for guideline in document.get("guidelines", ()):
+                mappings.guidelines[guideline["id"]] = guideline
+    return mappings
+
+
+def _load_concepts(mappings: Mappings, document: dict, source_file: str) -> None:
+    for raw in document.get("concepts", ()):
+        concept = Concept(
+            id=raw["id"],
+            label=raw.get("label", raw["id"]),
+            source_file=source_file,
+            region=raw.get("region", "any"),
+            guidelines=tuple(raw.get("guidelines", ())),
+            names=tuple(name.lower() for name in raw.get("names", ())),
+            excluded_name_words=tuple(word.lower() for word in raw.get("excluded_name_words", ())),
+        )
+        mappings.concepts[concept.id] = concept
+        for name in concept.names:
+            mappings.medication_names.append((name, concept))
+        for entry in raw.get("codes", ()):
+            system = entry["system"]
+            match = CodeMatch(
+                concept=concept,
+                system=system,
+                code=str(entry.get("code") or entry.get("prefix") or "-".join(entry.get("range", ()))),
+                display=entry.get("display", ""),
+                region=entry.get("region", concept.region),
+            )
+            if "code" in entry:
+                code = str(entry["code"])
+                if system in ICD_SYSTEMS:
+                    code = normalise_icd10(code)
+                mappings._exact.setdefault((system, code), []).append(match)
+            elif "prefix" in entry:
+                prefix = normalise_icd10(str(entry["prefix"])).rstrip(".")
+                mappings._prefix.setdefault((system, prefix), []).append(match)
+            elif "range" in entry:
+                low, high = (str(bound) for bound in entry["range"])
+                mappings._ranges.append((system, low, high, match))
+        for entry in raw.get("observations", ()):
+            threshold = Threshold(
+                concept_id=concept.id,
+                code=str(entry["code"]),
+                display=entry.get("display", ""),
+                comparator=entry["comparator"],
+                value=float(entry["value"]),
+                unit=entry["unit"],
+                units=entry.get("units") or {entry["unit"]: {"scale": 1, "offset": 0}},
+            )
+            mappings.thresholds.setdefault(threshold.code, []).append(threshold)
+
+
+def _load_orders(mappings: Mappings, document: dict) -> None:
+    for raw in document.get("orders", ()):
+        order = OrderCode(
+            modality=raw["modality"],
+            region=raw["region"],
+            contrast=raw.get("contrast", "unspecified"),
+            preferred=bool(raw.get("preferred", False)),
+            codes=tuple(raw.get("codes", ())),
+        )
+        mappings.orders.append(order)
+        for entry in order.codes:
+            mappings._order_index.setdefault((entry["system"], str(entry["code"])), order)
+
+
+@lru_cache(maxsize=4)
+def _cached(directory: str) -> Mappings:
+    return load_mappings(Path(directory))
+
+
+def get_mappings(directory: Path | None = None) -> Mappings:
+    """The process-wide mappings (loaded once; the files do not change while serving)."""
+    return _cached(str(Path(directory or default_mappings_dir()).resolve()))
