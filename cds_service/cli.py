@@ -1,0 +1,213 @@
+"""The `cds-service` command: serve, evaluate, validate-mappings, demo, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from .discovery import SERVICE_HOOKS
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        try:
+            parsed = json.loads(message)
+            entry.update(parsed if isinstance(parsed, dict) else {"message": message})
+        except ValueError:
+            entry["message"] = message
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def cmd_serve(args) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+    from .config import Settings
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            return create_app(settings)
+
+    print(f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services "
+          f"({args.workers} workers x {args.threads} threads)", file=sys.stderr, flush=True)
+    Server().run()
+    return 0
+
+
+def _service_for(body: dict, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    for service_id, hook in SERVICE_HOOKS.items():
+        if body.get("hook") == hook:
+            return service_id
+    raise SystemExit(f"no service answers hook {body.get('hook')!r}; pass --service")
+
+
+def cmd_evaluate(args) -> int:
+    from .hooks import HookRequestError, evaluate_hook
+    from .mappings import get_mappings
+
+    path = Path(args.request)
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        print(f"cannot read {path}: {error}", file=sys.stderr)
+        return 2
+    as_of = date.fromisoformat(args.as_of) if args.as_of else None
+    try:
+        result = evaluate_hook(_service_for(body, args.service), body, get_mappings(), as_of=as_of)
+    except HookRequestError as error:
+        print(f"invalid request ({error.status}): {error.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.response, indent=2))
+    return 0
+
+
+def cmd_validate_mappings(args) -> int:
+    from .mapping_validation import validate_mappings
+    from .mappings import default_mappings_dir
+
+    directory = Path(args.dir) if args.dir else default_mappings_dir()
+    errors = validate_mappings(directory)
+    if errors:
+        print(f"{len(errors)} problem(s) in {directory}:", file=sys.stderr)
+        for error in errors:
+            print(f"  - {error}", file=sys.stderr)
+        return 1
+    print(f"mappings in {directory}: all files valid, all codes checked")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .config import Settings
+    from .feedback import Store
+
+    path = Path(args.db) if args.db else Settings.from_env().feedback_db
+    if not path.exists():
+        print(f"no database at {path} yet (set CDS_FEEDBACK_DB or pass --db)", file=sys.stderr)
+        return 1
+    print(json.dumps(Store(path).report(), indent=2))
+    return 0
+
+
+def render_card(card: dict) -> str:
+    lines = [f"[{card['indicator'].upper()}] {card['summary']}", f"  source: {card['source']['label']}"]
+    for suggestion in card.get("suggestions", []):
+        lines.append(f"  suggestion: {suggestion['label']}")
+    return "\n".join(lines)
+
+
+def cmd_demo(args) -> int:
+    import requests
+
+    from . import fixtures
+
+    base = f"http://127.0.0.1:{args.port}"
+    env = dict(os.environ)
+    env.setdefault("CDS_FEEDBACK_DB", "var/demo-feedback.sqlite3")
+    server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
+                               "--port", str(args.port)], env=env)
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            print("the service did not start", file=sys.stderr)
+            return 1
+        patients = args.patients or ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",
+                                     "lbp-osteoporosis", "neck-myelopathy-wwo", "thx-acute-pain"]
+        for patient_id in patients:
+            body = fixtures.hook_request(patient_id, "order-select")
+            reply = requests.post(f"{base}/cds-services/spine-mri-order-select", json=body, timeout=10)
+            print(f"\n=== {patient_id}: order-select -> HTTP {reply.status_code}")
+            for card in reply.json().get("cards", []):
+                print(render_card(card))
+            for action in reply.json().get("systemActions", []):
+                rating = action["resource"]["extension"][0]["valueCodeableConcept"]["coding"]
+                print(f"  PAMA rating: {rating[0]['code']} / {rating[1]['code']}")
+        print(f"\nThe service keeps running at {base}/cds-services (Ctrl-C stops it).", flush=True)
+        if args.no_wait:
+            return 0
+        server.wait()
+        return server.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=15)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds-service", description="Spine MRI appropriateness CDS Hooks service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the CDS Hooks API with gunicorn")
+    serve.add_argument("--host", default=os.environ.get("CDS_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8765")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", "2")))
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("CDS_THREADS", "8")))
+    serve.set_defaults(func=cmd_serve)
+
+    evaluate = commands.add_parser("evaluate", help="run one hook request offline and print the response")
+    evaluate.add_argument("request", help="a CDS Hooks request JSON file")
+    evaluate.add_argument("--service", choices=sorted(SERVICE_HOOKS), help="default: from the request's hook")
+    evaluate.add_argument("--as-of", help="evaluate as of this date (YYYY-MM-DD) instead of today")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    validate = commands.add_parser("validate-mappings", help="check mappings/ against schemas and code checks")
+    validate.add_argument("--dir", help="mappings directory (default: CDS_MAPPINGS_DIR or ./mappings)")
+    validate.set_defaults(func=cmd_validate_mappings)
+
+    demo = commands.add_parser("demo", help="serve, fire order-select for demo patients, print the cards")
+    demo.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8765")))
+    demo.add_argument("--no-wait", action="store_true", help="stop the service after the demo requests")
+    demo.add_argument("patients", nargs="*", help="fixture patient ids (default: a representative few)")
+    demo.set_defaults(func=cmd_demo)
+
+    report = commands.add_parser("report", help="counts of verdicts and feedback outcomes for analysts")
+    report.add_argument("--db", help="the SQLite file (default: CDS_FEEDBACK_DB)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

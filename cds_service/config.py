@@ -1,0 +1,42 @@
+"""Settings, all from environment variables (documented in the README)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise SystemExit(f"setting {name} must be a whole number, got {raw!r}") from error
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    feedback_db: Path
+    mappings_dir: Path | None
+    max_body_bytes: int
+    cors_origins: str
+    bench_bare_endpoint: bool
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        mappings = os.environ.get("CDS_MAPPINGS_DIR")
+        return cls(
+            feedback_db=Path(os.environ.get("CDS_FEEDBACK_DB", "var/cds-feedback.sqlite3")),
+            mappings_dir=Path(mappings) if mappings else None,
+            max_body_bytes=_int("CDS_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            cors_origins=os.environ.get("CDS_CORS_ORIGINS", "*"),
+            bench_bare_endpoint=_flag("CDS_BENCH_BARE_ENDPOINT"),
+            log_level=os.environ.get("CDS_LOG_LEVEL", "INFO").upper(),
+        )

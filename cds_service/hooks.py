@@ -1,0 +1,116 @@
+"""One hook call, end to end: check the request, find the spine MRI orders, read the data,
+decide, and build the CDS Hooks response. HTTP lives in `app`; this module is called by the
+server and by `cds-service evaluate` alike.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+from .cards import build_card
+from .data_sources import ClinicalData, from_prefetch
+from .discovery import SERVICE_HOOKS
+from .facts import extract_facts, find_mri_orders
+from .mappings import Mappings
+from .rules import decide
+
+log = logging.getLogger(__name__)
+
+
+class HookRequestError(Exception):
+    """A request the service cannot evaluate; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Evaluation:
+    """What was decided for one order: the row a utilization analyst counts."""
+
+    card_uuid: str
+    consult_id: str
+    order_reference: str
+    region: str
+    contrast: str
+    verdict: str
+    variant: str | None
+    rating: str | None
+
+
+@dataclass
+class HookResult:
+    response: dict
+    evaluations: list[Evaluation] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _require(condition: bool, message: str, status: int = 400) -> None:
+    if not condition:
+        raise HookRequestError(status, message)
+
+
+def check_request(service_id: str, body) -> None:
+    """The request checks the rules depend on (the JSON Schema check happens in `app`)."""
+    _require(service_id in SERVICE_HOOKS, f"unknown CDS service '{service_id}'", 404)
+    _require(isinstance(body, dict), "the request body must be a JSON object")
+    _require(isinstance(body.get("hook"), str), "'hook' is required and must be a string")
+    _require(isinstance(body.get("hookInstance"), str), "'hookInstance' is required and must be a string")
+    expected = SERVICE_HOOKS[service_id]
+    _require(body["hook"] == expected, f"service '{service_id}' answers the '{expected}' hook, not '{body['hook']}'")
+    context = body.get("context")
+    _require(isinstance(context, dict), "'context' is required and must be an object")
+    _require(isinstance(context.get("patientId"), str), "'context.patientId' is required and must be a string")
+    draft = context.get("draftOrders")
+    _require(isinstance(draft, dict) and draft.get("resourceType") == "Bundle",
+             "'context.draftOrders' is required and must be a FHIR Bundle")
+    if expected == "order-select":
+        selections = context.get("selections")
+        _require(isinstance(selections, list) and all(isinstance(s, str) for s in selections),
+                 "'context.selections' is required for order-select and must be an array of strings")
+    prefetch = body.get("prefetch")
+    _require(prefetch is None or isinstance(prefetch, dict), "'prefetch' must be an object")
+
+
+def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date | None = None,
+                  data: ClinicalData | None = None) -> HookResult:
+    started = time.perf_counter()
+    check_request(service_id, body)
+    context = body["context"]
+    selections = context.get("selections") if SERVICE_HOOKS[service_id] == "order-select" else None
+    orders = find_mri_orders(context["draftOrders"], mappings, selections)
+    result = HookResult(response={"cards": []})
+    if not orders:
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+    as_of = as_of or datetime.now(timezone.utc).date()
+    read_started = time.perf_counter()
+    data = data or from_prefetch(body.get("prefetch"))
+    result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
+    cards, actions = [], []
+    for order in orders:
+        facts = extract_facts(order, data, mappings, as_of)
+        verdict = decide(facts)
+        consult_id = f"urn:uuid:{uuid.uuid4()}"
+        card, action = build_card(order, verdict, mappings, consult_id)
+        cards.append(card)
+        if action is not None:
+            actions.append(action)
+        result.evaluations.append(Evaluation(
+            card_uuid=card["uuid"], consult_id=consult_id, order_reference=order.reference,
+            region=order.region, contrast=order.contrast, verdict=verdict.code,
+            variant=verdict.variant_id, rating=verdict.pama_rating,
+        ))
+    result.response = {"cards": cards}
+    if actions:
+        # CDS Hooks 2.0 reads top-level systemActions; the CDS Hooks sandbox (Argonaut PAMA IG's
+        # first draft) reads extension.systemActions. Both carry the same actions.
+        result.response["systemActions"] = actions
+        result.response["extension"] = {"systemActions": actions}
+    result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+    return result
