@@ -163,6 +163,12 @@ def with_rating(resource: dict, extensions: list[dict]) -> dict:
     return rated
 
 
+def _order_text(codes) -> str | None:
+    """The order's name for people: the LOINC display (e.g. "MR Lumbar spine WO contrast") when present."""
+    by_system = {c["system"]: c.get("display") for c in codes}
+    return by_system.get("loinc") or next((c.get("display") for c in codes if c.get("display")), None)
+
+
 def _new_order(order: MriOrder, codes: tuple[dict, ...], modality: str) -> dict:
     source = order.resource
     created = {
@@ -171,9 +177,9 @@ def _new_order(order: MriOrder, codes: tuple[dict, ...], modality: str) -> dict:
         "intent": source.get("intent") or "order",
         "code": {"coding": [_coding(c) for c in codes if c["system"] in SYSTEM_URIS]},
     }
-    display = next((c.get("display") for c in codes if c.get("display")), None)
-    if display:
-        created["code"]["text"] = display
+    text = _order_text(codes)
+    if text:
+        created["code"]["text"] = text
     for field in ("subject", "encounter", "requester", "reasonCode", "reasonReference"):
         if source.get(field):
             created[field] = copy.deepcopy(source[field])
@@ -211,7 +217,7 @@ def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, rating_e
         if without is not None:
             updated = with_rating(order.resource, rating_extensions or [])
             updated["code"] = {"coding": [_coding(c) for c in without.codes if c["system"] in SYSTEM_URIS]}
-            text = next((c.get("display") for c in without.codes if c.get("display")), None)
+            text = _order_text(without.codes)
             if text:
                 updated["code"]["text"] = text
             suggestions.append({
