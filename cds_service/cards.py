@@ -59,6 +59,7 @@ CONTRAST_OVERRIDE_REASONS = [
     ("specialist-request", "Requested by a spine specialist"),
 ]
 SUMMARY_LIMIT = 140
+MAX_SKIPPED_SHOWN = 8  # the card stays short; the log has them all
 
 
 def _summary(verdict: Verdict) -> str:
@@ -126,6 +127,11 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
     if verdict.missing:
         lines.append("**Data that could not be read:** " + "; ".join(verdict.missing) + ".")
         lines.append("")
+    if verdict.skipped:
+        shown = verdict.skipped[:MAX_SKIPPED_SHOWN]
+        more = len(verdict.skipped) - len(shown)
+        lines.append("**Not used:** " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "") + ".")
+        lines.append("")
     if verdict.guideline_ids:
         cited = [mappings.guideline(g).get("title", g) for g in verdict.guideline_ids]
         lines.append("**Concordant guidance:** " + "; ".join(cited) + ".")
@@ -190,7 +196,7 @@ def _new_order(order: MriOrder, codes: tuple[dict, ...], modality: str) -> dict:
 def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, rating_extensions) -> list[dict]:
     suggestions = []
     delete = {"type": "delete", "description": f"Remove the draft order for {order_label(order)}.",
-              "resourceId": [order.reference]}
+              "resourceId": order.reference}
     if verdict.suggest_first_study:
         modality = verdict.suggest_first_study
         region = order.region if order.region != "unspecified" else None

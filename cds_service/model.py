@@ -106,6 +106,7 @@ class Verdict:
     therapy_evidence: list[str] = field(default_factory=list)
     would_change: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # data that could not be read
+    skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     pama_rating: str | None = None  # appropriate | not-appropriate | no-criteria-apply | None
     suggest_cancel: bool = False
     suggest_first_study: str | None = None  # "radiograph" | "ct"

@@ -552,6 +552,7 @@ def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
     verdict.therapy_evidence = ctx.therapy_descriptions
     if not verdict.missing:
         verdict.missing = ctx.missing
+    verdict.skipped = list(ctx.facts.skipped)
     variant = verdict.variant_id or ""
     if ctx.region == "thoracic" and variant in EXTRAPOLATED_THORACIC:
         verdict.extrapolated = True

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Create .venv and install the service with its test tools (idempotent; a fresh machine needs only python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,325 @@
+"""The hook end to end over HTTP (Flask test client) and through the engine, on the fixtures."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from cds_service import fixtures
+from cds_service.cards import PAMA_URLS, VERDICT_SYSTEM
+from cds_service.data_sources import from_prefetch
+from cds_service.facts import extract_facts, find_mri_orders
+from cds_service.fixtures import ANCHOR
+from cds_service.rules import decide
+
+MANIFEST = fixtures.manifest()
+SELECT = "/cds-services/spine-mri-order-select"
+SIGN = "/cds-services/spine-mri-order-sign"
+PAMA_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
+EXPECTED_RATING = {"indicated-urgent": "appropriate", "indicated-routine": "appropriate",
+                   "radiographs-first": "not-appropriate", "low-value": "not-appropriate"}
+EXPECTED_INDICATOR = {"indicated-urgent": "critical", "low-value": "warning", "radiographs-first": "warning",
+                      "indicated-routine": "info", "insufficient-information": "info"}
+
+
+def verdict_for(request: dict, mappings):
+    context = request["context"]
+    orders = find_mri_orders(context["draftOrders"], mappings, context.get("selections"))
+    assert len(orders) == 1
+    facts = extract_facts(orders[0], from_prefetch(request["prefetch"]), mappings, ANCHOR)
+    return decide(facts)
+
+
+def rating_codings(resource: dict, url: str) -> list[dict]:
+    for extension in resource.get("extension", []):
+        if extension["url"] == url:
+            return extension["valueCodeableConcept"]["coding"]
+    return []
+
+
+@pytest.mark.parametrize("case", MANIFEST, ids=[c["patient"] for c in MANIFEST])
+def test_fixture_verdicts_match_the_clinical_scenario(case, mappings):
+    request = json.loads((fixtures.FIXTURES_DIR / "hooks" / f"{case['patient']}.order-select.json").read_text())
+    verdict = verdict_for(request, mappings)
+    assert verdict.code == case["expected_verdict"], verdict.reasons
+    found = {e.concept_id for e in verdict.red_flags_found}
+    assert set(case.get("expected_flags", [])) <= found
+    assert not set(case.get("absent_flags", [])) & found
+
+
+@pytest.mark.parametrize("case", MANIFEST, ids=[c["patient"] for c in MANIFEST])
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_every_fixture_over_http(case, hook, client, response_validator):
+    body = fixtures.hook_request(case["patient"], hook)
+    reply = client.post(SELECT if hook == "order-select" else SIGN, json=body)
+    assert reply.status_code == 200
+    response = reply.get_json()
+    response_validator.validate(response)
+    assert len(response["cards"]) == 1
+    card = response["cards"][0]
+    expected = case["expected_verdict"]
+    assert card["indicator"] == EXPECTED_INDICATOR[expected]
+    assert len(card["summary"]) < 140
+    assert card["source"]["label"]
+    if expected == "insufficient-information":
+        assert "systemActions" not in response
+        assert card["summary"].startswith("Cannot rate")
+        return
+    actions = response["systemActions"]
+    assert response["extension"]["systemActions"] == actions
+    assert len(actions) == 1 and actions[0]["type"] == "update"
+    resource = actions[0]["resource"]
+    assert resource["id"] == f"{case['patient']}-mri"
+    for url in PAMA_URLS["rating"]:
+        codings = rating_codings(resource, url)
+        assert codings[0]["system"] == PAMA_SYSTEM
+        assert codings[1] == {"system": VERDICT_SYSTEM, "code": expected, "display": codings[1]["display"]}
+        if case["region"] != "thoracic":
+            assert codings[0]["code"] == EXPECTED_RATING[expected]
+    consult = [e for e in resource["extension"] if e["url"] == PAMA_URLS["consult-id"][0]]
+    assert consult[0]["valueUri"].startswith("urn:uuid:")
+
+
+def test_discovery_lists_both_services_with_prefetch(client):
+    services = client.get("/cds-services").get_json()["services"]
+    by_id = {s["id"]: s for s in services}
+    assert by_id["spine-mri-order-select"]["hook"] == "order-select"
+    assert by_id["spine-mri-order-sign"]["hook"] == "order-sign"
+    for service in services:
+        assert service["title"] and service["description"] and service["usageRequirements"]
+        prefetch = service["prefetch"]
+        assert set(prefetch) == {"patient", "conditions", "observations", "medications", "procedures",
+                                 "imagingStudies", "diagnosticReports", "serviceRequests"}
+        for template in prefetch.values():
+            assert "{{context.patientId}}" in template
+            assert template.replace("{{context.patientId}}", "").count("{{") == 0
+    assert "http://loinc.org|8310-5" in by_id["spine-mri-order-select"]["prefetch"]["observations"]
+
+
+def test_cors_headers_for_browser_clients(client):
+    reply = client.options(SELECT, headers={"Origin": "https://sandbox.cds-hooks.org",
+                                            "Access-Control-Request-Method": "POST"})
+    assert reply.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
+
+
+# ------------------------------------------------------------------ the real CDS Hooks sandbox
+
+def test_sandbox_first_call_with_empty_order_gets_no_card(client, captured_sandbox):
+    reply = client.post(SELECT, json=captured_sandbox["order_select_empty_order"])
+    assert reply.status_code == 200
+    assert reply.get_json() == {"cards": []}
+
+
+def test_sandbox_order_with_patient_only_says_what_is_missing(client, captured_sandbox, response_validator):
+    reply = client.post(SELECT, json=captured_sandbox["order_select"])
+    response = reply.get_json()
+    response_validator.validate(response)
+    card = response["cards"][0]
+    assert card["summary"].startswith("Cannot rate")
+    assert "Conditions" in card["detail"] and "MedicationRequests" in card["detail"]
+    assert "systemActions" not in response
+
+
+def test_sandbox_order_with_cauda_equina_reason_is_rated_urgent(client, captured_sandbox, response_validator):
+    body = copy.deepcopy(captured_sandbox["order_select"])
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "192970008",
+                                        "display": "Cauda equina syndrome"}]}]
+    response = client.post(SELECT, json=body).get_json()
+    response_validator.validate(response)
+    card = response["cards"][0]
+    assert card["indicator"] == "critical"
+    assert "order" in card["summary"]
+    assert "from the order's reason" in card["detail"]
+    sandbox_rating = rating_codings(response["extension"]["systemActions"][0]["resource"],
+                                    "http://fhir.org/argonaut/Extension/pama-rating")
+    assert sandbox_rating[0]["code"] == "appropriate"
+
+
+def test_sandbox_low_back_pain_reason_alone_is_not_enough(client, captured_sandbox):
+    body = copy.deepcopy(captured_sandbox["order_select"])
+    body["context"]["draftOrders"]["entry"][0]["resource"]["reasonCode"] = [
+        {"coding": [{"system": "http://snomed.info/sct", "code": "279039007", "display": "Low back pain"}]}]
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
+    assert card["summary"].startswith("Cannot rate")  # red-flag sources were not sent
+
+
+def test_sandbox_feedback_is_stored(client, captured_sandbox):
+    reply = client.post(SELECT + "/feedback", json=captured_sandbox["feedback"])
+    assert reply.status_code == 200
+    assert reply.get_json() == {"stored": 1}
+    again = client.post(SELECT + "/feedback", json=captured_sandbox["feedback"])
+    assert again.get_json() == {"stored": 0}  # a retry is not stored twice
+
+
+# ------------------------------------------------------------------ suggestions
+
+def card_for(client, patient_id, hook="order-select"):
+    return client.post(SELECT if hook == "order-select" else SIGN,
+                       json=fixtures.hook_request(patient_id, hook)).get_json()
+
+
+def actions_of(card):
+    return [a for s in card.get("suggestions", []) for a in s["actions"]]
+
+
+def test_low_value_card_suggests_cancelling_the_order(client):
+    response = card_for(client, "lbp-acute-simple")
+    card = response["cards"][0]
+    deletes = [a for a in actions_of(card) if a["type"] == "delete"]
+    assert deletes and deletes[0]["resourceId"] == "ServiceRequest/lbp-acute-simple-mri"
+    assert {r["code"] for r in card["overrideReasons"]} >= {"red-flag-not-in-record", "surgical-candidate"}
+    assert card["selectionBehavior"] == "at-most-one"
+
+
+def test_radiographs_first_suggests_lumbar_radiographs_with_cpt_and_loinc(client, mappings):
+    card = card_for(client, "lbp-osteoporosis")["cards"][0]
+    creates = [a["resource"] for a in actions_of(card) if a["type"] == "create"]
+    assert len(creates) == 1
+    coding = {(c["system"], c["code"]) for c in creates[0]["code"]["coding"]}
+    preferred = mappings.preferred_order("radiograph", "lumbar")
+    assert {("http://www.ama-assn.org/go/cpt", "72100"), ("http://loinc.org", "24972-2")} <= coding
+    assert preferred is not None
+    assert creates[0]["subject"] == {"reference": "Patient/lbp-osteoporosis"}
+
+
+def test_indicated_mri_with_contrast_gets_a_without_contrast_update_carrying_the_rating(client):
+    card = card_for(client, "lbp-radic-failed-pt-wwo")["cards"][0]
+    updates = [a["resource"] for a in actions_of(card) if a["type"] == "update"]
+    assert len(updates) == 1
+    codes = {c["code"] for c in updates[0]["code"]["coding"]}
+    assert "72148" in codes and "72158" not in codes
+    assert rating_codings(updates[0], PAMA_URLS["rating"][1])[0]["code"] == "appropriate"
+    assert rating_codings(updates[0], PAMA_URLS["rating"][0])[1]["code"] == "indicated-routine"
+
+
+def test_tumour_flag_keeps_contrast(client):
+    card = card_for(client, "lbp-metastasis-wwo")["cards"][0]
+    assert not [a for a in actions_of(card) if a["type"] == "update"]
+
+
+def test_suggested_resources_are_valid_fhir(client):
+    from fhir.resources.R4B.servicerequest import ServiceRequest
+
+    for patient_id in ("lbp-osteoporosis", "lbp-radic-failed-pt-wwo", "neck-chronic-axial"):
+        response = card_for(client, patient_id)
+        for action in actions_of(response["cards"][0]) + response.get("systemActions", []):
+            if "resource" in action:
+                ServiceRequest.model_validate(action["resource"])
+
+
+def test_card_detail_lists_flags_with_their_resource_and_what_was_absent(client):
+    card = card_for(client, "lbp-cauda-equina")["cards"][0]
+    assert "Condition/" in card["detail"]
+    card = card_for(client, "lbp-acute-simple")["cards"][0]
+    assert "Checked and not found" in card["detail"]
+    assert "What would change this advice" in card["detail"]
+
+
+# ------------------------------------------------------------------ order selection
+
+def test_order_select_rates_only_selected_orders(client):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    body["context"]["selections"] = ["ServiceRequest/not-this-one"]
+    assert client.post(SELECT, json=body).get_json() == {"cards": []}
+
+
+def test_order_sign_rates_every_mri_and_ignores_other_orders(client):
+    body = fixtures.hook_request("lbp-acute-simple", "order-sign")
+    entries = body["context"]["draftOrders"]["entry"]
+    mri = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
+    second = copy.deepcopy(mri)
+    second["resource"]["id"] = "second-mri"
+    entries.append(second)
+    entries.append({"resource": {"resourceType": "MedicationRequest", "id": "med", "status": "draft",
+                                 "intent": "order", "subject": {"reference": "Patient/x"},
+                                 "medicationCodeableConcept": {"text": "ibuprofen"}}})
+    response = client.post(SIGN, json=body).get_json()
+    assert len(response["cards"]) == 2
+    assert {a["resource"]["id"] for a in response["systemActions"]} == {mri["resource"]["id"], "second-mri"}
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda b: b.pop("hookInstance"), "hookInstance"),
+    (lambda b: b.pop("context"), "context"),
+    (lambda b: b.update(hook="order-sign"), "order-select"),
+    (lambda b: b["context"].update(draftOrders=[]), "draftOrders"),
+    (lambda b: b["context"].pop("selections"), "selections"),
+])
+def test_malformed_requests_get_400_naming_the_field(client, mutate, needle):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    mutate(body)
+    reply = client.post(SELECT, json=body)
+    assert reply.status_code == 400
+    assert needle in reply.get_json()["error"]
+
+
+def test_non_json_body_is_400(client):
+    reply = client.post(SELECT, data=b"{not json", content_type="application/json")
+    assert reply.status_code == 400
+
+
+def test_unknown_service_is_404(client):
+    assert client.post("/cds-services/nope", json={}).status_code == 404
+
+
+def test_oversized_body_is_413(client, settings):
+    reply = client.post(SELECT, data=b" " * (settings.max_body_bytes + 1), content_type="application/json")
+    assert reply.status_code == 413
+
+
+def test_malformed_resources_in_prefetch_are_skipped_not_fatal(client, response_validator):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    body["prefetch"]["conditions"]["entry"].extend([
+        {"resource": {"resourceType": "Condition", "id": "bad-1", "code": "not-a-concept"}},
+        {"resource": {"resourceType": "Condition", "id": "bad-2", "code": {"coding": "nope"}, "onsetDateTime": 5}},
+        {"resource": "a string"},
+        {"resource": {"resourceType": "Observation", "id": "wrong-type"}},
+    ])
+    body["prefetch"]["observations"]["entry"].append({"resource": {
+        "resourceType": "Observation", "id": "bad-temp", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+        "valueQuantity": {"value": "hot", "unit": "Cel"}}})
+    reply = client.post(SELECT, json=body)
+    assert reply.status_code == 200
+    response_validator.validate(reply.get_json())
+    assert reply.get_json()["cards"][0]["indicator"] == "warning"
+
+
+def test_unknown_unit_is_not_guessed(client):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    body["prefetch"]["observations"]["entry"].append({"resource": {
+        "resourceType": "Observation", "id": "kelvin", "status": "final",
+        "effectiveDateTime": body["prefetch"]["patient"].get("meta", {}).get("lastUpdated", "2026-11-20"),
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+        "valueQuantity": {"value": 312, "unit": "K", "system": "http://unitsofmeasure.org", "code": "K"}}})
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
+    assert "not recognised" in card["detail"]
+
+
+def test_feedback_validation_and_report(client, settings):
+    from cds_service.feedback import Store
+
+    response = card_for(client, "lbp-acute-simple")
+    card_uuid = response["cards"][0]["uuid"]
+    bad = client.post(SELECT + "/feedback", json={"feedback": [{"card": card_uuid, "outcome": "maybe"}]})
+    assert bad.status_code == 400 and "outcome" in bad.get_json()["error"]
+    good = client.post(SELECT + "/feedback", json={"feedback": [{
+        "card": card_uuid, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        "overrideReason": {"reason": {"code": "surgical-candidate", "system": "x"}, "userComment": "seen by spine"}}]})
+    assert good.status_code == 200
+    report = Store(settings.feedback_db).report()
+    assert {"region": "lumbar", "verdict": "low-value", "count": 1} in report["evaluations"]
+    assert {"verdict": "low-value", "outcome": "overridden", "count": 1} in report["feedback"]
+    assert report["override_reasons"] == [{"reason": "surgical-candidate", "count": 1}]
+
+
+def test_bare_endpoint_parses_and_returns_empty_cards(client):
+    assert client.post("/_bench/bare", json={"anything": 1}).get_json() == {"cards": []}
+
+
+def test_healthz(client):
+    assert client.get("/healthz").get_json()["status"] == "ok"
