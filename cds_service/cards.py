@@ -85,7 +85,7 @@ def _source(verdict: Verdict, mappings: Mappings) -> dict:
     if verdict.variant_id:
         guideline, variant = mappings.variant(verdict.variant_id)
         label = f"{guideline.get('title', guideline['id'])}: {variant.get('title', variant['id'])}"
-        if verdict.extrapolated:
+        if verdict.extrapolated and "analogy" not in label:
             label += " (applied by analogy to the thoracic spine)"
         return {"label": label, "url": guideline.get("url")} if guideline.get("url") else {"label": label}
     return {"label": "spine-imaging CDS: ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE NG59"}
@@ -98,9 +98,11 @@ def _evidence_line(item) -> str:
 
 
 def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
-    lines = [f"**{VERDICT_DISPLAY[verdict.code]}** for {order_label(order)} ({order.display}).", ""]
+    lines = [f"**{VERDICT_DISPLAY[verdict.code]}.** Order: {order.display} ({order.reference}).", ""]
     lines += [f"- {reason}" for reason in verdict.reasons]
     lines.append("")
+    if verdict.advice:
+        lines += [f"**Instead:** {verdict.advice}", ""]
     if verdict.red_flags_found:
         lines.append("**Red flags and risk factors found**")
         lines += [_evidence_line(item) for item in verdict.red_flags_found]
@@ -133,7 +135,7 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("**Not used:** " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "") + ".")
         lines.append("")
     if verdict.guideline_ids:
-        cited = [mappings.guideline(g).get("title", g) for g in verdict.guideline_ids]
+        cited = [mappings.guideline(g).get("short", g) for g in verdict.guideline_ids]
         lines.append("**Concordant guidance:** " + "; ".join(cited) + ".")
     return "\n".join(lines).strip()
 

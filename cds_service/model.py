@@ -105,6 +105,7 @@ class Verdict:
     therapy_weeks: float | None = None
     therapy_evidence: list[str] = field(default_factory=list)
     would_change: list[str] = field(default_factory=list)
+    advice: str | None = None  # what to do instead, in one sentence
     missing: list[str] = field(default_factory=list)  # data that could not be read
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     pama_rating: str | None = None  # appropriate | not-appropriate | no-criteria-apply | None

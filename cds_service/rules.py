@@ -74,6 +74,10 @@ RATING = {
     "radiographs-first": "not-appropriate",
     "low-value": "not-appropriate",
 }
+# ACP 2017 recommendations 1-2 (the reference's LBP-V1/V2 "suggest").
+CONSERVATIVE_CARE_ADVICE = ("Conservative care first: heat, massage, acupuncture or spinal manipulation; an NSAID or "
+                            "skeletal muscle relaxant if needed; exercise or physical therapy if pain persists; "
+                            "reassess at 4-6 weeks (ACP 2017).")
 REGION_WORDS = {"lumbar": "low back", "cervical": "neck", "thoracic": "thoracic back"}
 
 
@@ -174,16 +178,24 @@ class _Context:
         facts = self.facts
         floor = (self.episode_start - timedelta(days=14)) if self.episode_start else (
             self.as_of - timedelta(days=365))
-        items: list[tuple[date | None, str]] = []
-        for procedure in facts.therapy_procedures:
-            items.append((procedure.date, f"{procedure.description} ({procedure.reference}"
-                          + (f", {procedure.date.isoformat()})" if procedure.date else ", undated)")))
-        for course in facts.medications:
-            if course.concept_id == "analgesic_medication":
-                items.append((course.start, f"{course.description} ({course.reference}"
-                              + (f", from {course.start.isoformat()})" if course.start else ", undated)")))
-        self.therapy_descriptions = [text for when, text in items if when is None or when >= floor]
-        dated = [when for when, _ in items if when is not None and when >= floor]
+        items: list[tuple[date | None, str, str]] = [
+            (p.date, p.description, p.reference) for p in facts.therapy_procedures]
+        items += [(c.start, c.description, c.reference) for c in facts.medications
+                  if c.concept_id == "analgesic_medication"]
+        items = [item for item in items if item[0] is None or item[0] >= floor]
+        # One line per kind of therapy: "CPT 97110 Therapeutic exercise x 9, 2026-09-20 to 2026-11-15".
+        grouped: dict[str, list[tuple[date | None, str]]] = {}
+        for when, description, reference in items:
+            grouped.setdefault(description, []).append((when, reference))
+        self.therapy_descriptions = []
+        for description, uses in grouped.items():
+            dates = sorted(when for when, _ in uses if when is not None)
+            span = ("undated" if not dates else dates[0].isoformat() if len(dates) == 1
+                    else f"{dates[0].isoformat()} to {dates[-1].isoformat()}")
+            count = f" x {len(uses)}" if len(uses) > 1 else ""
+            self.therapy_descriptions.append(f"{description}{count}, {span} ({uses[0][1]}"
+                                             + (", ..." if len(uses) > 1 else "") + ")")
+        dated = [when for when, _, _ in items if when is not None]
         self.therapy_undated = bool(items) and not dated
         self.therapy_weeks = _weeks(min(dated), self.as_of) if dated else None
 
@@ -442,7 +454,7 @@ def _fracture_risk(ctx: _Context) -> Verdict | None:
         code="radiographs-first",
         variant_id=ctx.variant("fracture_risk"),
         decisive_reason=f"{_label_phrase(evidence[0]).lower() if not evidence[0].label.startswith('Age') else evidence[0].label}"
-        " without neurological deficit: look for a compression fracture",
+        ", no neurological deficit (compression fracture?)",
         reasons=[f"Vertebral fracture risk: {_label_phrase(e)}: {e.description}" for e in evidence],
         guideline_ids=["ACP_APS_2007", "CW_NASS"],
         red_flags_found=evidence,
@@ -527,6 +539,7 @@ def _no_red_flags(ctx: _Context) -> Verdict:
                                         "6 weeks without therapy (ACR V2) both rate MRI usually not appropriate."]),
         guideline_ids=guidelines,
         suggest_cancel=True,
+        advice=CONSERVATIVE_CARE_ADVICE,
         would_change=[
             "A red flag: new urinary retention, saddle anaesthesia, progressive weakness, fever, "
             "cancer history, immunosuppression, injection drug use, osteoporosis or steroid use.",
