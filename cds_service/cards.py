@@ -72,7 +72,8 @@ def _summary(verdict: Verdict) -> str:
         "insufficient-information": "Cannot rate this MRI: ",
     }[verdict.code]
     text = lead + verdict.decisive_reason
-    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1].rstrip() + "…"
+    # CDS Hooks: the summary is "less than 140 characters".
+    return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2].rstrip() + "…"
 
 
 def order_label(order: MriOrder) -> str:

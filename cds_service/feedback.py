@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,17 +44,25 @@ class FeedbackError(ValueError):
 
 
 class Store:
+    """One SQLite connection per thread, kept open: opening one per request costs more than the write."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as connection:
+        self._local = threading.local()
+        with closing(self._open()) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA busy_timeout=30000")
-        connection.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._open()
         return connection
 
     def record_evaluations(self, service_id: str, hook_instance: str, patient_id: str | None, evaluations) -> None:
@@ -62,9 +71,11 @@ class Store:
         now = datetime.now(timezone.utc).isoformat()
         rows = [(e.card_uuid, e.consult_id, service_id, hook_instance, patient_id, e.order_reference,
                  e.region, e.contrast, e.verdict, e.variant, e.rating, now) for e in evaluations]
-        with closing(self._connect()) as connection:
-            connection.executemany(
-                "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        connection = self._connect()
+        # The evaluation log survives a process crash (WAL); an OS crash may lose its last
+        # rows, which costs an analyst a count, not a clinician anything. Feedback is FULL.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.executemany("INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def record_feedback(self, service_id: str, body) -> int:
         """Store every item of a feedback POST; returns how many were new."""
@@ -90,19 +101,24 @@ class Store:
             rows.append((service_id, item["card"], item["outcome"], reason.get("code"), reason.get("display"),
                          override.get("userComment"), json.dumps(accepted, sort_keys=True),
                          item["outcomeTimestamp"], now, json.dumps(item, sort_keys=True)))
-        with closing(self._connect()) as connection:
-            before = connection.total_changes
-            connection.execute("BEGIN IMMEDIATE")
+        connection = self._connect()
+        connection.execute("PRAGMA synchronous=FULL")
+        before = connection.total_changes
+        connection.execute("BEGIN IMMEDIATE")
+        try:
             connection.executemany(
                 "INSERT OR IGNORE INTO feedback (service_id, card_uuid, outcome, override_code, override_display, "
                 "user_comment, accepted_suggestions, outcome_timestamp, received_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 rows)
-            connection.execute("COMMIT")
-            return connection.total_changes - before
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return connection.total_changes - before
 
     def report(self) -> dict:
         """Counts an analyst asks for first: verdicts, ratings, and what clinicians did with the cards."""
-        with closing(self._connect()) as connection:
+        with closing(self._open()) as connection:
             verdicts = connection.execute(
                 "SELECT region, verdict, COUNT(*) FROM evaluations GROUP BY region, verdict ORDER BY region, verdict"
             ).fetchall()

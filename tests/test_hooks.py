@@ -323,3 +323,11 @@ def test_bare_endpoint_parses_and_returns_empty_cards(client):
 
 def test_healthz(client):
     assert client.get("/healthz").get_json()["status"] == "ok"
+
+
+def test_long_summaries_are_cut_under_140_characters():
+    from cds_service.cards import _summary
+    from cds_service.model import Verdict
+
+    summary = _summary(Verdict(code="low-value", variant_id=None, decisive_reason="x" * 300))
+    assert len(summary) < 140 and summary.endswith("…")
