@@ -123,7 +123,8 @@ def main() -> int:
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cds-bench-")
-    env = dict(os.environ, CDS_BENCH_BARE_ENDPOINT="1", CDS_FEEDBACK_DB=f"{tmp}/bench.sqlite3",
+    # Unauthenticated on purpose: the benchmark measures the clinical path, not JWT checks.
+    env = dict(os.environ, CDS_BENCH_BARE_ENDPOINT="1", CDS_FEEDBACK_DB=f"{tmp}/bench.sqlite3", CDS_ALLOW_UNAUTHENTICATED="1",
                CDS_LOG_LEVEL="WARNING")
     server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", str(args.workers), "--threads", str(args.threads)],

@@ -8,6 +8,7 @@ import time
 from flask import Flask, Response, request
 from flask_cors import CORS
 
+from .auth import AuthError, Authenticator, load_trusted_issuers
 from .config import Settings
 from .discovery import SERVICE_HOOKS, discovery_document
 from .feedback import FeedbackError, Store
@@ -30,12 +31,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     mappings = get_mappings(settings.mappings_dir)
     store = Store(settings.feedback_db)
     discovery = discovery_document(mappings)
+    authenticator = None
+    if settings.trusted_issuers is not None:
+        authenticator = Authenticator(load_trusted_issuers(settings.trusted_issuers), settings.jwt_leeway_seconds,
+                                      store.first_use_of_token)
+    elif not settings.allow_unauthenticated:
+        raise RuntimeError(settings.authentication_problem())
+    else:
+        log.warning(json.dumps({"event": "startup", "warning": "AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1): "
+                                "any caller can use this service. Development only."}))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     CORS(app, origins=settings.cors_origins, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"])
 
     def read_json():
+        if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
+            raise HookRequestError(415, f"send the body as application/json, not {request.mimetype}")
         raw = request.get_data(cache=False)
         try:
             return json.loads(raw)
@@ -63,9 +75,33 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.exception("unexpected error")
         return _error(500, "internal error: the hook could not be evaluated")
 
+    def audiences() -> list[str]:
+        # aud must be the URL of the endpoint called; behind a proxy, the configured public URL.
+        urls = [request.base_url]
+        if settings.public_base_url:
+            urls.append(settings.public_base_url + request.path)
+        return urls
+
+    @app.before_request
+    def authenticate():
+        if request.method == "OPTIONS" or not request.path.startswith("/cds-services/"):
+            return None  # discovery, health and CORS preflight stay open, as the spec allows
+        if authenticator is None:
+            return None
+        try:
+            authenticator.verify(request.headers.get("Authorization"), audiences())
+        except AuthError as error:
+            log.info(json.dumps({"event": "auth-refused", "path": request.path, "reason": error.reason}))
+            response = _error(401, error.reason)
+            description = error.reason.replace('"', "'")
+            response.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{description}"'
+            return response
+        return None
+
     @app.get("/healthz")
     def healthz():
-        return _json({"status": "ok", "services": sorted(SERVICE_HOOKS)})
+        return _json({"status": "ok", "services": sorted(SERVICE_HOOKS),
+                      "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)"})
 
     @app.get("/cds-services")
     def services():

@@ -44,6 +44,22 @@ def cmd_serve(args) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    problem = settings.authentication_problem()
+    if problem:
+        print(f"refusing to start: {problem}", file=sys.stderr)
+        return 2
+    if settings.trusted_issuers is None:
+        print("\n*** WARNING: AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1). Any caller can use this "
+              "service and send it patient data. Development only. ***\n", file=sys.stderr, flush=True)
+    else:
+        from .auth import TrustConfigError, load_trusted_issuers
+
+        try:
+            issuers = load_trusted_issuers(settings.trusted_issuers)
+        except TrustConfigError as error:
+            print(f"refusing to start: {error}", file=sys.stderr)
+            return 2
+        print(f"trusted CDS clients: {', '.join(sorted(issuers))}", file=sys.stderr)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -120,6 +136,40 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from .auth import generate_key_pair
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kid = args.kid or f"{args.alg.lower()}-{int(time.time())}"
+    pem, jwk = generate_key_pair(kid, args.alg)
+    key_path = out / f"{kid}.pem"
+    key_path.write_bytes(pem)
+    key_path.chmod(0o600)
+    trust_path = out / "trusted-issuers.json"
+    trust = json.loads(trust_path.read_text()) if trust_path.exists() else {}
+    trust.setdefault(args.issuer, {"jwks": {"keys": []}})
+    trust[args.issuer].setdefault("jwks", {"keys": []})["keys"].append(jwk)
+    trust_path.write_text(json.dumps(trust, indent=2) + "\n")
+    print(f"private key: {key_path} (kid {kid})\ntrusted issuers file: {trust_path} "
+          f"(point CDS_TRUSTED_ISSUERS at it)")
+    return 0
+
+
+def cmd_token(args) -> int:
+    from .auth import sign_token
+
+    key_path = Path(args.key)
+    try:
+        pem = key_path.read_bytes()
+    except OSError as error:
+        print(f"cannot read the key: {error}", file=sys.stderr)
+        return 2
+    kid = args.kid or key_path.stem
+    print(sign_token(args.issuer, pem, args.aud, kid, args.alg, args.lifetime))
+    return 0
+
+
 def render_card(card: dict) -> str:
     lines = [f"[{card['indicator'].upper()}] {card['summary']}", f"  source: {card['source']['label']}"]
     for suggestion in card.get("suggestions", []):
@@ -132,9 +182,20 @@ def cmd_demo(args) -> int:
 
     from . import fixtures
 
+    from .auth import generate_key_pair, sign_token
+
     base = f"http://127.0.0.1:{args.port}"
     env = dict(os.environ)
     env.setdefault("CDS_FEEDBACK_DB", "var/demo-feedback.sqlite3")
+    # The demo is a CDS client of its own: a fresh key pair, trusted by the service it starts.
+    demo_dir = Path("var/demo")
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    issuer, kid = "urn:spine-imaging-cds:demo-client", "demo-es384"
+    pem, jwk = generate_key_pair(kid)
+    (demo_dir / f"{kid}.pem").write_bytes(pem)
+    (demo_dir / f"{kid}.pem").chmod(0o600)
+    (demo_dir / "trusted-issuers.json").write_text(json.dumps({issuer: {"jwks": {"keys": [jwk]}}}, indent=2))
+    env.setdefault("CDS_TRUSTED_ISSUERS", str(demo_dir / "trusted-issuers.json"))
     server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                "--port", str(args.port)], env=env)
     try:
@@ -151,14 +212,18 @@ def cmd_demo(args) -> int:
                                      "lbp-osteoporosis", "neck-myelopathy-wwo", "thx-acute-pain"]
         for patient_id in patients:
             body = fixtures.hook_request(patient_id, "order-select")
-            reply = requests.post(f"{base}/cds-services/spine-mri-order-select", json=body, timeout=10)
+            url = f"{base}/cds-services/spine-mri-order-select"
+            token = sign_token(issuer, pem, url, kid)
+            reply = requests.post(url, json=body, timeout=10, headers={"Authorization": f"Bearer {token}"})
             print(f"\n=== {patient_id}: order-select -> HTTP {reply.status_code}")
             for card in reply.json().get("cards", []):
                 print(render_card(card))
             for action in reply.json().get("systemActions", []):
                 rating = action["resource"]["extension"][0]["valueCodeableConcept"]["coding"]
                 print(f"  PAMA rating: {rating[0]['code']} / {rating[1]['code']}")
-        print(f"\nThe service keeps running at {base}/cds-services (Ctrl-C stops it).", flush=True)
+        print(f"\nThe service keeps running at {base}/cds-services (Ctrl-C stops it).\n"
+              f"Call it yourself: TOKEN=$(.venv/bin/cds-service token --issuer {issuer} --key {demo_dir / (kid + '.pem')} "
+              f"--aud {base}/cds-services/spine-mri-order-select)", flush=True)
         if args.no_wait:
             return 0
         server.wait()
@@ -197,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-wait", action="store_true", help="stop the service after the demo requests")
     demo.add_argument("patients", nargs="*", help="fixture patient ids (default: a representative few)")
     demo.set_defaults(func=cmd_demo)
+
+    keygen = commands.add_parser("keygen", help="create a CDS client key pair and a trusted-issuers file")
+    keygen.add_argument("--issuer", required=True, help="the client's iss")
+    keygen.add_argument("--out", default="var/keys", help="directory for the key and trusted-issuers.json")
+    keygen.add_argument("--kid", help="key id (default: generated)")
+    keygen.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"])
+    keygen.set_defaults(func=cmd_keygen)
+
+    token = commands.add_parser("token", help="print a signed client JWT to call the service with curl")
+    token.add_argument("--issuer", required=True)
+    token.add_argument("--key", required=True, help="private key PEM (its file name stem is the default kid)")
+    token.add_argument("--aud", required=True, help="the exact endpoint URL being called")
+    token.add_argument("--kid", help="key id (default: the key file's name without .pem)")
+    token.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"])
+    token.add_argument("--lifetime", type=int, default=300, help="seconds until exp (default 300)")
+    token.set_defaults(func=cmd_token)
 
     report = commands.add_parser("report", help="counts of verdicts and feedback outcomes for analysts")
     report.add_argument("--db", help="the SQLite file (default: CDS_FEEDBACK_DB)")

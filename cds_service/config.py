@@ -28,6 +28,10 @@ class Settings:
     cors_origins: str
     bench_bare_endpoint: bool
     log_level: str
+    trusted_issuers: Path | None = None
+    allow_unauthenticated: bool = False
+    public_base_url: str | None = None
+    jwt_leeway_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -39,4 +43,15 @@ class Settings:
             cors_origins=os.environ.get("CDS_CORS_ORIGINS", "*"),
             bench_bare_endpoint=_flag("CDS_BENCH_BARE_ENDPOINT"),
             log_level=os.environ.get("CDS_LOG_LEVEL", "INFO").upper(),
+            trusted_issuers=Path(os.environ["CDS_TRUSTED_ISSUERS"]) if os.environ.get("CDS_TRUSTED_ISSUERS") else None,
+            allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
+            public_base_url=(os.environ.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            jwt_leeway_seconds=float(_int("CDS_JWT_LEEWAY_SECONDS", 5)),
         )
+
+    def authentication_problem(self) -> str | None:
+        """Why the service must not start as configured (None when it may)."""
+        if self.trusted_issuers is None and not self.allow_unauthenticated:
+            return ("no trusted CDS clients: set CDS_TRUSTED_ISSUERS to a trusted-issuers JSON file "
+                    "(see README), or CDS_ALLOW_UNAUTHENTICATED=1 for development only")
+        return None

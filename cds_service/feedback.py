@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
     verdict TEXT NOT NULL, variant TEXT, rating TEXT,
     evaluated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen_tokens (
+    iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (iss, jti)
+);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     service_id TEXT NOT NULL,
@@ -115,6 +119,17 @@ class Store:
             raise
         connection.execute("COMMIT")
         return connection.total_changes - before
+
+    def first_use_of_token(self, iss: str, jti: str, expires_at: float) -> bool:
+        """True the first time a (iss, jti) is seen; shared by every server process (replay guard)."""
+        import time
+
+        connection = self._connect()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        now = time.time()
+        connection.execute("DELETE FROM seen_tokens WHERE expires_at < ?", (now - 60,))
+        cursor = connection.execute("INSERT OR IGNORE INTO seen_tokens VALUES (?,?,?)", (iss, jti, expires_at))
+        return cursor.rowcount == 1
 
     def report(self) -> dict:
         """Counts an analyst asks for first: verdicts, ratings, and what clinicians did with the cards."""

@@ -23,7 +23,8 @@ def mappings():
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(feedback_db=tmp_path / "feedback.sqlite3", mappings_dir=None, max_body_bytes=2 * 1024 * 1024,
-                    cors_origins="*", bench_bare_endpoint=True, log_level="INFO")
+                    cors_origins="*", bench_bare_endpoint=True, log_level="INFO",
+                    allow_unauthenticated=True)
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""Only trusted EHRs get in: CDS Hooks 2.0 JWT client authentication."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+
+from cds_service import fixtures
+from cds_service.app import create_app
+from cds_service.auth import generate_key_pair, load_trusted_issuers, sign_token, TrustConfigError
+from cds_service.config import Settings
+
+SELECT = "/cds-services/spine-mri-order-select"
+URL = "http://localhost" + SELECT
+SANDBOX = "https://sandbox.cds-hooks.org"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    es_pem, es_jwk = generate_key_pair("ehr-es384", "ES384")
+    rs_pem, rs_jwk = generate_key_pair("ehr-rs384", "RS384")
+    sb_pem, sb_jwk = generate_key_pair("sandbox-like", "ES384")
+    return {"es": es_pem, "rs": rs_pem, "sandbox": sb_pem, "jwks": [es_jwk, rs_jwk], "sandbox_jwk": sb_jwk}
+
+
+@pytest.fixture
+def trust_file(tmp_path, keys, captured_sandbox):
+    sandbox_keys = json.loads((fixtures.FIXTURES_DIR.parent.parent / "shared" / "reference" / "cds-hooks-sandbox"
+                               / "jwks.json").read_text())["keys"]
+    path = tmp_path / "trusted-issuers.json"
+    path.write_text(json.dumps({
+        "https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}},
+        # the real sandbox's public keys (from its jwks.json) plus one of ours under its issuer,
+        # since its private key is not ours to sign with
+        SANDBOX: {"jwks": {"keys": sandbox_keys + [keys["sandbox_jwk"]]}},
+    }))
+    return path
+
+
+@pytest.fixture
+def client(tmp_path, trust_file):
+    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=2 * 1024 * 1024,
+                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
+    return create_app(settings).test_client()
+
+
+def body():
+    return fixtures.hook_request("lbp-acute-simple", "order-select")
+
+
+def post(client, token, path=SELECT, payload=None):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return client.post(path, json=payload if payload is not None else body(), headers=headers)
+
+
+def claims(**overrides):
+    now = int(time.time())
+    base = {"iss": "https://ehr.example.org", "sub": "ehr", "aud": URL, "iat": now, "exp": now + 300,
+            "jti": str(uuid.uuid4())}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def token(keys, key="es", alg="ES384", kid="ehr-es384", headers=None, **overrides):
+    return jwt.encode(claims(**overrides), keys[key], algorithm=alg, headers={"kid": kid, **(headers or {})})
+
+
+def test_valid_es384_and_rs384_tokens_get_in(client, keys):
+    assert post(client, token(keys)).status_code == 200
+    assert post(client, token(keys, key="rs", alg="RS384", kid="ehr-rs384")).status_code == 200
+
+
+def test_missing_token_is_401_with_www_authenticate(client):
+    reply = post(client, None)
+    assert reply.status_code == 401
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "Authorization" in reply.get_json()["error"]
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda k: token(k, aud="https://elsewhere.example/cds-services/spine-mri-order-select"), "aud"),
+    (lambda k: token(k, exp=int(time.time()) - 120, iat=int(time.time()) - 400), "expired"),
+    (lambda k: token(k, iss="https://stranger.example"), "not trusted"),
+    (lambda k: token(k, kid="unknown-kid"), "kid"),
+    (lambda k: token(k, jti=None), "jti"),
+    (lambda k: token(k, key="rs", alg="RS384", kid="ehr-es384"), "signature"),
+    (lambda k: jwt.encode(claims(), "shared-secret", algorithm="HS256", headers={"kid": "ehr-es384"}), "HS256"),
+    (lambda k: jwt.encode(claims(), None, algorithm="none", headers={"kid": "ehr-es384"}), "none"),
+    (lambda k: "not-a-jwt", "not a JWT"),
+])
+def test_bad_tokens_are_refused_with_a_reason(client, keys, make, needle):
+    reply = post(client, make(keys))
+    assert reply.status_code == 401
+    assert needle in reply.get_json()["error"]
+
+
+def test_replayed_jti_is_refused(client, keys):
+    same = token(keys)
+    assert post(client, same).status_code == 200
+    reply = post(client, same)
+    assert reply.status_code == 401 and "already used" in reply.get_json()["error"]
+
+
+def test_clock_leeway_accepts_iat_half_a_second_ahead(client, keys):
+    ahead = int(time.time()) + 1  # the sandbox rounds iat and can be up to 0.5 s ahead
+    assert post(client, token(keys, iat=ahead)).status_code == 200
+    far = int(time.time()) + 120
+    assert post(client, token(keys, iat=far)).status_code == 401
+
+
+def test_sandbox_shaped_token_with_unlisted_jku_uses_configured_keys(client, keys):
+    shaped = sign_token(SANDBOX, keys["sandbox"], URL, "sandbox-like", "ES384",
+                        jku=f"{SANDBOX}/.well-known/jwks.json")
+    assert post(client, shaped).status_code == 200
+
+
+def test_feedback_needs_a_token_for_its_own_url(client, keys, captured_sandbox):
+    path = SELECT + "/feedback"
+    assert post(client, None, path, captured_sandbox["feedback"]).status_code == 401
+    wrong_aud = token(keys)  # aud is the hook URL, not the feedback URL
+    assert post(client, wrong_aud, path, captured_sandbox["feedback"]).status_code == 401
+    right = token(keys, aud="http://localhost" + path)
+    assert post(client, right, path, captured_sandbox["feedback"]).status_code == 200
+
+
+def test_discovery_and_health_stay_open(client):
+    assert client.get("/cds-services").status_code == 200
+    assert client.get("/healthz").get_json()["authentication"] == "on"
+
+
+def test_refused_request_changes_nothing(client, keys, tmp_path):
+    reply = post(client, None, SELECT + "/feedback", {"feedback": [
+        {"card": "x", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-22T00:00:00Z"}]})
+    assert reply.status_code == 401
+    import sqlite3
+    rows = sqlite3.connect(tmp_path / "f.sqlite3").execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    assert rows == 0
+
+
+def test_jku_on_the_allowlist_is_fetched_and_cached(tmp_path, keys):
+    from cds_service.auth import Authenticator
+
+    jku = "https://ehr.example.org/jwks.json"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": []}, "jku_allowlist": [jku]}}))
+    fetched = []
+
+    def fetch(url):
+        fetched.append(url)
+        return {"keys": keys["jwks"]}
+
+    seen = set()
+    auth = Authenticator(load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)),
+                         fetch=fetch)
+    for _ in range(3):
+        auth.verify("Bearer " + token(keys, headers={"jku": jku}), [URL])
+    assert fetched == [jku]
+
+
+def test_trust_file_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"https://x": {"jwks": {"keys": []}, "jwks_url": "https://x/j"}}))
+    with pytest.raises(TrustConfigError, match="exactly one"):
+        load_trusted_issuers(bad)
+
+
+def test_serve_refuses_to_start_without_trust_or_switch(monkeypatch, capsys):
+    from cds_service.cli import main
+
+    monkeypatch.delenv("CDS_TRUSTED_ISSUERS", raising=False)
+    monkeypatch.delenv("CDS_ALLOW_UNAUTHENTICATED", raising=False)
+    assert main(["serve", "--port", "1"]) == 2
+    assert "CDS_TRUSTED_ISSUERS" in capsys.readouterr().err
+
+
+def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monkeypatch):
+    from cds_service.cli import main
+
+    assert main(["keygen", "--issuer", "https://ehr.example.org", "--out", str(tmp_path), "--kid", "k1"]) == 0
+    capsys.readouterr()
+    assert main(["token", "--issuer", "https://ehr.example.org", "--key", str(tmp_path / "k1.pem"),
+                 "--aud", URL]) == 0
+    printed = capsys.readouterr().out.strip()
+    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
+                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO",
+                        trusted_issuers=tmp_path / "trusted-issuers.json")
+    assert post(create_app(settings).test_client(), printed).status_code == 200
