@@ -4,8 +4,13 @@ server and by `cds-service evaluate` alike.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -55,26 +60,36 @@ def _require(condition: bool, message: str, status: int = 400) -> None:
         raise HookRequestError(status, message)
 
 
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _schema_error(name: str, instance, prefix: str) -> str | None:
+    error = next(iter(sorted(_validator(name).iter_errors(instance), key=lambda e: len(e.absolute_path))), None)
+    if error is None:
+        return None
+    path = ".".join(str(part) for part in error.absolute_path)
+    field = f"{prefix}.{path}" if prefix and path else (path or prefix)
+    if error.validator == "required":
+        return f"{error.message.split(' is a ')[0]} is required" + (f" in '{field}'" if field else "")
+    return f"'{field or '(body)'}': {error.message}"
+
+
 def check_request(service_id: str, body) -> None:
-    """The request checks the rules depend on (the JSON Schema check happens in `app`)."""
+    """The request against the CDS Hooks 2.0 request schema and the hook's context schema."""
     _require(service_id in SERVICE_HOOKS, f"unknown CDS service '{service_id}'", 404)
     _require(isinstance(body, dict), "the request body must be a JSON object")
-    _require(isinstance(body.get("hook"), str), "'hook' is required and must be a string")
-    _require(isinstance(body.get("hookInstance"), str), "'hookInstance' is required and must be a string")
+    problem = _schema_error("cds-hooks-request", body, "")
+    _require(problem is None, problem or "")
     expected = SERVICE_HOOKS[service_id]
     _require(body["hook"] == expected, f"service '{service_id}' answers the '{expected}' hook, not '{body['hook']}'")
-    context = body.get("context")
-    _require(isinstance(context, dict), "'context' is required and must be an object")
-    _require(isinstance(context.get("patientId"), str), "'context.patientId' is required and must be a string")
-    draft = context.get("draftOrders")
-    _require(isinstance(draft, dict) and draft.get("resourceType") == "Bundle",
-             "'context.draftOrders' is required and must be a FHIR Bundle")
-    if expected == "order-select":
-        selections = context.get("selections")
-        _require(isinstance(selections, list) and all(isinstance(s, str) for s in selections),
-                 "'context.selections' is required for order-select and must be an array of strings")
-    prefetch = body.get("prefetch")
-    _require(prefetch is None or isinstance(prefetch, dict), "'prefetch' must be an object")
+    problem = _schema_error(f"{expected}-context", body["context"], "context")
+    _require(problem is None, problem or "")
 
 
 def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date | None = None,
