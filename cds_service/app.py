@@ -12,6 +12,7 @@ from .auth import AuthError, Authenticator, load_trusted_issuers
 from .config import Settings
 from .discovery import SERVICE_HOOKS, discovery_document
 from .feedback import FeedbackError, Store
+from .fhir_client import FhirFetcher
 from .hooks import HookRequestError, evaluate_hook
 from .mappings import get_mappings
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     else:
         log.warning(json.dumps({"event": "startup", "warning": "AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1): "
                                 "any caller can use this service. Development only."}))
+    fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     CORS(app, origins=settings.cors_origins, allow_headers=["Authorization", "Content-Type"],
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HookRequestError)
     def bad_request(error: HookRequestError):
-        return _error(error.status, error.message)
+        return _json({"error": error.message, **error.details}, error.status)
 
     @app.errorhandler(Exception)
     def unexpected(error):
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if service_id not in SERVICE_HOOKS:
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
-        result = evaluate_hook(service_id, body, mappings)
+        result = evaluate_hook(service_id, body, mappings, fetcher=fetcher)
         if result.evaluations:
             store.record_evaluations(service_id, body["hookInstance"], body["context"].get("patientId"),
                                      result.evaluations)

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fhir_client import FhirSettings, normalise_base
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -14,6 +16,16 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as error:
         raise SystemExit(f"setting {name} must be a whole number, got {raw!r}") from error
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as error:
+        raise SystemExit(f"setting {name} must be a number, got {raw!r}") from error
 
 
 def _flag(name: str) -> bool:
@@ -32,6 +44,7 @@ class Settings:
     allow_unauthenticated: bool = False
     public_base_url: str | None = None
     jwt_leeway_seconds: float = 5.0
+    fhir: FhirSettings = FhirSettings(allowed_servers=frozenset())
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -47,6 +60,13 @@ class Settings:
             allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
             public_base_url=(os.environ.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
             jwt_leeway_seconds=float(_int("CDS_JWT_LEEWAY_SECONDS", 5)),
+            fhir=FhirSettings(
+                allowed_servers=frozenset(normalise_base(url) for url in
+                                          os.environ.get("CDS_FHIR_ALLOWED_SERVERS", "").split(",") if url.strip()),
+                budget_seconds=_float("CDS_FHIR_BUDGET_SECONDS", 2.0),
+                max_pages=_int("CDS_FHIR_MAX_PAGES", 20),
+                concurrency=_int("CDS_FHIR_CONCURRENCY", 8),
+            ),
         )
 
     def authentication_problem(self) -> str | None:

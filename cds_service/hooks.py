@@ -17,7 +17,8 @@ from datetime import date, datetime, timezone
 
 from .cards import build_card
 from .data_sources import ClinicalData, from_prefetch
-from .discovery import SERVICE_HOOKS
+from .discovery import SERVICE_HOOKS, prefetch_templates
+from .fhir_client import FhirFetcher, describe_host, fetchable, log_fetch
 from .facts import extract_facts, find_mri_orders
 from .mappings import Mappings
 from .rules import decide
@@ -28,10 +29,11 @@ log = logging.getLogger(__name__)
 class HookRequestError(Exception):
     """A request the service cannot evaluate; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, details: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details = details or {}
 
 
 @dataclass
@@ -92,8 +94,34 @@ def check_request(service_id: str, body) -> None:
     _require(problem is None, problem or "")
 
 
+CLINICAL_SOURCES = ("conditions", "observations", "medications", "procedures")
+
+
+def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: "HookResult") -> ClinicalData:
+    """Prefetch first; what it lacks, from the EHR's FHIR server when that server is allowed."""
+    data = from_prefetch(body.get("prefetch"))
+    missing = fetchable(data)
+    base = body.get("fhirServer")
+    if not missing:
+        return data
+    if fetcher is not None and fetcher.settings.allows(base):
+        started = time.perf_counter()
+        timings = fetcher.fill(data, body, prefetch_templates(mappings), missing)
+        result.timings_ms["fhir"] = (time.perf_counter() - started) * 1000
+        result.timings_ms["fhir_slowest"] = max(timings.values(), default=0.0)
+        result.timings_ms["fhir_sum"] = sum(timings.values())
+        log_fetch(body.get("hookInstance", ""), base, timings, data)
+    elif isinstance(base, str) and base:
+        note = (f"the FHIR server {describe_host(base)} is not on this service's allowlist "
+                "(CDS_FHIR_ALLOWED_SERVERS): evaluated from the prefetch alone")
+        data.notes.append(note)
+        log.info(json.dumps({"event": "fhir-not-allowed", "hookInstance": body.get("hookInstance"),
+                             "fhirServer": describe_host(base)}))
+    return data
+
+
 def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date | None = None,
-                  data: ClinicalData | None = None) -> HookResult:
+                  data: ClinicalData | None = None, fetcher: FhirFetcher | None = None) -> HookResult:
     started = time.perf_counter()
     check_request(service_id, body)
     context = body["context"]
@@ -105,7 +133,7 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
         return result
     as_of = as_of or datetime.now(timezone.utc).date()
     read_started = time.perf_counter()
-    data = data or from_prefetch(body.get("prefetch"))
+    data = data or gather(body, mappings, fetcher, result)
     result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
     cards, actions = [], []
     for order in orders:
@@ -121,6 +149,11 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
             region=order.region, contrast=order.contrast, verdict=verdict.code,
             variant=verdict.variant_id, rating=verdict.pama_rating,
         ))
+    if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(
+            key in data.unread for key in CLINICAL_SOURCES):
+        # Nothing to judge with: CDS Hooks 2.0 says 412 when the service cannot get the data it needs.
+        raise HookRequestError(412, "the patient's data could be read neither from the prefetch nor from an "
+                               "allowed FHIR server", {"missing": dict(sorted(data.unread.items()))})
     result.response = {"cards": cards}
     if actions:
         # CDS Hooks 2.0 reads top-level systemActions; the CDS Hooks sandbox (Argonaut PAMA IG's

@@ -111,14 +111,23 @@ def test_sandbox_first_call_with_empty_order_gets_no_card(client, captured_sandb
     assert reply.get_json() == {"cards": []}
 
 
-def test_sandbox_order_with_patient_only_says_what_is_missing(client, captured_sandbox, response_validator):
+def test_sandbox_order_with_patient_only_is_412_naming_what_is_missing(client, captured_sandbox):
+    # The sandbox's fhirServer is not on the allowlist and its prefetch holds only the Patient:
+    # nothing can be judged, so CDS Hooks' 412 with the missing data named.
     reply = client.post(SELECT, json=captured_sandbox["order_select"])
-    response = reply.get_json()
-    response_validator.validate(response)
-    card = response["cards"][0]
+    assert reply.status_code == 412
+    body = reply.get_json()
+    assert {"conditions", "observations", "medications", "procedures"} <= set(body["missing"])
+    assert "allowed FHIR server" in body["error"]
+
+
+def test_partial_prefetch_gets_a_card_that_says_what_is_missing(client):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    del body["prefetch"]["medications"]
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
     assert card["summary"].startswith("Cannot rate")
-    assert "Conditions" in card["detail"] and "MedicationRequests" in card["detail"]
-    assert "systemActions" not in response
+    assert "MedicationRequests" in card["detail"]
+    assert "not on this service's allowlist" in card["detail"]
 
 
 def test_sandbox_order_with_cauda_equina_reason_is_rated_urgent(client, captured_sandbox, response_validator):
@@ -141,8 +150,8 @@ def test_sandbox_low_back_pain_reason_alone_is_not_enough(client, captured_sandb
     body = copy.deepcopy(captured_sandbox["order_select"])
     body["context"]["draftOrders"]["entry"][0]["resource"]["reasonCode"] = [
         {"coding": [{"system": "http://snomed.info/sct", "code": "279039007", "display": "Low back pain"}]}]
-    card = client.post(SELECT, json=body).get_json()["cards"][0]
-    assert card["summary"].startswith("Cannot rate")  # red-flag sources were not sent
+    reply = client.post(SELECT, json=body)
+    assert reply.status_code == 412  # red-flag sources were neither sent nor readable
 
 
 def test_sandbox_feedback_is_stored(client, captured_sandbox):

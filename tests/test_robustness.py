@@ -58,7 +58,8 @@ def test_malformed_requests_get_200_or_400_never_500(client, response_validator,
         target = target[part]
     target[path[-1]] = value
     reply = client.post(SELECT, json=body)
-    assert reply.status_code in (200, 400), reply.get_data(as_text=True)
+    # 412: a prefetch emptied by the mutation leaves nothing to judge (no FHIR server allowed here)
+    assert reply.status_code in (200, 400, 412), reply.get_data(as_text=True)
     if reply.status_code == 200:
         response_validator.validate(reply.get_json())
     else:
