@@ -15,17 +15,22 @@ USAGE = (
 )
 
 
+# Page size asked of the FHIR server: large pages mean fewer round trips (servers may cap it).
+PAGE_SIZE = 200
+
+
 def prefetch_templates(mappings: Mappings) -> dict[str, str]:
     loinc = ",".join(f"http://loinc.org|{code}" for code in mappings.observation_codes())
+    count = f"&_count={PAGE_SIZE}"
     return {
         "patient": "Patient/{{context.patientId}}",
-        "conditions": "Condition?patient={{context.patientId}}",
-        "observations": "Observation?patient={{context.patientId}}&code=" + loinc,
-        "medications": "MedicationRequest?patient={{context.patientId}}&_include=MedicationRequest:medication",
-        "procedures": "Procedure?patient={{context.patientId}}",
-        "imagingStudies": "ImagingStudy?patient={{context.patientId}}",
-        "diagnosticReports": "DiagnosticReport?patient={{context.patientId}}",
-        "serviceRequests": "ServiceRequest?patient={{context.patientId}}&status=completed",
+        "conditions": "Condition?patient={{context.patientId}}" + count,
+        "observations": "Observation?patient={{context.patientId}}&code=" + loinc + count,
+        "medications": "MedicationRequest?patient={{context.patientId}}&_include=MedicationRequest:medication" + count,
+        "procedures": "Procedure?patient={{context.patientId}}" + count,
+        "imagingStudies": "ImagingStudy?patient={{context.patientId}}" + count,
+        "diagnosticReports": "DiagnosticReport?patient={{context.patientId}}" + count,
+        "serviceRequests": "ServiceRequest?patient={{context.patientId}}&status=completed" + count,
     }
 
 

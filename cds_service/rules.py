@@ -137,7 +137,8 @@ class _Context:
         self.episode_weeks = _weeks(self.episode_start, self.as_of)
         self.radicular = bool(self.flags.get("radiculopathy") or self.flags.get("stenosis"))
         self._therapy()
-        self.missing = [SOURCE_LABELS[k] for k in RED_FLAG_SOURCES if k in facts.unread_sources]
+        self.missing = [f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in RED_FLAG_SOURCES
+                        if k in facts.unread_sources]
 
     def _derive_flags(self) -> None:
         facts, as_of = self.facts, self.as_of

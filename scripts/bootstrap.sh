@@ -7,3 +7,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# The FHIR server the integration tests and the demo run (sekmet-fhir, a FastAPI + SQLite
+# FHIR R4 server), in its own environment so its dependencies never mix with ours.
+if [ ! -x .venv-fhir/bin/sekmet ]; then
+    python3 -m venv .venv-fhir
+    .venv-fhir/bin/python -m pip install --quiet --disable-pip-version-check 'sekmet-fhir==0.1.1'
+fi
