@@ -170,6 +170,42 @@ def cmd_token(args) -> int:
     return 0
 
 
+def cmd_seed(args) -> int:
+    from . import fixtures
+    from .fhir_server import seed_bundle
+
+    paths = [Path(p) for p in args.files] or sorted((fixtures.FIXTURES_DIR / "patients").glob("*.json"))
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    import requests
+
+    session = requests.Session()
+    if args.wait:
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                if session.get(args.fhir_base.rstrip("/") + "/metadata", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                print(f"{args.fhir_base} did not answer /metadata within {args.wait} s", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    failed = 0
+    for path in paths:
+        try:
+            bundle = fixtures.load_json(path) if not args.keep_dates else json.loads(path.read_text())
+            results = seed_bundle(args.fhir_base, bundle, session, headers)
+        except (OSError, ValueError, RuntimeError, requests.RequestException) as error:
+            failed += 1
+            print(f"{path.name}: FAILED: {error}", file=sys.stderr)
+            continue
+        summary = ", ".join(f"{name} {status.split()[0]}" for name, status in results)
+        print(f"{path.name}: {len(results)} resources ({summary})")
+    print(f"seeded {len(paths) - failed} of {len(paths)} bundles into {args.fhir_base}")
+    return 1 if failed else 0
+
+
 def render_card(card: dict) -> str:
     lines = [f"[{card['indicator'].upper()}] {card['summary']}", f"  source: {card['source']['label']}"]
     for suggestion in card.get("suggestions", []):
@@ -177,52 +213,83 @@ def render_card(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _wait_for(url: str, process, seconds: float = 30) -> bool:
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if requests.get(url, timeout=1).ok:
+                return True
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return False
+
+
 def cmd_demo(args) -> int:
     import requests
 
     from . import fixtures
-
     from .auth import generate_key_pair, sign_token
+    from .fhir_server import LocalFhirServer, seed_bundle
 
     base = f"http://127.0.0.1:{args.port}"
-    env = dict(os.environ)
-    env.setdefault("CDS_FEEDBACK_DB", "var/demo-feedback.sqlite3")
-    # The demo is a CDS client of its own: a fresh key pair, trusted by the service it starts.
     demo_dir = Path("var/demo")
     demo_dir.mkdir(parents=True, exist_ok=True)
+    print(f"starting the local FHIR server on http://127.0.0.1:{args.fhir_port}/fhir ...", flush=True)
+    fhir = LocalFhirServer(args.fhir_port)
+    try:
+        fhir_base = fhir.start()
+    except RuntimeError as error:
+        print(f"cannot start the local FHIR server: {error}", file=sys.stderr)
+        return 1
+    session = requests.Session()
+    for path in sorted((fixtures.FIXTURES_DIR / "patients").glob("*.json")):
+        seed_bundle(fhir_base, fixtures.load_json(path), session)
+    print(f"seeded {len(fixtures.manifest())} fixture patients into {fhir_base}", flush=True)
+
+    # The demo is a CDS client of its own: a fresh key pair, trusted by the service it starts.
     issuer, kid = "urn:spine-imaging-cds:demo-client", "demo-es384"
     pem, jwk = generate_key_pair(kid)
-    (demo_dir / f"{kid}.pem").write_bytes(pem)
-    (demo_dir / f"{kid}.pem").chmod(0o600)
+    key_path = demo_dir / f"{kid}.pem"
+    key_path.write_bytes(pem)
+    key_path.chmod(0o600)
     (demo_dir / "trusted-issuers.json").write_text(json.dumps({issuer: {"jwks": {"keys": [jwk]}}}, indent=2))
+    env = dict(os.environ)
+    env.setdefault("CDS_FEEDBACK_DB", str(demo_dir / "feedback.sqlite3"))
     env.setdefault("CDS_TRUSTED_ISSUERS", str(demo_dir / "trusted-issuers.json"))
+    env["CDS_FHIR_ALLOWED_SERVERS"] = ",".join(filter(None, [env.get("CDS_FHIR_ALLOWED_SERVERS"), fhir_base]))
     server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                "--port", str(args.port)], env=env)
     try:
-        for _ in range(100):
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
+        if not _wait_for(f"{base}/healthz", server):
             print("the service did not start", file=sys.stderr)
             return 1
         patients = args.patients or ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",
                                      "lbp-osteoporosis", "neck-myelopathy-wwo", "thx-acute-pain"]
-        for patient_id in patients:
+        for index, patient_id in enumerate(patients):
             body = fixtures.hook_request(patient_id, "order-select")
+            body["fhirServer"] = fhir_base
+            how = "with full prefetch"
+            if index % 2 == 1:
+                body["prefetch"] = {}  # the service reads the local FHIR server instead
+                how = "without prefetch (read from the FHIR server)"
             url = f"{base}/cds-services/spine-mri-order-select"
             token = sign_token(issuer, pem, url, kid)
+            started = time.perf_counter()
             reply = requests.post(url, json=body, timeout=10, headers={"Authorization": f"Bearer {token}"})
-            print(f"\n=== {patient_id}: order-select -> HTTP {reply.status_code}")
+            elapsed = (time.perf_counter() - started) * 1000
+            print(f"\n=== {patient_id}: order-select {how} -> HTTP {reply.status_code} in {elapsed:.0f} ms")
             for card in reply.json().get("cards", []):
                 print(render_card(card))
             for action in reply.json().get("systemActions", []):
                 rating = action["resource"]["extension"][0]["valueCodeableConcept"]["coding"]
                 print(f"  PAMA rating: {rating[0]['code']} / {rating[1]['code']}")
-        print(f"\nThe service keeps running at {base}/cds-services (Ctrl-C stops it).\n"
-              f"Call it yourself: TOKEN=$(.venv/bin/cds-service token --issuer {issuer} --key {demo_dir / (kid + '.pem')} "
+        print(f"\nThe service keeps running at {base}/cds-services with the FHIR server at {fhir_base} "
+              "(Ctrl-C stops both).\n"
+              f"Call it yourself: TOKEN=$(.venv/bin/cds-service token --issuer {issuer} --key {key_path} "
               f"--aud {base}/cds-services/spine-mri-order-select)", flush=True)
         if args.no_wait:
             return 0
@@ -234,6 +301,7 @@ def cmd_demo(args) -> int:
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=15)
+        fhir.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="serve, fire order-select for demo patients, print the cards")
     demo.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8765")))
+    demo.add_argument("--fhir-port", type=int, default=int(os.environ.get("CDS_DEMO_FHIR_PORT", "8080")))
     demo.add_argument("--no-wait", action="store_true", help="stop the service after the demo requests")
     demo.add_argument("patients", nargs="*", help="fixture patient ids (default: a representative few)")
     demo.set_defaults(func=cmd_demo)
@@ -278,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"])
     token.add_argument("--lifetime", type=int, default=300, help="seconds until exp (default 300)")
     token.set_defaults(func=cmd_token)
+
+    seed = commands.add_parser("seed", help="load fixture Bundles into a FHIR R4 server (transaction, ids kept)")
+    seed.add_argument("--fhir-base", required=True, help="the FHIR server's base URL")
+    seed.add_argument("--token", help="a bearer token for the FHIR server")
+    seed.add_argument("--wait", type=int, default=0, help="wait up to this many seconds for the server's /metadata")
+    seed.add_argument("--keep-dates", action="store_true",
+                      help="do not move the fixtures' dates to today (they are written for 2026-11-22)")
+    seed.add_argument("files", nargs="*", help="transaction Bundle files (default: fixtures/patients/*.json)")
+    seed.set_defaults(func=cmd_seed)
 
     report = commands.add_parser("report", help="counts of verdicts and feedback outcomes for analysts")
     report.add_argument("--db", help="the SQLite file (default: CDS_FEEDBACK_DB)")

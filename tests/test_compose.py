@@ -1,0 +1,50 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it agrees with the code instead."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cds_service.cli import build_parser
+from cds_service.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SETTINGS_NAMES = {"CDS_TRUSTED_ISSUERS", "CDS_PUBLIC_BASE_URL", "CDS_FHIR_ALLOWED_SERVERS", "CDS_FHIR_BUDGET_SECONDS",
+                  "CDS_FEEDBACK_DB", "CDS_ALLOW_UNAUTHENTICATED", "CDS_MAPPINGS_DIR"}
+
+
+def test_services_and_pinned_images():
+    services = COMPOSE["services"]
+    assert set(services) == {"hapi", "cds", "seeder"}
+    image = services["hapi"]["image"]
+    assert image.startswith("hapiproject/hapi:") and not image.endswith(":latest")
+
+
+def test_ports_match_the_service_and_the_fhir_base():
+    services = COMPOSE["services"]
+    assert "8765:8765" in services["cds"]["ports"]
+    assert "8080:8080" in services["hapi"]["ports"]
+    assert services["cds"]["environment"]["CDS_FHIR_ALLOWED_SERVERS"] == "http://hapi:8080/fhir"
+    assert "http://hapi:8080/fhir" in services["seeder"]["command"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "EXPOSE 8765" in dockerfile and '"--port", "8765"' in dockerfile
+
+
+def test_environment_names_are_settings_the_code_reads(monkeypatch):
+    environment = COMPOSE["services"]["cds"]["environment"]
+    assert set(environment) <= SETTINGS_NAMES
+    for name, value in environment.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings.from_env()
+    assert settings.fhir.allows("http://hapi:8080/fhir")
+    assert settings.trusted_issuers == Path("/app/docs/trusted-issuers.sandbox.json")
+    assert (ROOT / "docs" / "trusted-issuers.sandbox.json").exists()
+    assert settings.authentication_problem() is None
+
+
+def test_health_check_probes_healthz_and_seeder_command_parses():
+    test = COMPOSE["services"]["cds"]["healthcheck"]["test"]
+    assert any("/healthz" in part for part in test)
+    args = build_parser().parse_args(COMPOSE["services"]["seeder"]["command"][1:])
+    assert args.func.__name__ == "cmd_seed" and args.wait > 0
