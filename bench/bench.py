@@ -112,6 +112,46 @@ def drive(url: str, payload: bytes, count: int, concurrency: int) -> dict:
     }
 
 
+def fallback_scenario(base: str, fhir_port: int, count: int, concurrency: int) -> None:
+    """No prefetch vs full prefetch against the local FHIR server, and how concurrent the queries were."""
+    from cds_service.fhir_client import FhirFetcher, FhirSettings
+    from cds_service.fhir_server import LocalFhirServer, seed_bundle
+    from cds_service.hooks import evaluate_hook
+    from cds_service.mappings import get_mappings
+
+    fhir = LocalFhirServer(fhir_port)
+    try:
+        fhir_base = fhir.start()
+    except RuntimeError as error:
+        print(f"\nfallback scenario skipped: {error}")
+        return
+    try:
+        seed_bundle(fhir_base, fixtures.patient_bundle(BASE_PATIENT))
+        full = fixtures.hook_request(BASE_PATIENT, "order-select")
+        full["fhirServer"] = fhir_base
+        empty = json.loads(json.dumps(full))
+        empty["prefetch"] = {}
+        print("\nFHIR-server fallback (local FHIR server, same patient; server allowlists it):")
+        print(f"{'request':>24} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, body in (("full prefetch", full), ("no prefetch (8 queries)", empty)):
+            result = drive(f"{base}/cds-services/spine-mri-order-select", json.dumps(body).encode(), count,
+                           concurrency)
+            print(f"{name:>24} | {result['throughput']:>7.1f} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f}"
+                  + (f"  ({result['errors']} errors)" if result["errors"] else ""))
+        fetcher = FhirFetcher(FhirSettings(allowed_servers=frozenset({fhir_base}), budget_seconds=5))
+        sums, slowest, totals = [], [], []
+        for _ in range(30):
+            timings = evaluate_hook("spine-mri-order-select", json.loads(json.dumps(empty)), get_mappings(),
+                                    fetcher=fetcher).timings_ms
+            sums.append(timings["fhir_sum"])
+            slowest.append(timings["fhir_slowest"])
+            totals.append(timings["fhir"])
+        print(f"queries, one hook at a time (median of 30): sum of the 8 queries {statistics.median(sums):.1f} ms, "
+              f"slowest query {statistics.median(slowest):.1f} ms, all 8 concurrently {statistics.median(totals):.1f} ms")
+    finally:
+        fhir.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000])
@@ -119,13 +159,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--no-fallback", action="store_true", help="skip the FHIR-server fallback scenario")
     args = parser.parse_args()
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cds-bench-")
     # Unauthenticated on purpose: the benchmark measures the clinical path, not JWT checks.
-    env = dict(os.environ, CDS_BENCH_BARE_ENDPOINT="1", CDS_FEEDBACK_DB=f"{tmp}/bench.sqlite3", CDS_ALLOW_UNAUTHENTICATED="1",
-               CDS_LOG_LEVEL="WARNING")
+    fhir_port = free_port()
+    env = dict(os.environ, CDS_BENCH_BARE_ENDPOINT="1", CDS_FEEDBACK_DB=f"{tmp}/bench.sqlite3",
+               CDS_ALLOW_UNAUTHENTICATED="1", CDS_LOG_LEVEL="WARNING",
+               CDS_FHIR_ALLOWED_SERVERS=f"http://127.0.0.1:{fhir_port}/fhir")
     server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", str(args.workers), "--threads", str(args.threads)],
                               env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -158,6 +201,8 @@ def main() -> int:
                   f"{hook['p99_ms']:>8.1f} | {bare['throughput']:>10.1f} {bare['p50_ms']:>8.1f} "
                   f"{bare['p99_ms']:>8.1f} | {ratio:>5.2f}"
                   + (f"  ({hook['errors'] + bare['errors']} errors)" if hook["errors"] or bare["errors"] else ""))
+        if not args.no_fallback:
+            fallback_scenario(base, fhir_port, 200, args.concurrency)
         if len(rows) > 1:
             first, last = rows[0], rows[-1]
             growth = (last["hook"]["p50_ms"] / first["hook"]["p50_ms"]) / (last["resources"] / first["resources"])
