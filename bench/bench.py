@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service import fixtures  # noqa: E402
+from cds_service.processes import free_port, wait_for_http  # noqa: E402
 
 BASE_PATIENT = "lbp-radic-failed-pt"
 FILLER_KEYS = ("observations", "conditions", "procedures", "medications")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def filler(kind: str, patient_id: str, index: int) -> dict:
@@ -174,13 +169,7 @@ def main() -> int:
                               env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        else:
+        if not wait_for_http(f"{base}/healthz", server):
             print("server did not start", file=sys.stderr)
             return 1
         print(f"server: {args.workers} workers x {args.threads} threads; client: {args.concurrency} concurrent; "

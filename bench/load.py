@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service import fixtures  # noqa: E402
+from cds_service.processes import free_port, wait_for_http  # noqa: E402
 from cds_service.fhir_server import LocalFhirServer, seed_bundle  # noqa: E402
 
 BUDGET_SECONDS = 1.0
 ANSWER_LIMIT_SECONDS = BUDGET_SECONDS + 2.0  # budget plus the service's own work and queueing
 MAX_REQUESTS_PER_PHASE = 20_000
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SlowFhir(BaseHTTPRequestHandler):
@@ -166,12 +161,9 @@ def main() -> int:
                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/cds-services/spine-mri-order-select"
     try:
-        for _ in range(100):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        if not wait_for_http(f"http://127.0.0.1:{port}/healthz", service):
+            print("the service did not start", file=sys.stderr)
+            return 1
 
         def bodies(base: str, with_prefetch: bool) -> list[bytes]:
             out = []

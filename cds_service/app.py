@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from flask import Flask, Response, request
 from flask_cors import CORS

@@ -213,27 +213,13 @@ def render_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-def _wait_for(url: str, process, seconds: float = 30) -> bool:
-    import requests
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if requests.get(url, timeout=1).ok:
-                return True
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    return False
-
-
 def cmd_demo(args) -> int:
     import requests
 
     from . import fixtures
     from .auth import generate_key_pair, sign_token
     from .fhir_server import LocalFhirServer, seed_bundle
+    from .processes import wait_for_http
 
     base = f"http://127.0.0.1:{args.port}"
     demo_dir = Path("var/demo")
@@ -264,7 +250,7 @@ def cmd_demo(args) -> int:
     server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                "--port", str(args.port)], env=env)
     try:
-        if not _wait_for(f"{base}/healthz", server):
+        if not wait_for_http(f"{base}/healthz", server):
             print("the service did not start", file=sys.stderr)
             return 1
         patients = args.patients or ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",

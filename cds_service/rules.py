@@ -446,25 +446,36 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
     )
 
 
+def _flag_words(item: Evidence) -> str:
+    """A finding as the summary names it ("osteoporosis or fragility fracture", "Age 72 (male)...")."""
+    return item.label if item.concept_id.startswith("age_") else _label_phrase(item).lower()
+
+
+def _radiographs_first(ctx: _Context, rule: str, evidence: list[Evidence], why: str, kind: str,
+                       would_change: str, modalities=("radiograph", "ct")) -> Verdict:
+    verdict = Verdict(
+        code="radiographs-first",
+        variant_id=ctx.variant(rule),
+        decisive_reason=_flag_words(evidence[0]) + why,
+        reasons=[f"{kind}: {_label_phrase(e)}: {e.description}" for e in evidence],
+        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        red_flags_found=evidence,
+        suggest_cancel=True,
+        suggest_first_study="radiograph",
+        would_change=[would_change],
+    )
+    return _first_study_done(ctx, verdict, modalities)
+
+
 def _fracture_risk(ctx: _Context) -> Verdict | None:
     """Osteoporosis, long-term steroids or older age without deficit: radiographs first (ACR LBP V6, ACP 2007)."""
     evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
     if not evidence:
         return None
-    verdict = Verdict(
-        code="radiographs-first",
-        variant_id=ctx.variant("fracture_risk"),
-        decisive_reason=f"{_label_phrase(evidence[0]).lower() if not evidence[0].label.startswith('Age') else evidence[0].label}"
-        ", no neurological deficit (compression fracture?)",
-        reasons=[f"Vertebral fracture risk: {_label_phrase(e)}: {e.description}" for e in evidence],
-        guideline_ids=["ACP_APS_2007", "CW_NASS"],
-        red_flags_found=evidence,
-        suggest_cancel=True,
-        suggest_first_study="radiograph",
-        would_change=["A neurological deficit, or radiographs done and inconclusive, make MRI appropriate "
-                      "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs)."],
-    )
-    return _first_study_done(ctx, verdict)
+    return _radiographs_first(
+        ctx, "fracture_risk", evidence, ", no neurological deficit (compression fracture?)", "Vertebral fracture risk",
+        "A neurological deficit, or radiographs done and inconclusive, make MRI appropriate "
+        "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs).")
 
 
 def _weaker_risk(ctx: _Context) -> Verdict | None:
@@ -474,19 +485,10 @@ def _weaker_risk(ctx: _Context) -> Verdict | None:
         evidence += ctx.evidence("age_over_50")
     if not evidence:
         return None
-    verdict = Verdict(
-        code="radiographs-first",
-        variant_id=ctx.variant("weaker_risk"),
-        decisive_reason=f"{evidence[0].label.lower() if not evidence[0].label.startswith('Age') else evidence[0].label}"
-        ": radiographs and ESR first",
-        reasons=[f"Weaker risk factor: {_label_phrase(e)}: {e.description}" for e in evidence],
-        guideline_ids=["ACP_APS_2007", "CW_NASS"],
-        red_flags_found=evidence,
-        suggest_cancel=True,
-        suggest_first_study="radiograph",
-        would_change=["Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate."],
-    )
-    return _first_study_done(ctx, verdict, modalities=("radiograph",))
+    return _radiographs_first(
+        ctx, "weaker_risk", evidence, ": radiographs and ESR first", "Weaker risk factor",
+        "Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate.",
+        modalities=("radiograph",))
 
 
 def _no_indication(ctx: _Context) -> Verdict | None:

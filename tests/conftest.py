@@ -46,13 +46,6 @@ def captured_sandbox():
     return json.loads(path.read_text())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
@@ -60,11 +53,10 @@ def live_server(tmp_path_factory):
     import os
     import subprocess
     import sys
-    import time
 
-    import requests
+    from cds_service.processes import free_port, wait_for_http
 
-    port = _free_port()
+    port = free_port()
     db = tmp_path_factory.mktemp("live") / "feedback.sqlite3"
     env = dict(os.environ, CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=str(db), CDS_LOG_LEVEL="WARNING")
     env.pop("CDS_TRUSTED_ISSUERS", None)
@@ -72,14 +64,7 @@ def live_server(tmp_path_factory):
                                 "--port", str(port), "--workers", "2", "--threads", "8"],
                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(base + "/healthz", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
+    if not wait_for_http(base + "/healthz", process):
         process.kill()
         pytest.fail("the live server did not start: " + process.stderr.read().decode()[-2000:])
     yield {"base": base, "db": db, "process": process}

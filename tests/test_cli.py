@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,11 @@ from pathlib import Path
 import requests
 
 from cds_service.cli import main
+from cds_service.processes import free_port
 from cds_service.fhir_server import LocalFhirServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_seed_loads_fixtures_keeping_ids(capsys):

@@ -6,9 +6,7 @@ from a small stub HTTP server.
 """
 from __future__ import annotations
 
-import copy
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,16 +17,12 @@ import requests
 from cds_service import fixtures
 from cds_service.data_sources import EXPECTED_TYPES
 from cds_service.fhir_client import FhirFetcher, FhirSettings
+from cds_service.processes import free_port
 from cds_service.fhir_server import LocalFhirServer, seed_bundle
 from cds_service.hooks import HookRequestError, evaluate_hook
 
 MANIFEST = fixtures.manifest()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

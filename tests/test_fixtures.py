@@ -5,7 +5,6 @@ import filecmp
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle

@@ -1,0 +1,28 @@
+"""Small helpers for starting local servers: a free loopback port, and waiting until one answers."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: float = 30) -> bool:
+    """True once `url` answers 2xx; False if `process` exits first or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            if requests.get(url, timeout=1).ok:
+                return True
+        except requests.RequestException:
+            time.sleep(0.1)
+    return False
