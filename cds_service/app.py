@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    CORS(app, origins=settings.cors_origins, allow_headers=["Authorization", "Content-Type"],
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()] or ["*"]
+    CORS(app, origins=origins if origins != ["*"] else "*", allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"])
 
     def read_json():

@@ -188,3 +188,41 @@ def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monke
                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO",
                         trusted_issuers=tmp_path / "trusted-issuers.json")
     assert post(create_app(settings).test_client(), printed).status_code == 200
+
+
+def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys):
+    from cds_service import auth as auth_module
+    from cds_service.auth import Authenticator
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"https://ehr.example.org": {"jwks_url": "https://ehr.example.org/jwks.json"}}))
+    served = {"keys": [keys["jwks"][1]]}  # only the RSA key at first: the EHR rotates in its EC key later
+    fetched = []
+
+    def fetch(url):
+        fetched.append(url)
+        return served
+
+    seen = set()
+    auth = Authenticator(load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)),
+                         fetch=fetch)
+    auth.verify("Bearer " + token(keys, key="rs", alg="RS384", kid="ehr-rs384"), [URL])
+    served = {"keys": keys["jwks"]}
+    auth_module.JWKS_REFRESH_MIN_SECONDS, saved = 0, auth_module.JWKS_REFRESH_MIN_SECONDS
+    try:
+        auth.verify("Bearer " + token(keys), [URL])  # ES384 kid unknown until the refetch
+    finally:
+        auth_module.JWKS_REFRESH_MIN_SECONDS = saved
+    assert len(fetched) == 2
+
+
+def test_cors_allows_configured_origins(tmp_path):
+    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 6,
+                        cors_origins="https://sandbox.cds-hooks.org, https://ehr.example.org",
+                        bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True)
+    client = create_app(settings).test_client()
+    for origin in ("https://sandbox.cds-hooks.org", "https://ehr.example.org"):
+        reply = client.options(SELECT, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert reply.headers.get("Access-Control-Allow-Origin") == origin
+    other = client.options(SELECT, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert other.headers.get("Access-Control-Allow-Origin") is None
