@@ -8,24 +8,15 @@ from pathlib import Path
 from .fhir_client import FhirSettings, normalise_base
 
 
-def _int(name: str, default: int) -> int:
+def _number(name: str, default, kind=int):
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as error:
-        raise SystemExit(f"setting {name} must be a whole number, got {raw!r}") from error
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError as error:
-        raise SystemExit(f"setting {name} must be a number, got {raw!r}") from error
+        noun = "a whole number" if kind is int else "a number"
+        raise SystemExit(f"setting {name} must be {noun}, got {raw!r}") from error
 
 
 def _flag(name: str) -> bool:
@@ -52,20 +43,20 @@ class Settings:
         return cls(
             feedback_db=Path(os.environ.get("CDS_FEEDBACK_DB", "var/cds-feedback.sqlite3")),
             mappings_dir=Path(mappings) if mappings else None,
-            max_body_bytes=_int("CDS_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            max_body_bytes=_number("CDS_MAX_BODY_BYTES", 32 * 1024 * 1024),
             cors_origins=os.environ.get("CDS_CORS_ORIGINS", "*"),
             bench_bare_endpoint=_flag("CDS_BENCH_BARE_ENDPOINT"),
             log_level=os.environ.get("CDS_LOG_LEVEL", "INFO").upper(),
             trusted_issuers=Path(os.environ["CDS_TRUSTED_ISSUERS"]) if os.environ.get("CDS_TRUSTED_ISSUERS") else None,
             allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
             public_base_url=(os.environ.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
-            jwt_leeway_seconds=float(_int("CDS_JWT_LEEWAY_SECONDS", 5)),
+            jwt_leeway_seconds=_number("CDS_JWT_LEEWAY_SECONDS", 5.0, float),
             fhir=FhirSettings(
                 allowed_servers=frozenset(normalise_base(url) for url in
                                           os.environ.get("CDS_FHIR_ALLOWED_SERVERS", "").split(",") if url.strip()),
-                budget_seconds=_float("CDS_FHIR_BUDGET_SECONDS", 2.0),
-                max_pages=_int("CDS_FHIR_MAX_PAGES", 20),
-                concurrency=_int("CDS_FHIR_CONCURRENCY", 8),
+                budget_seconds=_number("CDS_FHIR_BUDGET_SECONDS", 2.0, float),
+                max_pages=_number("CDS_FHIR_MAX_PAGES", 20),
+                concurrency=_number("CDS_FHIR_CONCURRENCY", 8),
             ),
         )
 

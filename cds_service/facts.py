@@ -272,7 +272,7 @@ def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> N
     # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
     facts.findings.extend(
         item for item in _evidence_from_concept(mappings, observation.get("code"), _ref(observation), FROM_RECORD, when)
-        if item.concept_id not in {t.concept_id for ts in mappings.thresholds.values() for t in ts}
+        if item.concept_id not in mappings.threshold_concepts
     )
 
 

@@ -179,6 +179,11 @@ class Mappings:
                     return guideline, variant
         raise KeyError(f"variant {variant_id} is not in guidelines.yaml")
 
+    @property
+    def threshold_concepts(self) -> frozenset[str]:
+        """Concepts an Observation proves only by its value (a coded 8310-5 alone is not a fever)."""
+        return frozenset(t.concept_id for thresholds in self.thresholds.values() for t in thresholds)
+
     def observation_codes(self) -> list[str]:
         return sorted(self.thresholds)
 
