@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -179,7 +179,7 @@ class Mappings:
                     return guideline, variant
         raise KeyError(f"variant {variant_id} is not in guidelines.yaml")
 
-    @property
+    @cached_property
     def threshold_concepts(self) -> frozenset[str]:
         """Concepts an Observation proves only by its value (a coded 8310-5 alone is not a fever)."""
         return frozenset(t.concept_id for thresholds in self.thresholds.values() for t in thresholds)
