@@ -85,7 +85,8 @@ def order_label(order: MriOrder) -> str:
 def _source(verdict: Verdict, mappings: Mappings) -> dict:
     if verdict.variant_id:
         guideline, variant = mappings.variant(verdict.variant_id)
-        label = f"{guideline.get('title', guideline['id'])}: {variant.get('title', variant['id'])}"
+        # The short name keeps the card readable; the URL leads to the full guideline.
+        label = f"{guideline.get('short', guideline['id'])}: {variant.get('title', variant['id'])}"
         if verdict.extrapolated and "analogy" not in label:
             label += " (applied by analogy to the thoracic spine)"
         return {"label": label, "url": guideline.get("url")} if guideline.get("url") else {"label": label}
