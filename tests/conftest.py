@@ -11,7 +11,7 @@ from cds_service.config import Settings
 from cds_service.mappings import get_mappings
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SANDBOX_CAPTURES = ROOT / "fixtures" / "sandbox"
 SCHEMAS = ROOT / "cds_service" / "schemas"
 
 
@@ -40,10 +40,7 @@ def response_validator():
 
 @pytest.fixture(scope="session")
 def captured_sandbox():
-    path = SHARED / "reference" / "cds-hooks-sandbox" / "captured-requests.json"
-    if not path.exists():
-        pytest.skip(f"the shared reference is not at {path}")
-    return json.loads(path.read_text())
+    return json.loads((SANDBOX_CAPTURES / "captured-requests.json").read_text())
 
 
 

@@ -28,8 +28,7 @@ def keys():
 
 @pytest.fixture
 def trust_file(tmp_path, keys, captured_sandbox):
-    sandbox_keys = json.loads((fixtures.FIXTURES_DIR.parent.parent / "shared" / "reference" / "cds-hooks-sandbox"
-                               / "jwks.json").read_text())["keys"]
+    sandbox_keys = json.loads((fixtures.FIXTURES_DIR / "sandbox" / "jwks.json").read_text())["keys"]
     path = tmp_path / "trusted-issuers.json"
     path.write_text(json.dumps({
         "https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}},
