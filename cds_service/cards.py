@@ -6,7 +6,9 @@ mappings/orders.yaml.
 from __future__ import annotations
 
 import copy
+import re
 import uuid
+from dataclasses import dataclass
 
 from .mappings import Mappings
 from .model import FROM_ORDER, MriOrder, Verdict
@@ -59,7 +61,38 @@ CONTRAST_OVERRIDE_REASONS = [
     ("specialist-request", "Requested by a spine specialist"),
 ]
 SUMMARY_LIMIT = 140
-MAX_SKIPPED_SHOWN = 8  # the card stays short; the log has them all
+# The card stays short whatever the record holds: at most this many items per list, then
+# "and N more"; record strings are cut at a length no coded display needs.
+MAX_ITEMS_SHOWN = 8
+MAX_TEXT_CHARS = 200
+
+# Text from the record (displays, ids, server messages) is data, never markup: CommonMark lets
+# any ASCII punctuation be backslash-escaped, and an escaped "<" or "[" can open neither an HTML
+# tag nor a link, so links in a card can only come from the service's own mappings.
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|~#!{}])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def _clean(text, limit: int = MAX_TEXT_CHARS) -> str:
+    text = _CONTROL.sub(" ", str(text)).strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def md(text, limit: int = MAX_TEXT_CHARS * 2) -> str:
+    """A string as literal markdown text: one line, markup characters escaped."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit))
+
+
+def plain(text) -> str:
+    """A string for a plain-text field (the summary): one line, no characters that markup could use."""
+    return re.sub(r"[<>\[\]`]", "", _clean(text, SUMMARY_LIMIT * 2))
+
+
+def _bullets(items, render=md) -> list[str]:
+    shown = [f"- {render(item)}" for item in items[:MAX_ITEMS_SHOWN]]
+    if len(items) > MAX_ITEMS_SHOWN:
+        shown.append(f"- … and {len(items) - MAX_ITEMS_SHOWN} more")
+    return shown
 
 
 def _summary(verdict: Verdict) -> str:
@@ -71,7 +104,7 @@ def _summary(verdict: Verdict) -> str:
         "low-value": "Low-value MRI: ",
         "insufficient-information": "Cannot rate this MRI: ",
     }[verdict.code]
-    text = lead + verdict.decisive_reason
+    text = lead + plain(verdict.decisive_reason)
     # CDS Hooks: the summary is "less than 140 characters".
     return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2].rstrip() + "…"
 
@@ -96,49 +129,54 @@ def _source(verdict: Verdict, mappings: Mappings) -> dict:
 def _evidence_line(item) -> str:
     where = "from the order's reason" if item.origin == FROM_ORDER else "from the record"
     when = f", {item.date.isoformat()}" if item.date else ""
-    return f"- **{item.label}**: {item.description} ({item.reference}, {where}{when})"
+    return f"**{md(item.label)}**: {md(item.description)} ({md(item.reference)}, {where}{when})"
+
+
+def _weeks_ago(weeks: float) -> str:
+    count = round(weeks)
+    return f"{count} week{'' if count == 1 else 's'}"
 
 
 def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
-    lines = [f"**{VERDICT_DISPLAY[verdict.code]}.** Order: {order.display} ({order.reference}).", ""]
-    lines += [f"- {reason}" for reason in verdict.reasons]
+    lines = [f"**{VERDICT_DISPLAY[verdict.code]}.** Order: {md(order.display)} ({md(order.reference)}).", ""]
+    lines += _bullets(verdict.reasons)
     lines.append("")
     if verdict.advice:
-        lines += [f"**Instead:** {verdict.advice}", ""]
+        lines += [f"**Instead:** {md(verdict.advice)}", ""]
     if verdict.red_flags_found:
         lines.append("**Red flags and risk factors found**")
-        lines += [_evidence_line(item) for item in verdict.red_flags_found]
+        lines += _bullets(verdict.red_flags_found, _evidence_line)
         lines.append("")
     if verdict.red_flags_absent:
-        lines.append("**Checked and not found:** " + ", ".join(verdict.red_flags_absent) + ".")
+        lines.append("**Checked and not found:** " + ", ".join(md(label) for label in verdict.red_flags_absent) + ".")
         lines.append("")
     lines.append("**Episode:** " + (
-        f"{verdict.episode_weeks:.0f} weeks since the earliest dated {('symptom')}"
+        f"{_weeks_ago(verdict.episode_weeks)} since the earliest dated symptom"
         if verdict.episode_weeks is not None else "duration not documented"
     ))
-    lines += [_evidence_line(item) for item in verdict.episode_evidence]
+    lines += _bullets(verdict.episode_evidence, _evidence_line)
     lines.append("")
     lines.append("**Conservative therapy:** " + (
-        f"started {verdict.therapy_weeks:.0f} weeks ago" if verdict.therapy_weeks is not None
+        f"started {_weeks_ago(verdict.therapy_weeks)} ago" if verdict.therapy_weeks is not None
         else ("documented without dates" if verdict.therapy_evidence else "none documented")
     ))
-    lines += [f"- {item}" for item in verdict.therapy_evidence]
+    lines += _bullets(verdict.therapy_evidence)
     lines.append("")
     if verdict.would_change:
         lines.append("**What would change this advice**")
-        lines += [f"- {item}" for item in verdict.would_change]
+        lines += _bullets(verdict.would_change)
         lines.append("")
     if verdict.missing:
-        lines.append("**Data that could not be read:** " + "; ".join(verdict.missing) + ".")
+        lines.append("**Data that could not be read**")
+        lines += _bullets(verdict.missing)
         lines.append("")
     if verdict.skipped:
-        shown = verdict.skipped[:MAX_SKIPPED_SHOWN]
-        more = len(verdict.skipped) - len(shown)
-        lines.append("**Not used:** " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "") + ".")
+        lines.append("**Not used**")
+        lines += _bullets(verdict.skipped)
         lines.append("")
     if verdict.guideline_ids:
         cited = [mappings.guideline(g).get("short", g) for g in verdict.guideline_ids]
-        lines.append("**Concordant guidance:** " + "; ".join(cited) + ".")
+        lines.append("**Concordant guidance:** " + "; ".join(md(c) for c in cited) + ".")
     return "\n".join(lines).strip()
 
 
@@ -149,12 +187,13 @@ def _coding(entry: dict) -> dict:
     return coding
 
 
-def pama_extensions(rating: str, verdict_code: str, consult_id: str, auc_url: str | None) -> list[dict]:
-    """The Argonaut PAMA rating extensions, under both URL families, the Argonaut coding first."""
-    value = {"coding": [
-        {"system": PAMA_RATING_SYSTEM, "code": rating},
-        {"system": VERDICT_SYSTEM, "code": verdict_code, "display": VERDICT_DISPLAY[verdict_code]},
-    ]}
+def pama_extensions(rating: str, verdict_code: str | None, consult_id: str, auc_url: str | None) -> list[dict]:
+    """The Argonaut PAMA rating extensions, under both URL families, the Argonaut coding first
+    (the CDS Hooks sandbox shows the first coding's code); our finer verdict second when given."""
+    value = {"coding": [{"system": PAMA_RATING_SYSTEM, "code": rating}]}
+    if verdict_code:
+        value["coding"].append({"system": VERDICT_SYSTEM, "code": verdict_code,
+                                "display": VERDICT_DISPLAY[verdict_code]})
     extensions = []
     for url in PAMA_URLS["rating"]:
         extensions.append({"url": url, "valueCodeableConcept": copy.deepcopy(value)})
@@ -167,9 +206,13 @@ def pama_extensions(rating: str, verdict_code: str, consult_id: str, auc_url: st
 
 
 def with_rating(resource: dict, extensions: list[dict]) -> dict:
+    """A copy of the order carrying `extensions` as its only PAMA rating (none: the rating is removed)."""
     rated = copy.deepcopy(resource)
     kept = [e for e in rated.get("extension") or [] if isinstance(e, dict) and e.get("url") not in ALL_PAMA_URLS]
-    rated["extension"] = kept + extensions
+    if kept or extensions:
+        rated["extension"] = kept + extensions
+    else:
+        rated.pop("extension", None)
     return rated
 
 
@@ -179,78 +222,101 @@ def _order_text(codes) -> str | None:
     return by_system.get("loinc") or next((c.get("display") for c in codes if c.get("display")), None)
 
 
-def _new_order(order: MriOrder, codes: tuple[dict, ...], modality: str) -> dict:
-    source = order.resource
-    created = {
-        "resourceType": "ServiceRequest",
-        "status": "draft",
-        "intent": source.get("intent") or "order",
-        "code": {"coding": [_coding(c) for c in codes if c["system"] in SYSTEM_URIS]},
-    }
+def _recoded(order: MriOrder, codes: tuple[dict, ...], extensions: list[dict], note: str | None = None) -> dict:
+    """The draft order itself (same id, subject, reason) with another study's codes: an `update`,
+    which the CDS Hooks sandbox's PAMA view and EHRs apply in place (a delete + create is not
+    applied there). The CPT coding stays first: the sandbox shows coding[0] as the study."""
+    updated = with_rating(order.resource, extensions)
+    updated["code"] = {"coding": [_coding(c) for c in codes if c["system"] in SYSTEM_URIS]}
     text = _order_text(codes)
     if text:
-        created["code"]["text"] = text
-    for field in ("subject", "encounter", "requester", "reasonCode", "reasonReference"):
-        if source.get(field):
-            created[field] = copy.deepcopy(source[field])
-    created["note"] = [{"text": f"Suggested by spine-imaging CDS in place of {order_label(order)} ({modality} first)."}]
-    return created
+        updated["code"]["text"] = text
+    if note:
+        updated["note"] = list(updated.get("note") or []) + [{"text": note}]
+    return updated
 
 
-def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, rating_extensions) -> list[dict]:
-    suggestions = []
-    delete = {"type": "delete", "description": f"Remove the draft order for {order_label(order)}.",
-              "resourceId": order.reference}
+# Suggestion kinds, as the evaluation log records them for utilization analysts.
+SUGGEST_FIRST_STUDY = "switch-to-first-study"
+SUGGEST_CANCEL = "cancel"
+SUGGEST_NO_CONTRAST = "drop-contrast"
+
+
+def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str,
+                 auc_url: str | None, rating_extensions) -> list[tuple[str, dict]]:
+    """(kind, suggestion) pairs, the recommended one first."""
+    suggestions: list[tuple[str, dict]] = []
     if verdict.suggest_first_study:
         modality = verdict.suggest_first_study
         region = order.region if order.region != "unspecified" else None
         first = mappings.preferred_order(modality, region) if region else None
         if first is not None:
             name = "radiographs" if modality == "radiograph" else "CT without contrast"
-            suggestions.append({
+            # The guideline variant behind the verdict names this study as the first one: it adheres.
+            rating = "no-criteria-apply" if verdict.extrapolated else "appropriate"
+            switched = _recoded(order, first.codes, pama_extensions(rating, None, consult_id, auc_url),
+                                f"Changed by spine-imaging CDS from {order_label(order)}: {name} first.")
+            suggestions.append((SUGGEST_FIRST_STUDY, {
                 "label": f"Order {name} of the {region} spine instead of MRI",
                 "uuid": str(uuid.uuid4()),
                 "isRecommended": True,
-                "actions": [delete, {"type": "create", "description": f"Order {name} of the {region} spine.",
-                                     "resource": _new_order(order, first.codes, name)}],
-            })
+                "actions": [{"type": "update", "description": f"Change the draft order from {order_label(order)} "
+                             f"to {name} of the {region} spine.", "resource": switched}],
+            }))
     if verdict.suggest_cancel:
-        suggestions.append({
+        # Removing a draft is what no update can say: CDS Hooks' delete (which the sandbox's PAMA
+        # view does not apply; EHRs do).
+        suggestions.append((SUGGEST_CANCEL, {
             "label": "Cancel the MRI order",
             "uuid": str(uuid.uuid4()),
             "isRecommended": not suggestions,
-            "actions": [delete],
-        })
+            "actions": [{"type": "delete", "description": f"Remove the draft order for {order_label(order)}.",
+                         "resourceId": order.reference}],
+        }))
     if (verdict.code.startswith("indicated-") and order.contrast in ("with", "with-and-without")
             and not verdict.contrast_needed):
         without = mappings.mri_order(order.region, "without")
         if without is not None:
-            updated = with_rating(order.resource, rating_extensions or [])
-            updated["code"] = {"coding": [_coding(c) for c in without.codes if c["system"] in SYSTEM_URIS]}
-            text = _order_text(without.codes)
-            if text:
-                updated["code"]["text"] = text
-            suggestions.append({
+            suggestions.append((SUGGEST_NO_CONTRAST, {
                 "label": f"Change to MRI {order.region} spine without contrast",
                 "uuid": str(uuid.uuid4()),
                 "isRecommended": True,
                 "actions": [{"type": "update", "description": "No infection or tumour flag needs contrast: "
-                             "order the MRI without contrast.", "resource": updated}],
-            })
+                             "order the MRI without contrast.",
+                             "resource": _recoded(order, without.codes, rating_extensions or [])}],
+            }))
     return suggestions
 
 
-def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str) -> tuple[dict, dict | None]:
-    """The card for one order and, when a rating can be given, its systemAction."""
+@dataclass
+class CardResult:
+    card: dict
+    rating_action: dict | None  # the PAMA rating systemAction (Argonaut and CDS Hooks 2.0 lists)
+    clearing_action: dict | None  # no rating: an update that removes an earlier one (CDS Hooks 2.0 list only)
+    suggestion_kinds: dict[str, str]  # suggestion uuid -> SUGGEST_* kind
+
+
+def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str) -> CardResult:
+    """The card for one order and its systemAction: the rating, or the removal of a stale one."""
     source = _source(verdict, mappings)
     rating_extensions = None
-    action = None
+    rating_action = clearing_action = None
     if verdict.pama_rating:
         rating_extensions = pama_extensions(verdict.pama_rating, verdict.code, consult_id, source.get("url"))
-        action = {
+        rating_action = {
             "type": "update",
             "description": f"PAMA rating for {order_label(order)}: {verdict.pama_rating} ({verdict.code}).",
             "resource": with_rating(order.resource, rating_extensions),
+        }
+    else:
+        # The Argonaut PAMA IG forbids a rating action for an order it cannot rate, but an EHR
+        # must not keep an earlier rating of this order either: CDS Hooks 2.0 gets the order
+        # back without one.
+        clearing_action = {
+            "type": "update",
+            "description": f"No PAMA rating for {order_label(order)} ({verdict.code}): "
+                           "any earlier rating of this order is removed.",
+            "resource": with_rating(order.resource, []),
         }
     card = {
         "uuid": str(uuid.uuid4()),
@@ -259,12 +325,12 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
         "detail": _detail(order, verdict, mappings),
         "source": source,
     }
-    suggestions = _suggestions(order, verdict, mappings, rating_extensions)
+    suggestions = _suggestions(order, verdict, mappings, consult_id, source.get("url"), rating_extensions)
     if suggestions:
-        card["suggestions"] = suggestions
+        card["suggestions"] = [suggestion for _, suggestion in suggestions]
         card["selectionBehavior"] = "at-most-one"
-    reasons = CONTRAST_OVERRIDE_REASONS if verdict.code.startswith("indicated-") else OVERRIDE_REASONS
-    if suggestions:
+        reasons = CONTRAST_OVERRIDE_REASONS if verdict.code.startswith("indicated-") else OVERRIDE_REASONS
         card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
                                    for code, display in reasons]
-    return card, action
+    return CardResult(card, rating_action, clearing_action,
+                      {suggestion["uuid"]: kind for kind, suggestion in suggestions})

@@ -48,6 +48,7 @@ class Evaluation:
     verdict: str
     variant: str | None
     rating: str | None
+    suggestion_kinds: dict[str, str] = field(default_factory=dict)  # suggestion uuid -> cards.SUGGEST_*
 
 
 @dataclass
@@ -135,19 +136,21 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
     read_started = time.perf_counter()
     data = data or gather(body, mappings, fetcher, result)
     result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
-    cards, actions = [], []
+    cards, rating_actions, clearing_actions = [], [], []
     for order in orders:
         facts = extract_facts(order, data, mappings, as_of)
         verdict = decide(facts)
         consult_id = f"urn:uuid:{uuid.uuid4()}"
-        card, action = build_card(order, verdict, mappings, consult_id)
-        cards.append(card)
-        if action is not None:
-            actions.append(action)
+        built = build_card(order, verdict, mappings, consult_id)
+        cards.append(built.card)
+        if built.rating_action is not None:
+            rating_actions.append(built.rating_action)
+        if built.clearing_action is not None:
+            clearing_actions.append(built.clearing_action)
         result.evaluations.append(Evaluation(
-            card_uuid=card["uuid"], consult_id=consult_id, order_reference=order.reference,
+            card_uuid=built.card["uuid"], consult_id=consult_id, order_reference=order.reference,
             region=order.region, contrast=order.contrast, verdict=verdict.code,
-            variant=verdict.variant_id, rating=verdict.pama_rating,
+            variant=verdict.variant_id, rating=verdict.pama_rating, suggestion_kinds=built.suggestion_kinds,
         ))
     if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(
             key in data.unread for key in CLINICAL_SOURCES):
@@ -155,10 +158,11 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
         raise HookRequestError(412, "the patient's data could be read neither from the prefetch nor from an "
                                "allowed FHIR server", {"missing": dict(sorted(data.unread.items()))})
     result.response = {"cards": cards}
-    if actions:
+    if rating_actions or clearing_actions:
         # CDS Hooks 2.0 reads top-level systemActions; the CDS Hooks sandbox (Argonaut PAMA IG's
-        # first draft) reads extension.systemActions. Both carry the same actions.
-        result.response["systemActions"] = actions
-        result.response["extension"] = {"systemActions": actions}
+        # first draft) reads extension.systemActions, which carries ratings only (the IG's rule).
+        result.response["systemActions"] = rating_actions + clearing_actions
+    if rating_actions:
+        result.response["extension"] = {"systemActions": rating_actions}
     result.timings_ms["total"] = (time.perf_counter() - started) * 1000
     return result

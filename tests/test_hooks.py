@@ -5,9 +5,10 @@ import copy
 import json
 
 import pytest
+from markdown_it import MarkdownIt
 
 from cds_service import fixtures
-from cds_service.cards import PAMA_URLS, VERDICT_SYSTEM
+from cds_service.cards import ALL_PAMA_URLS, PAMA_URLS, VERDICT_SYSTEM
 from cds_service.data_sources import from_prefetch
 from cds_service.facts import extract_facts, find_mri_orders
 from cds_service.fixtures import ANCHOR
@@ -63,8 +64,13 @@ def test_every_fixture_over_http(case, hook, client, response_validator):
     assert len(card["summary"]) < 140
     assert card["source"]["label"]
     if expected == "insufficient-information":
-        assert "systemActions" not in response
         assert card["summary"].startswith("Cannot rate")
+        # No rating is invented (the Argonaut list stays empty), but an earlier rating of the
+        # order is removed: the order comes back without one.
+        assert "extension" not in response
+        [clearing] = response["systemActions"]
+        assert clearing["type"] == "update" and clearing["resource"]["id"] == f"{case['patient']}-mri"
+        assert not ALL_PAMA_URLS & {e["url"] for e in clearing["resource"].get("extension", [])}
         return
     actions = response["systemActions"]
     assert response["extension"]["systemActions"] == actions
@@ -182,15 +188,27 @@ def test_low_value_card_suggests_cancelling_the_order(client):
     assert card["selectionBehavior"] == "at-most-one"
 
 
-def test_radiographs_first_suggests_lumbar_radiographs_with_cpt_and_loinc(client, mappings):
-    card = card_for(client, "lbp-osteoporosis")["cards"][0]
-    creates = [a["resource"] for a in actions_of(card) if a["type"] == "create"]
-    assert len(creates) == 1
-    coding = {(c["system"], c["code"]) for c in creates[0]["code"]["coding"]}
+def test_radiographs_first_is_offered_as_an_update_of_the_draft_order(client, mappings):
+    # The CDS Hooks sandbox's PAMA view applies only update suggestions: switching the study is
+    # an update of the same draft order (id, subject, reason kept), CPT first, carrying a rating.
+    body = fixtures.hook_request("lbp-osteoporosis", "order-select")
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
+    switch = card["suggestions"][0]
+    assert switch["isRecommended"] and "radiographs" in switch["label"]
+    [action] = switch["actions"]
+    assert action["type"] == "update"
+    switched = action["resource"]
+    assert switched["id"] == draft["id"] and switched["subject"] == draft["subject"]
+    assert switched.get("reasonCode") == draft.get("reasonCode")
+    codes = [(c["system"], c["code"]) for c in switched["code"]["coding"]]
     preferred = mappings.preferred_order("radiograph", "lumbar")
-    assert {("http://www.ama-assn.org/go/cpt", "72100"), ("http://loinc.org", "24972-2")} <= coding
-    assert preferred is not None
-    assert creates[0]["subject"] == {"reference": "Patient/lbp-osteoporosis"}
+    assert codes[0] == ("http://www.ama-assn.org/go/cpt", "72100")
+    assert ("http://loinc.org", "24972-2") in codes
+    assert {c["code"] for c in preferred.codes} == {code for _, code in codes}
+    # the sandbox reads the rating of an applied suggestion under the Extension URL
+    assert rating_codings(switched, "http://fhir.org/argonaut/Extension/pama-rating")[0]["code"] == "appropriate"
+    assert not [a for a in actions_of(card) if a["type"] == "create"]
 
 
 def test_indicated_mri_with_contrast_gets_a_without_contrast_update_carrying_the_rating(client):
@@ -216,6 +234,36 @@ def test_suggested_resources_are_valid_fhir(client):
         for action in actions_of(response["cards"][0]) + response.get("systemActions", []):
             if "resource" in action:
                 ServiceRequest.model_validate(action["resource"])
+
+
+def test_record_text_cannot_put_links_or_html_in_a_card(client):
+    body = fixtures.hook_request("lbp-cauda-equina", "order-select")
+    hostile = "[click](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**\n# heading"
+    for entry in body["prefetch"]["conditions"]["entry"]:
+        for coding in entry["resource"]["code"].get("coding", []):
+            coding["display"] = hostile
+        entry["resource"]["id"] = entry["resource"]["id"] + "<script>"
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["code"]["text"] = hostile
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
+    # Render the detail as a CDS client does (GitHub-flavoured markdown, raw HTML allowed).
+    html = MarkdownIt("gfm-like").render(card["detail"])
+    assert "<a " not in html and "<img" not in html and "<script" not in html and "<h1" not in html
+    assert "[click](javascript:alert(1))" in html and "&lt;img src=x onerror=alert(1)&gt;" in html  # as text
+    assert "<" not in card["summary"] and "[" not in card["summary"]
+
+
+def test_card_lists_are_capped_and_say_how_many_more(client):
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    conditions = body["prefetch"]["conditions"]["entry"]
+    pain = next(e for e in conditions if e["resource"]["code"]["coding"][0]["code"] in ("279039007", "M54.50"))
+    for index in range(500):
+        copy_ = copy.deepcopy(pain)
+        copy_["resource"]["id"] = f"pain-{index}"
+        conditions.append(copy_)
+    detail = client.post(SELECT, json=body).get_json()["cards"][0]["detail"]
+    assert detail.count("Condition/pain-") <= 8
+    assert "more" in detail and len(detail) < 10_000
 
 
 def test_card_detail_lists_flags_with_their_resource_and_what_was_absent(client):
