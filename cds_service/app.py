@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        return _json({"status": "ok", "services": sorted(SERVICE_HOOKS),
+        return _json({"status": "ok", "services": sorted(SERVICE_HOOKS), "mappings_version": mappings.version,
                       "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)"})
 
     @app.get("/cds-services")

@@ -1,17 +1,30 @@
-"""The `cds-service` command: serve, evaluate, validate-mappings, demo, report."""
+"""The `cds-service` command: serve, evaluate, validate-mappings, demo, seed, keygen, token, report.
+
+Every mistake a user can make here (a bad file, a bad setting, a port in use, a closed pipe)
+ends in one line on stderr and a non-zero exit, never a traceback: commands raise `CliError`.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
-import subprocess
+import socket
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 from .discovery import SERVICE_HOOKS
+
+
+class CliError(Exception):
+    """A problem the user can fix; `str()` is the one line to print."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -36,6 +49,44 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+# ----------------------------------------------------------------------------- checks shared by commands
+
+def checked_mappings(directory: Path | None = None):
+    """The mappings, or CliError naming the folder and what is wrong with it."""
+    from .mappings import MappingsError, get_mappings
+
+    try:
+        return get_mappings(directory)
+    except MappingsError as error:
+        raise CliError(f"cannot use the mappings: {error}") from None
+
+
+def ensure_port_free(host: str, port: int, how_to_change: str) -> None:
+    """CliError when something already listens on host:port (say which and how to choose another)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise CliError(f"port {port} on {host} is already in use (another cds-service, demo or FHIR "
+                               f"server?): stop it, or choose another port with {how_to_change}") from None
+            raise CliError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _load_json_file(path: Path, what: str):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise CliError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise CliError(f"{path} is not JSON ({error})") from None
+
+
+# ----------------------------------------------------------------------------- serve
+
 def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -46,8 +97,8 @@ def cmd_serve(args) -> int:
     configure_logging(settings.log_level)
     problem = settings.authentication_problem()
     if problem:
-        print(f"refusing to start: {problem}", file=sys.stderr)
-        return 2
+        raise CliError(f"refusing to start: {problem}")
+    checked_mappings(settings.mappings_dir)
     if settings.trusted_issuers is None:
         print("\n*** WARNING: AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1). Any caller can use this "
               "service and send it patient data. Development only. ***\n", file=sys.stderr, flush=True)
@@ -57,9 +108,9 @@ def cmd_serve(args) -> int:
         try:
             issuers = load_trusted_issuers(settings.trusted_issuers)
         except TrustConfigError as error:
-            print(f"refusing to start: {error}", file=sys.stderr)
-            return 2
+            raise CliError(f"refusing to start: {error}") from None
         print(f"trusted CDS clients: {', '.join(sorted(issuers))}", file=sys.stderr)
+    ensure_port_free(args.host, args.port, "--port or CDS_PORT")
 
     class Server(BaseApplication):
         def load_config(self):
@@ -80,34 +131,39 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _service_for(body: dict, explicit: str | None) -> str:
+# ----------------------------------------------------------------------------- evaluate
+
+def _service_for(body, path: Path, explicit: str | None) -> str:
+    if not isinstance(body, dict):
+        kind = {list: "an array", str: "a string"}.get(type(body), type(body).__name__)
+        raise CliError(f"{path} is not a CDS Hooks request: expected a JSON object, got {kind}")
     if explicit:
         return explicit
+    if "hook" not in body:
+        raise CliError(f"{path} is not a CDS Hooks request: 'hook' is missing (or name the service with --service)")
     for service_id, hook in SERVICE_HOOKS.items():
         if body.get("hook") == hook:
             return service_id
-    raise SystemExit(f"no service answers hook {body.get('hook')!r}; pass --service")
+    raise CliError(f"no service answers hook {body.get('hook')!r} (this service answers "
+                   f"{', '.join(sorted(SERVICE_HOOKS.values()))}); pass --service")
 
 
 def cmd_evaluate(args) -> int:
     from .hooks import HookRequestError, evaluate_hook
-    from .mappings import get_mappings
 
     path = Path(args.request)
+    body = _load_json_file(path, "the request")
+    service_id = _service_for(body, path, args.service)
+    mappings = checked_mappings()
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        print(f"cannot read {path}: {error}", file=sys.stderr)
-        return 2
-    as_of = date.fromisoformat(args.as_of) if args.as_of else None
-    try:
-        result = evaluate_hook(_service_for(body, args.service), body, get_mappings(), as_of=as_of)
+        result = evaluate_hook(service_id, body, mappings, as_of=args.as_of)
     except HookRequestError as error:
-        print(f"invalid request ({error.status}): {error.message}", file=sys.stderr)
-        return 2
+        raise CliError(f"{path}: the service would answer {error.status}: {error.message}") from None
     print(json.dumps(result.response, indent=2))
     return 0
 
+
+# ----------------------------------------------------------------------------- mappings
 
 def cmd_validate_mappings(args) -> int:
     from .mapping_validation import validate_mappings
@@ -130,30 +186,60 @@ def cmd_report(args) -> int:
 
     path = Path(args.db) if args.db else Settings.from_env().feedback_db
     if not path.exists():
-        print(f"no database at {path} yet (set CDS_FEEDBACK_DB or pass --db)", file=sys.stderr)
-        return 1
+        raise CliError(f"no database at {path} yet (set CDS_FEEDBACK_DB or pass --db)", 1)
     print(json.dumps(Store(path).report(), indent=2))
     return 0
 
+
+# ----------------------------------------------------------------------------- keys and tokens
 
 def cmd_keygen(args) -> int:
     from .auth import generate_key_pair
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     kid = args.kid or f"{args.alg.lower()}-{int(time.time())}"
+    trust_path = out / "trusted-issuers.json"
+    trust = _load_json_file(trust_path, "the trusted-issuers file") if trust_path.exists() else {}
+    if not isinstance(trust, dict):
+        raise CliError(f"{trust_path} is not a trusted-issuers file (expected a JSON object)")
     pem, jwk = generate_key_pair(kid, args.alg)
     key_path = out / f"{kid}.pem"
-    key_path.write_bytes(pem)
-    key_path.chmod(0o600)
-    trust_path = out / "trusted-issuers.json"
-    trust = json.loads(trust_path.read_text()) if trust_path.exists() else {}
-    trust.setdefault(args.issuer, {"jwks": {"keys": []}})
-    trust[args.issuer].setdefault("jwks", {"keys": []})["keys"].append(jwk)
-    trust_path.write_text(json.dumps(trust, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        key_path.write_bytes(pem)
+        key_path.chmod(0o600)
+        trust.setdefault(args.issuer, {"jwks": {"keys": []}})
+        trust[args.issuer].setdefault("jwks", {"keys": []})["keys"].append(jwk)
+        trust_path.write_text(json.dumps(trust, indent=2) + "\n")
+    except OSError as error:
+        raise CliError(f"cannot write the key pair into {out}: {error.strerror or error}") from None
     print(f"private key: {key_path} (kid {kid})\ntrusted issuers file: {trust_path} "
           f"(point CDS_TRUSTED_ISSUERS at it)")
     return 0
+
+
+def signing_algorithm(pem: bytes, requested: str | None, where: str) -> str:
+    """The JWT algorithm for a private key: the one asked for if the key can make it, else the key's own."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CliError(f"{where} is not an unencrypted PEM private key (make one with cds-service keygen)") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        fits = {"secp384r1": ("ES384",), "secp256r1": ("ES256",)}.get(key.curve.name, ())
+        kind = f"an EC {key.curve.name} key"
+    elif isinstance(key, rsa.RSAPrivateKey):
+        fits, kind = ("RS384", "RS256"), "an RSA key"
+    else:
+        fits, kind = (), f"a {type(key).__name__} key"
+    if not fits:
+        raise CliError(f"{where} is {kind}; CDS Hooks clients sign with RS384/ES384 (RSA, EC P-384) or ES256 (P-256)")
+    if requested and requested not in fits:
+        raise CliError(f"--alg {requested} cannot be signed with {where}: it is {kind} (use --alg {' or '.join(fits)})")
+    return requested or fits[0]
 
 
 def cmd_token(args) -> int:
@@ -163,148 +249,125 @@ def cmd_token(args) -> int:
     try:
         pem = key_path.read_bytes()
     except OSError as error:
-        print(f"cannot read the key: {error}", file=sys.stderr)
-        return 2
+        raise CliError(f"cannot read the key {key_path}: {error.strerror or error}") from None
+    algorithm = signing_algorithm(pem, args.alg, str(key_path))
     kid = args.kid or key_path.stem
-    print(sign_token(args.issuer, pem, args.aud, kid, args.alg, args.lifetime))
+    print(sign_token(args.issuer, pem, args.aud, kid, algorithm, args.lifetime))
     return 0
 
 
+# ----------------------------------------------------------------------------- FHIR servers
+
+def check_fhir_base(url: str, session, wait_seconds: float = 0) -> str:
+    """The base URL without a trailing slash, once GET {base}/metadata answers a CapabilityStatement."""
+    import requests
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(f"--fhir-base must be an http(s) URL such as http://127.0.0.1:8080/fhir, got {url!r}")
+    base = url.rstrip("/")
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            reply = session.get(f"{base}/metadata", timeout=10, headers={"Accept": "application/fhir+json"})
+            problem = None if reply.ok else f"GET /metadata answered HTTP {reply.status_code}"
+            if problem is None:
+                try:
+                    kind = reply.json().get("resourceType")
+                except (ValueError, AttributeError):
+                    kind = None
+                if kind != "CapabilityStatement":
+                    raise CliError(f"{base} does not look like a FHIR server (GET /metadata is not a "
+                                   "CapabilityStatement)", 1)
+                return base
+        except requests.RequestException as error:
+            problem = f"cannot be reached ({type(error).__name__})"
+        if time.monotonic() >= deadline:
+            waited = f" within {wait_seconds:g} s" if wait_seconds else ""
+            raise CliError(f"the FHIR server at {base} {problem}{waited}: is it running, and is the base URL "
+                           "right (it usually ends in /fhir)?", 1)
+        time.sleep(2)
+
+
 def cmd_seed(args) -> int:
+    import requests
+
     from . import fixtures
     from .fhir_server import seed_bundle
 
     paths = [Path(p) for p in args.files] or sorted((fixtures.FIXTURES_DIR / "patients").glob("*.json"))
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    import requests
-
     session = requests.Session()
-    if args.wait:
-        deadline = time.monotonic() + args.wait
-        while True:
-            try:
-                if session.get(args.fhir_base.rstrip("/") + "/metadata", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                print(f"{args.fhir_base} did not answer /metadata within {args.wait} s", file=sys.stderr)
-                return 1
-            time.sleep(2)
+    base = check_fhir_base(args.fhir_base, session, args.wait)
     failed = 0
     for path in paths:
         try:
-            bundle = fixtures.load_json(path) if not args.keep_dates else json.loads(path.read_text())
-            results = seed_bundle(args.fhir_base, bundle, session, headers)
+            bundle = json.loads(path.read_text(encoding="utf-8")) if args.keep_dates else fixtures.load_json(path)
+            results = seed_bundle(base, bundle, session, headers)
         except (OSError, ValueError, RuntimeError, requests.RequestException) as error:
             failed += 1
-            print(f"{path.name}: FAILED: {error}", file=sys.stderr)
+            print(f"{path.name}: FAILED: {' '.join(str(error).split())}", file=sys.stderr)
             continue
         summary = ", ".join(f"{name} {status.split()[0]}" for name, status in results)
         print(f"{path.name}: {len(results)} resources ({summary})")
-    print(f"seeded {len(paths) - failed} of {len(paths)} bundles into {args.fhir_base}")
+    print(f"seeded {len(paths) - failed} of {len(paths)} bundles into {base}")
     return 1 if failed else 0
 
 
-def render_card(card: dict) -> str:
-    lines = [f"[{card['indicator'].upper()}] {card['summary']}", f"  source: {card['source']['label']}"]
-    for suggestion in card.get("suggestions", []):
-        lines.append(f"  suggestion: {suggestion['label']}")
-    return "\n".join(lines)
-
-
 def cmd_demo(args) -> int:
-    import requests
+    from .demo import run_demo
 
-    from . import fixtures
-    from .auth import generate_key_pair, sign_token
-    from .fhir_server import LocalFhirServer, seed_bundle
-    from .processes import wait_for_http
+    return run_demo(args)
 
-    base = f"http://127.0.0.1:{args.port}"
-    demo_dir = Path("var/demo")
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    print(f"starting the local FHIR server on http://127.0.0.1:{args.fhir_port}/fhir ...", flush=True)
-    fhir = LocalFhirServer(args.fhir_port)
+
+# ----------------------------------------------------------------------------- the parser
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(low: int, high: int | None, setting: str | None):
+    def parse(text: str) -> int:
+        source = f" (from the command line or {setting})" if setting else ""
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}{source}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low}-{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected {bounds}, got {value}{source}")
+        return value
+    return parse
+
+
+def _iso_date(text: str) -> date:
     try:
-        fhir_base = fhir.start()
-    except RuntimeError as error:
-        print(f"cannot start the local FHIR server: {error}", file=sys.stderr)
-        return 1
-    session = requests.Session()
-    for path in sorted((fixtures.FIXTURES_DIR / "patients").glob("*.json")):
-        seed_bundle(fhir_base, fixtures.load_json(path), session)
-    print(f"seeded {len(fixtures.manifest())} fixture patients into {fhir_base}", flush=True)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
-    # The demo is a CDS client of its own: a fresh key pair, trusted by the service it starts.
-    issuer, kid = "urn:spine-imaging-cds:demo-client", "demo-es384"
-    pem, jwk = generate_key_pair(kid)
-    key_path = demo_dir / f"{kid}.pem"
-    key_path.write_bytes(pem)
-    key_path.chmod(0o600)
-    (demo_dir / "trusted-issuers.json").write_text(json.dumps({issuer: {"jwks": {"keys": [jwk]}}}, indent=2))
-    env = dict(os.environ)
-    env.setdefault("CDS_FEEDBACK_DB", str(demo_dir / "feedback.sqlite3"))
-    env.setdefault("CDS_TRUSTED_ISSUERS", str(demo_dir / "trusted-issuers.json"))
-    env["CDS_FHIR_ALLOWED_SERVERS"] = ",".join(filter(None, [env.get("CDS_FHIR_ALLOWED_SERVERS"), fhir_base]))
-    server = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                               "--port", str(args.port)], env=env)
-    try:
-        if not wait_for_http(f"{base}/healthz", server):
-            print("the service did not start", file=sys.stderr)
-            return 1
-        patients = args.patients or ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",
-                                     "lbp-osteoporosis", "neck-myelopathy-wwo", "thx-acute-pain"]
-        for index, patient_id in enumerate(patients):
-            body = fixtures.hook_request(patient_id, "order-select")
-            body["fhirServer"] = fhir_base
-            how = "with full prefetch"
-            if index % 2 == 1:
-                body["prefetch"] = {}  # the service reads the local FHIR server instead
-                how = "without prefetch (read from the FHIR server)"
-            url = f"{base}/cds-services/spine-mri-order-select"
-            token = sign_token(issuer, pem, url, kid)
-            started = time.perf_counter()
-            reply = requests.post(url, json=body, timeout=10, headers={"Authorization": f"Bearer {token}"})
-            elapsed = (time.perf_counter() - started) * 1000
-            print(f"\n=== {patient_id}: order-select {how} -> HTTP {reply.status_code} in {elapsed:.0f} ms")
-            for card in reply.json().get("cards", []):
-                print(render_card(card))
-            for action in reply.json().get("systemActions", []):
-                rating = action["resource"]["extension"][0]["valueCodeableConcept"]["coding"]
-                print(f"  PAMA rating: {rating[0]['code']} / {rating[1]['code']}")
-        print(f"\nThe service keeps running at {base}/cds-services with the FHIR server at {fhir_base} "
-              "(Ctrl-C stops both).\n"
-              f"Call it yourself: TOKEN=$(.venv/bin/cds-service token --issuer {issuer} --key {key_path} "
-              f"--aud {base}/cds-services/spine-mri-order-select)", flush=True)
-        if args.no_wait:
-            return 0
-        server.wait()
-        return server.returncode or 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=15)
-        fhir.stop()
+
+PORT = _number(1, 65535, None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cds-service", description="Spine MRI appropriateness CDS Hooks service")
+    parser = _Parser(prog="cds-service", description="Spine MRI appropriateness CDS Hooks service")
     commands = parser.add_subparsers(dest="command", required=True)
+    env = os.environ.get
 
     serve = commands.add_parser("serve", help="serve the CDS Hooks API with gunicorn")
-    serve.add_argument("--host", default=os.environ.get("CDS_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8765")))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", "2")))
-    serve.add_argument("--threads", type=int, default=int(os.environ.get("CDS_THREADS", "8")))
+    serve.add_argument("--host", default=env("CDS_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=_number(1, 65535, "CDS_PORT"), default=env("CDS_PORT", "8765"))
+    serve.add_argument("--workers", type=_number(1, 64, "CDS_WORKERS"), default=env("CDS_WORKERS", "2"))
+    serve.add_argument("--threads", type=_number(1, 256, "CDS_THREADS"), default=env("CDS_THREADS", "8"))
     serve.set_defaults(func=cmd_serve)
 
     evaluate = commands.add_parser("evaluate", help="run one hook request offline and print the response")
     evaluate.add_argument("request", help="a CDS Hooks request JSON file")
     evaluate.add_argument("--service", choices=sorted(SERVICE_HOOKS), help="default: from the request's hook")
-    evaluate.add_argument("--as-of", help="evaluate as of this date (YYYY-MM-DD) instead of today")
+    evaluate.add_argument("--as-of", type=_iso_date, help="evaluate as of this date (YYYY-MM-DD) instead of today")
     evaluate.set_defaults(func=cmd_evaluate)
 
     validate = commands.add_parser("validate-mappings", help="check mappings/ against schemas and code checks")
@@ -312,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate_mappings)
 
     demo = commands.add_parser("demo", help="serve, fire order-select for demo patients, print the cards")
-    demo.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8765")))
-    demo.add_argument("--fhir-port", type=int, default=int(os.environ.get("CDS_DEMO_FHIR_PORT", "8080")))
+    demo.add_argument("--port", type=_number(1, 65535, "CDS_PORT"), default=env("CDS_PORT", "8765"))
+    demo.add_argument("--fhir-port", type=_number(1, 65535, "CDS_DEMO_FHIR_PORT"),
+                      default=env("CDS_DEMO_FHIR_PORT", "8080"), help="port of the local FHIR server it starts")
+    demo.add_argument("--fhir-base", help="use this FHIR R4 server (e.g. a HAPI server) instead of starting one; "
+                      "every hook is then sent without prefetch, so the service reads that server")
+    demo.add_argument("--no-seed", action="store_true", help="with --fhir-base: do not load the fixtures into it")
     demo.add_argument("--no-wait", action="store_true", help="stop the service after the demo requests")
     demo.add_argument("patients", nargs="*", help="fixture patient ids (default: a representative few)")
     demo.set_defaults(func=cmd_demo)
@@ -330,14 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--key", required=True, help="private key PEM (its file name stem is the default kid)")
     token.add_argument("--aud", required=True, help="the exact endpoint URL being called")
     token.add_argument("--kid", help="key id (default: the key file's name without .pem)")
-    token.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"])
-    token.add_argument("--lifetime", type=int, default=300, help="seconds until exp (default 300)")
+    token.add_argument("--alg", choices=["ES384", "RS384", "ES256", "RS256"], help="default: the key's own")
+    token.add_argument("--lifetime", type=_number(1, 86400, None), default=300, help="seconds until exp (default 300)")
     token.set_defaults(func=cmd_token)
 
     seed = commands.add_parser("seed", help="load fixture Bundles into a FHIR R4 server (transaction, ids kept)")
     seed.add_argument("--fhir-base", required=True, help="the FHIR server's base URL")
     seed.add_argument("--token", help="a bearer token for the FHIR server")
-    seed.add_argument("--wait", type=int, default=0, help="wait up to this many seconds for the server's /metadata")
+    seed.add_argument("--wait", type=_number(0, 3600, None), default=0,
+                      help="wait up to this many seconds for the server's /metadata")
     seed.add_argument("--keep-dates", action="store_true",
                       help="do not move the fixtures' dates to today (they are written for 2026-11-22)")
     seed.add_argument("files", nargs="*", help="transaction Bundle files (default: fixtures/patients/*.json)")
@@ -351,7 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"cds-service {args.command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): say so once; stdout is closed, keep Python quiet at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"cds-service {args.command}: output closed early (broken pipe)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from .processes import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 FHIR_JSON = "application/fhir+json"
 
@@ -31,12 +33,13 @@ def find_server_command() -> Path | None:
 
 
 class LocalFhirServer:
-    def __init__(self, port: int, data_dir: Path | None = None):
+    def __init__(self, port: int, data_dir: Path | None = None, log_path: Path | None = None):
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/fhir"
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cds-fhir-"))
         self.process: subprocess.Popen | None = None
+        self.log_path = Path(log_path) if log_path else self.data_dir / "server.log"
 
     def start(self, timeout: float = 60) -> str:
         command = find_server_command()
@@ -49,9 +52,10 @@ class LocalFhirServer:
             "simulator:\n  enabled: false\nlog_inbound: false\n"
             f"own_private_key_path: {self.data_dir / 'keys' / 'sekmet_private.pem'}\n"
         )
-        self.log_path = self.data_dir / "server.log"
-        self.process = subprocess.Popen([str(command), "serve", "--config", str(config)], cwd=self.data_dir,
-                                        stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen([str(command), "serve", "--config", str(config)], cwd=self.data_dir,
+                                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -41,6 +41,10 @@ def _code_errors(where: str, entry: dict) -> list[str]:
 
 def validate_mappings(directory: Path) -> list[str]:
     directory = Path(directory)
+    if not directory.exists():
+        return [f"{directory}: no such folder"]
+    if not directory.is_dir():
+        return [f"{directory}: is a file; --dir takes the mappings folder"]
     errors: list[str] = []
     schemas = _load_schemas(directory)
     if not schemas:

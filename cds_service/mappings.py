@@ -6,6 +6,8 @@ resolved by walking the code's ancestors instead of expanding the code set.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -17,6 +19,12 @@ import yaml
 from .codesystems import normalise_icd10, short_system
 
 ICD_SYSTEMS = ("icd10cm", "icd10")
+REQUIRED_KINDS = ("concepts", "orders", "guidelines")
+PACKAGED_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+
+
+class MappingsError(ValueError):
+    """The mappings folder cannot be used. The message is one line naming the folder or file and the problem."""
 
 
 def default_mappings_dir() -> Path:
@@ -96,6 +104,7 @@ class Mappings:
     _order_index: dict[tuple[str, str], OrderCode] = field(default_factory=dict)
     guidelines: dict[str, dict] = field(default_factory=dict)
     medication_names: list[tuple[str, Concept]] = field(default_factory=list)
+    version: str = ""  # a digest of the files' contents: which knowledge rated an order
 
     # ---- codes -> concepts -------------------------------------------------
     def match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
@@ -198,16 +207,62 @@ def _unique(matches: Iterable[CodeMatch]) -> list[CodeMatch]:
     return list(dict.fromkeys(matches))
 
 
-def _read_yaml(path: Path) -> dict:
-    with path.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _schemas(directory: Path) -> dict[str, dict]:
+    """The JSON Schemas of the mapping kinds: the folder's own, else those shipped with the service."""
+    folder = directory / "schema" if (directory / "schema").is_dir() else PACKAGED_MAPPINGS / "schema"
+    return {path.name.split(".")[0]: json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted(folder.glob("*.schema.json"))}
+
+
+def read_mapping_documents(directory: Path) -> tuple[dict[Path, dict], str]:
+    """Every mapping file parsed and checked against its kind's JSON Schema, and the contents' digest.
+
+    Raises MappingsError on the first problem, so a service never starts on knowledge it cannot
+    read (it would otherwise answer no card at all, even for cauda equina).
+    """
+    import jsonschema
+
+    if not directory.exists():
+        raise MappingsError(f"mappings folder {directory} does not exist (set CDS_MAPPINGS_DIR to the mappings/ folder)")
+    if not directory.is_dir():
+        raise MappingsError(f"mappings folder {directory} is a file, not a folder")
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise MappingsError(f"mappings folder {directory} holds no mapping files (*.yaml)")
+    schemas = _schemas(directory)
+    digest = hashlib.sha256()
+    documents: dict[Path, dict] = {}
+    for path in paths:
+        raw = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + raw + b"\0")
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise MappingsError(f"{path}: not valid YAML ({_one_line(error)})") from None
+        kind = document.get("kind") if isinstance(document, dict) else None
+        if kind not in schemas:
+            raise MappingsError(f"{path}: 'kind' must be one of {', '.join(sorted(schemas))}, got {kind!r}")
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schemas[kind]).iter_errors(document))
+        if error is not None:
+            where = "/".join(str(part) for part in error.absolute_path) or "(top)"
+            raise MappingsError(f"{path}: {where}: {_one_line(error.message)[:300]}")
+        documents[path] = document
+    kinds = {document["kind"] for document in documents.values()}
+    missing = [kind for kind in REQUIRED_KINDS if kind not in kinds]
+    if missing:
+        raise MappingsError(f"mappings folder {directory} has no file of kind {', '.join(missing)}")
+    return documents, digest.hexdigest()[:12]
 
 
 def load_mappings(directory: Path | None = None) -> Mappings:
     directory = Path(directory or default_mappings_dir())
-    mappings = Mappings()
-    for path in sorted(directory.glob("*.yaml")):
-        document = _read_yaml(path)
+    documents, version = read_mapping_documents(directory)
+    mappings = Mappings(version=version)
+    for path, document in documents.items():
         kind = document.get("kind")
         if kind == "concepts":
             _load_concepts(mappings, document, path.stem)

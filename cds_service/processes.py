@@ -26,3 +26,17 @@ def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: fl
         except requests.RequestException:
             time.sleep(0.1)
     return False
+
+
+def die_with_parent() -> None:
+    """For Popen(preexec_fn=...): the child gets SIGTERM if its parent dies, even by SIGKILL (Linux).
+
+    A demo stopped any way at all then leaves no FHIR server or service behind on its ports.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the demo's own signal handlers still stop its children
