@@ -235,3 +235,19 @@ def test_stopping_the_demo_by_any_signal_stops_its_fhir_server_and_service(tmp_p
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_demo_against_an_existing_fhir_server_reads_it_without_prefetch(tmp_path):
+    server = LocalFhirServer(free_port())  # stands in for a HAPI server the user points at
+    base = server.start()
+    try:
+        run = run_cli(["demo", "--no-wait", "--port", str(free_port()), "--fhir-base", base + "/",
+                       "lbp-osteoporosis", "lbp-cauda-reason-only"], cwd=tmp_path, timeout=180,
+                      env={"PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"seeded 46 fixture patients into {base}" in run.stdout
+        assert run.stdout.count("without prefetch: the service read the FHIR server -> HTTP 200") == 2
+        assert "PAMA rating: not-appropriate (radiographs-first)" in run.stdout
+        assert requests.get(f"{base}/Patient/lbp-osteoporosis", timeout=5).ok
+    finally:
+        server.stop()
