@@ -10,6 +10,7 @@ import uuid
 
 from .mappings import Mappings
 from .model import FROM_ORDER, MriOrder, Verdict
+from .rules import format_weeks
 
 VERDICT_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/mri-verdict"
 OVERRIDE_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/override-reason"
@@ -109,17 +110,26 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("**Red flags and risk factors found**")
         lines += [_evidence_line(item) for item in verdict.red_flags_found]
         lines.append("")
+    if verdict.red_flags_not_relevant:
+        lines.append("**Found, not relevant to this study**")
+        lines += [f"- **{item.label}**: {item.description} ({item.reference}): {why}"
+                  for item, why in verdict.red_flags_not_relevant]
+        lines.append("")
     if verdict.red_flags_absent:
         lines.append("**Checked and not found:** " + ", ".join(verdict.red_flags_absent) + ".")
         lines.append("")
+    if verdict.prior_imaging:
+        lines.append("**Prior imaging of this region (last 12 months)**")
+        lines += [f"- {study}" for study in verdict.prior_imaging]
+        lines.append("")
     lines.append("**Episode:** " + (
-        f"{verdict.episode_weeks:.0f} weeks since the earliest dated {('symptom')}"
+        f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
         if verdict.episode_weeks is not None else "duration not documented"
     ))
     lines += [_evidence_line(item) for item in verdict.episode_evidence]
     lines.append("")
     lines.append("**Conservative therapy:** " + (
-        f"started {verdict.therapy_weeks:.0f} weeks ago" if verdict.therapy_weeks is not None
+        f"started {format_weeks(verdict.therapy_weeks)} ago" if verdict.therapy_weeks is not None
         else ("documented without dates" if verdict.therapy_evidence else "none documented")
     ))
     lines += [f"- {item}" for item in verdict.therapy_evidence]

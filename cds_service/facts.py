@@ -356,6 +356,9 @@ def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
     when = parse_date(procedure.get("performedDateTime"))
     if when is None and isinstance(procedure.get("performedPeriod"), dict):
         when = parse_date(procedure["performedPeriod"].get("start"))
+    # EHRs record a radiograph or CT done in clinic as a Procedure with its CPT code.
+    if _prior_imaging(facts, procedure, [procedure.get("code")], when, mappings):
+        return
     for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when):
         if mappings.concepts[item.concept_id].source_file == "conservative_therapy":
             facts.therapy_procedures.append(item)
@@ -372,14 +375,21 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
         return
     if kind == "ImagingStudy" and status not in ("available", None):
         return
+    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
     when = (
         parse_date(resource.get("effectiveDateTime"))
+        or parse_date(period.get("start"))
         or parse_date(resource.get("started"))
         or parse_date(resource.get("occurrenceDateTime"))
         or parse_date(resource.get("authoredOn"))
         or parse_date(resource.get("issued"))
     )
     concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
+    _prior_imaging(facts, resource, concepts, when, mappings)
+
+
+def _prior_imaging(facts: Facts, resource: dict, concepts: list, when: date | None, mappings: Mappings) -> bool:
+    """Record the resource as a prior spine study when one of its codes is a spine imaging code."""
     for concept in concepts:
         for coding in _codes(concept):
             order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
@@ -393,4 +403,5 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
                         date=when,
                     )
                 )
-                return
+                return True
+    return False

@@ -100,6 +100,9 @@ class Verdict:
     guideline_ids: list[str] = field(default_factory=list)  # concordant sources cited
     red_flags_found: list[Evidence] = field(default_factory=list)
     red_flags_absent: list[str] = field(default_factory=list)  # labels checked and not found
+    # In the record but not counted for this order (another region, too old), with why: never "not found".
+    red_flags_not_relevant: list[tuple[Evidence, str]] = field(default_factory=list)
+    prior_imaging: list[str] = field(default_factory=list)  # same-region studies in the last 12 months, in words
     episode_weeks: float | None = None
     episode_evidence: list[Evidence] = field(default_factory=list)
     therapy_weeks: float | None = None

@@ -88,8 +88,9 @@ def test_old_fever_does_not_count():
 
 
 def test_raised_markers_need_a_risk_factor_to_be_urgent():
+    # Without a risk factor, raised markers are a weaker suspicion: radiographs (and ESR) first (ACP 2007).
     markers = finding("inflammatory_markers", TODAY - timedelta(days=2))
-    assert decide(make_facts(findings=[markers])).code == "low-value"
+    assert decide(make_facts(findings=[markers])).code == "radiographs-first"
     with_risk = decide(make_facts(findings=[markers, finding("immunosuppression", weeks_ago(50))]))
     assert with_risk.code == "indicated-urgent"
 
