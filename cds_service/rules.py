@@ -776,8 +776,9 @@ def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
     The ACR Appropriateness Criteria rate initial imaging (every LBP variant says 'Initial
     imaging'; V5 asks for new or progressing symptoms); ACP 2011 reserves imaging for severe or
     progressive deficits and suspected serious disease. So an urgent red flag keeps its verdict
-    (the card names the earlier MRI), and a non-urgent indication counts only when a finding
-    behind it was recorded after that MRI; otherwise the repeat MRI is low-value. The code cannot
+    (the card names the earlier MRI); otherwise, when a symptom or finding was recorded after
+    that MRI, the order is rated as a new problem, and when nothing was, the repeat MRI is
+    low-value. The code cannot
     know whether symptoms changed: the card says so and the override covers it.
     """
     mris = ctx.prior_studies(("mri",), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
@@ -791,7 +792,8 @@ def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
         return verdict
     since_mri = [e for e in verdict.red_flags_found + ctx.episode
                  if e.origin != FROM_ORDER and e.date is not None and e.date > latest.date]
-    if verdict.code == "indicated-routine" and since_mri:
+    if since_mri:
+        # Something recorded after the MRI: a new problem, rated as if first seen.
         verdict.reasons.append(f"New since that MRI: {_label_phrase(since_mri[0])} ({since_mri[0].date.isoformat()}).")
         return verdict
     return Verdict(
