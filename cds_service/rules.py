@@ -415,8 +415,7 @@ def _vertebral_compression_fracture(ctx: _Context) -> Verdict | None:
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("vertebral_fracture"),
-        decisive_reason=f"new vertebral compression fracture ({fractures[0].description.split(' ', 2)[-1]}) "
-                        f"with {_flag_words(fragility[0])}",
+        decisive_reason=f"new vertebral compression fracture with {_flag_words(fragility[0])}: MRI is the next study",
         reasons=[f"Recent vertebral fracture: {e.description} ({e.reference})" for e in fractures]
         + [f"Fragility: {_label_phrase(e)}: {e.description}" for e in fragility]
         + ["A fracture diagnosis means radiographs or CT found it: MRI without contrast is the next study "
@@ -442,7 +441,7 @@ def _missing_data(ctx: _Context) -> Verdict:
     )
 
 
-def _first_study_done(ctx: _Context, verdict: Verdict, modalities=("radiograph", "ct"),
+def _first_study_done(ctx: _Context, verdict: Verdict, subject: str, modalities=("radiograph", "ct"),
                       since: date | None = None) -> Verdict:
     """A radiographs-first verdict whose first study is already in the record: MRI is the next step.
 
@@ -462,7 +461,7 @@ def _first_study_done(ctx: _Context, verdict: Verdict, modalities=("radiograph",
     verdict.code = "indicated-routine"
     verdict.suggest_cancel = False
     verdict.suggest_first_study = None
-    verdict.decisive_reason += f"; {words}: MRI is the next study"
+    verdict.decisive_reason = f"{subject}; {words}: MRI is the next study"
     verdict.reasons.append(f"The first study ({first}) is done: {study.description} ({study.reference}, "
                            f"{study.date.isoformat()}, {words}). MRI is the next step if it did not explain the symptoms.")
     verdict.would_change = ["If the earlier study already explains the symptoms, MRI adds little."]
@@ -482,7 +481,7 @@ def _trauma_high_risk(ctx: _Context) -> list[Evidence]:
         risk += ctx.evidence("paresthesia")
         age = ctx.facts.age
         if age is not None and age >= CCR_AGE:
-            risk.append(Evidence("age_trauma_risk", f"Age {age} (>= {CCR_AGE})", "Patient", "record",
+            risk.append(Evidence("age_trauma_risk", f"age {age} (>= {CCR_AGE})", "Patient", "record",
                                  f"age {age}: Canadian C-spine rule high-risk factor"))
     return risk
 
@@ -509,16 +508,16 @@ def _trauma(ctx: _Context) -> Verdict | None:
         done = ctx.prior_studies(("radiograph", "ct"), since)
         if not done:
             return None
-    what = (fracture or injury)[0]
+    what = (f"recent spinal fracture ({fracture[0].description.split(' ', 2)[-1]})" if fracture
+            else f"recent injury with {_flag_words(risk[0])}" if risk else "recent injury")
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("trauma"),
-        decisive_reason=f"recent {'spinal fracture' if fracture else 'injury'} ({what.description.split(' ', 2)[-1]})"
-        + (f" with {_flag_words(risk[0])}" if risk and not fracture else "") + ", no neurological deficit",
+        decisive_reason=f"{what}, no neurological deficit",
         reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in fracture + injury]
         + [f"High-risk factor: {_label_phrase(e)}: {e.description}" for e in risk]
-        + ["No cord injury or neurological deficit is documented: CT shows the fracture; MRI is for suspected "
-           "cord or ligament injury."],
+        + ["No cord injury or neurological deficit is documented: CT is the first study for a fracture; MRI is "
+           "for suspected cord or ligament injury."],
         guideline_ids=["ACR_TRAUMA"] + (["CCR_2001"] if ctx.rule_region == "cervical" and not fracture else []),
         red_flags_found=evidence,
         suggest_cancel=True,
@@ -526,7 +525,7 @@ def _trauma(ctx: _Context) -> Verdict | None:
         would_change=["A neurological deficit or suspected cord/ligament injury makes MRI the study of choice; "
                       "after a negative CT, MRI is the next study when that suspicion remains."],
     )
-    return _first_study_done(ctx, verdict, since=since)
+    return _first_study_done(ctx, verdict, what, since=since)
 
 
 def _prior_surgery(ctx: _Context) -> Verdict | None:
@@ -547,7 +546,7 @@ def _prior_surgery(ctx: _Context) -> Verdict | None:
             suggest_cancel=True, suggest_first_study="radiograph",
             would_change=["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."],
             **common)
-        return _first_study_done(ctx, verdict)
+        return _first_study_done(ctx, verdict, "prior cervical spine surgery")
     return Verdict(
         code="indicated-routine", decisive_reason="prior spine surgery with new symptoms",
         would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
@@ -658,7 +657,7 @@ def _radiographs_first(ctx: _Context, rule: str, evidence: list[Evidence], why: 
         suggest_first_study="radiograph",
         would_change=[would_change],
     )
-    return _first_study_done(ctx, verdict, modalities)
+    return _first_study_done(ctx, verdict, _flag_words(evidence[0]), modalities)
 
 
 def _fracture_risk(ctx: _Context) -> Verdict | None:
@@ -730,7 +729,7 @@ def _no_red_flags(ctx: _Context) -> Verdict:
             would_change=["Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
                           "radiculopathy or myelopathic signs."],
         )
-        return _first_study_done(ctx, verdict, modalities=("radiograph",))
+        return _first_study_done(ctx, verdict, f"neck pain for {format_weeks(weeks)}", modalities=("radiograph",))
     if weeks is not None and weeks >= ACUTE_WEEKS:
         if ctx.therapy_weeks is not None and ctx.therapy_weeks >= THERAPY_TRIAL_WEEKS:
             reason = f"axial {words} pain after {format_weeks(ctx.therapy_weeks)} of therapy, no radiculopathy"
