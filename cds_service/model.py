@@ -19,7 +19,7 @@ SOURCE_LABELS = {
     "conditions": "Conditions (problems, diagnoses)",
     "observations": "Observations (temperature, ESR, CRP, WBC)",
     "medications": "MedicationRequests (steroids, immunosuppressants, analgesics)",
-    "procedures": "Procedures (physical therapy, chiropractic, spine surgery)",
+    "procedures": "Procedures (physical therapy, chiropractic, spine surgery, imaging done in clinic)",
     "imagingStudies": "ImagingStudies (prior spine imaging)",
     "diagnosticReports": "DiagnosticReports (prior spine imaging)",
     "serviceRequests": "completed ServiceRequests (prior spine imaging)",
