@@ -203,8 +203,6 @@ def _order_reasons(facts: Facts, order: MriOrder, mappings: Mappings, as_of: dat
 
 def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
     verification = _status_code(condition.get("verificationStatus"))
-    if verification in IGNORED_VERIFICATION:
-        return
     clinical = _status_code(condition.get("clinicalStatus"))
     if clinical is None and condition.get("abatementDateTime"):
         clinical = "resolved"
@@ -213,13 +211,19 @@ def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
         onset = parse_date(condition["onsetPeriod"].get("start"))
     when = onset or parse_date(condition.get("recordedDate"))
     found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when)
+    if verification in IGNORED_VERIFICATION:
+        # Not counted, but the card must not call it absent either.
+        facts.set_aside.extend((item, f"verification status {verification}") for item in found)
+        return
     if clinical in INACTIVE_CLINICAL:
-        # A resolved cancer is still a history of cancer; every other resolved condition is ignored.
+        # A resolved cancer is still a history of cancer; every other resolved condition is set aside.
+        history = [item for item in found
+                   if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts]
+        facts.set_aside.extend((item, f"clinical status {clinical}") for item in found if item not in history)
         found = [
             Evidence("cancer_history", mappings.concepts["cancer_history"].label, item.reference,
                      item.origin, item.description + f" ({clinical})", item.date, item.region)
-            for item in found
-            if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts
+            for item in history
         ]
     facts.findings.extend(found)
 

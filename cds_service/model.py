@@ -83,6 +83,8 @@ class Facts:
     medications: list[MedicationCourse] = field(default_factory=list)
     therapy_procedures: list[Evidence] = field(default_factory=list)
     prior_imaging: list[PriorImaging] = field(default_factory=list)
+    # Conditions in the record that do not count (resolved, refuted, entered in error), with why.
+    set_aside: list[tuple[Evidence, str]] = field(default_factory=list)
     unread_sources: dict[str, str] = field(default_factory=dict)  # prefetch key -> why
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     concept_labels: dict[str, str] = field(default_factory=dict)  # concept id -> clinical words

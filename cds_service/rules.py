@@ -178,7 +178,7 @@ class _Context:
         self.rule_region = self.region if self.region in ("lumbar", "cervical", "thoracic") else "lumbar"
         self.flags: dict[str, list[Evidence]] = {}
         # In the record but not counted for this order, with why: the card must never call them absent.
-        self.not_relevant: list[tuple[Evidence, str]] = []
+        self.not_relevant: list[tuple[Evidence, str]] = list(facts.set_aside)
         for item in facts.findings:
             if _relevant(item, self.region):
                 self.flags.setdefault(item.concept_id, []).append(item)

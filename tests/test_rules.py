@@ -529,3 +529,12 @@ def test_card_detail_says_one_week_and_found_not_relevant():
     assert "**Found, not relevant to this study**" in detail
     not_found = next(line for line in detail.splitlines() if line.startswith("**Checked and not found"))
     assert "Cauda equina" not in not_found
+
+
+def test_resolved_or_entered_in_error_red_flags_are_set_aside_never_absent():
+    facts = make_facts()
+    facts.set_aside = [(finding("cauda_equina", weeks_ago(100)), "clinical status resolved")]
+    verdict = decide(facts)
+    assert verdict.code == "low-value"
+    assert "Cauda equina syndrome" not in verdict.red_flags_absent
+    assert [why for _, why in verdict.red_flags_not_relevant] == ["clinical status resolved"]
