@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .mappings import Mappings
 from .model import FROM_ORDER, MriOrder, Verdict
+from .rules import format_weeks
 
 VERDICT_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/mri-verdict"
 OVERRIDE_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/override-reason"
@@ -132,11 +133,6 @@ def _evidence_line(item) -> str:
     return f"**{md(item.label)}**: {md(item.description)} ({md(item.reference)}, {where}{when})"
 
 
-def _weeks_ago(weeks: float) -> str:
-    count = round(weeks)
-    return f"{count} week{'' if count == 1 else 's'}"
-
-
 def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
     lines = [f"**{VERDICT_DISPLAY[verdict.code]}.** Order: {md(order.display)} ({md(order.reference)}).", ""]
     lines += _bullets(verdict.reasons)
@@ -147,17 +143,27 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("**Red flags and risk factors found**")
         lines += _bullets(verdict.red_flags_found, _evidence_line)
         lines.append("")
+    if verdict.red_flags_not_relevant:
+        lines.append("**Found, not relevant to this study**")
+        lines += _bullets(verdict.red_flags_not_relevant,
+                          lambda pair: f"**{md(pair[0].label)}**: {md(pair[0].description)} ({md(pair[0].reference)}): "
+                                       f"{md(pair[1])}")
+        lines.append("")
     if verdict.red_flags_absent:
         lines.append("**Checked and not found:** " + ", ".join(md(label) for label in verdict.red_flags_absent) + ".")
         lines.append("")
+    if verdict.prior_imaging:
+        lines.append("**Prior imaging of this region (last 12 months)**")
+        lines += _bullets(verdict.prior_imaging)
+        lines.append("")
     lines.append("**Episode:** " + (
-        f"{_weeks_ago(verdict.episode_weeks)} since the earliest dated symptom"
+        f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
         if verdict.episode_weeks is not None else "duration not documented"
     ))
     lines += _bullets(verdict.episode_evidence, _evidence_line)
     lines.append("")
     lines.append("**Conservative therapy:** " + (
-        f"started {_weeks_ago(verdict.therapy_weeks)} ago" if verdict.therapy_weeks is not None
+        f"started {format_weeks(verdict.therapy_weeks)} ago" if verdict.therapy_weeks is not None
         else ("documented without dates" if verdict.therapy_evidence else "none documented")
     ))
     lines += _bullets(verdict.therapy_evidence)

@@ -10,7 +10,8 @@ SERVICE_HOOKS = {
 USAGE = (
     "Send the prefetch below (or let the service read your FHIR server: see the README). "
     "The service reads Patient, Conditions, vital-sign and lab Observations, MedicationRequests, "
-    "Procedures and prior spine imaging, and rates each spine MRI ServiceRequest among draftOrders "
+    "Procedures and prior spine imaging (radiographs, CT, MRI of the last 12 months, as ImagingStudy, "
+    "DiagnosticReport, completed ServiceRequest or Procedure), and rates each spine MRI ServiceRequest among draftOrders "
     "(order-select: the selected ones) with a card and a PAMA rating systemAction."
 )
 

@@ -203,8 +203,6 @@ def _order_reasons(facts: Facts, order: MriOrder, mappings: Mappings, as_of: dat
 
 def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
     verification = _status_code(condition.get("verificationStatus"))
-    if verification in IGNORED_VERIFICATION:
-        return
     clinical = _status_code(condition.get("clinicalStatus"))
     if clinical is None and condition.get("abatementDateTime"):
         clinical = "resolved"
@@ -213,13 +211,19 @@ def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
         onset = parse_date(condition["onsetPeriod"].get("start"))
     when = onset or parse_date(condition.get("recordedDate"))
     found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when)
+    if verification in IGNORED_VERIFICATION:
+        # Not counted, but the card must not call it absent either.
+        facts.set_aside.extend((item, f"verification status {verification}") for item in found)
+        return
     if clinical in INACTIVE_CLINICAL:
-        # A resolved cancer is still a history of cancer; every other resolved condition is ignored.
+        # A resolved cancer is still a history of cancer; every other resolved condition is set aside.
+        history = [item for item in found
+                   if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts]
+        facts.set_aside.extend((item, f"clinical status {clinical}") for item in found if item not in history)
         found = [
             Evidence("cancer_history", mappings.concepts["cancer_history"].label, item.reference,
                      item.origin, item.description + f" ({clinical})", item.date, item.region)
-            for item in found
-            if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts
+            for item in history
         ]
     facts.findings.extend(found)
 
@@ -356,6 +360,9 @@ def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
     when = parse_date(procedure.get("performedDateTime"))
     if when is None and isinstance(procedure.get("performedPeriod"), dict):
         when = parse_date(procedure["performedPeriod"].get("start"))
+    # EHRs record a radiograph or CT done in clinic as a Procedure with its CPT code.
+    if _prior_imaging(facts, procedure, [procedure.get("code")], when, mappings):
+        return
     for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when):
         if mappings.concepts[item.concept_id].source_file == "conservative_therapy":
             facts.therapy_procedures.append(item)
@@ -372,14 +379,21 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
         return
     if kind == "ImagingStudy" and status not in ("available", None):
         return
+    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
     when = (
         parse_date(resource.get("effectiveDateTime"))
+        or parse_date(period.get("start"))
         or parse_date(resource.get("started"))
         or parse_date(resource.get("occurrenceDateTime"))
         or parse_date(resource.get("authoredOn"))
         or parse_date(resource.get("issued"))
     )
     concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
+    _prior_imaging(facts, resource, concepts, when, mappings)
+
+
+def _prior_imaging(facts: Facts, resource: dict, concepts: list, when: date | None, mappings: Mappings) -> bool:
+    """Record the resource as a prior spine study when one of its codes is a spine imaging code."""
     for concept in concepts:
         for coding in _codes(concept):
             order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
@@ -393,4 +407,5 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
                         date=when,
                     )
                 )
-                return
+                return True
+    return False

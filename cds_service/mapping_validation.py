@@ -36,6 +36,9 @@ def _code_errors(where: str, entry: dict) -> list[str]:
             errors.append(f"{where}: ICD-10-CM {value} is not in the official code set")
         elif system == "cpt" and not (len(value) == 5 and value[:4].isdigit()):
             errors.append(f"{where}: CPT {value} is not a five-character code")
+    # A 7th character narrows a family of ICD-10 codes; on one exact code it would say nothing.
+    if "seventh" in entry and (system not in ("icd10cm", "icd10") or "code" in entry):
+        errors.append(f"{where}: 'seventh' applies only to ICD-10 prefix or range entries")
     return errors
 
 

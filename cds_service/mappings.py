@@ -3,6 +3,9 @@
 The YAML files are the clinical knowledge; this module only turns them into
 fast lookups: (system, code) -> concepts, with ICD-10 prefixes and ranges
 resolved by walking the code's ancestors instead of expanding the code set.
+An ICD-10 prefix or range may also require a 7th character (`seventh: [A]`:
+the injury's initial encounter), which ICD-10-CM codes carry and WHO ICD-10
+codes do not: a WHO code matches on its category alone.
 """
 from __future__ import annotations
 
@@ -85,6 +88,20 @@ class CodeMatch:
 
 
 @dataclass(frozen=True)
+class IcdRule:
+    """An ICD-10 prefix or range entry, with the 7th characters it requires (None: any)."""
+
+    match: CodeMatch
+    seventh: frozenset[str] | None = None
+
+    def accepts(self, system: str, code: str) -> bool:
+        if self.seventh is None or system == "icd10":
+            return True
+        compact = code.replace(".", "")
+        return len(compact) >= 7 and compact[6] in self.seventh
+
+
+@dataclass(frozen=True)
 class OrderCode:
     modality: str  # mri | radiograph | ct
     region: str  # lumbar | cervical | thoracic | multi | unspecified
@@ -97,8 +114,8 @@ class OrderCode:
 class Mappings:
     concepts: dict[str, Concept] = field(default_factory=dict)
     _exact: dict[tuple[str, str], list[CodeMatch]] = field(default_factory=dict)
-    _prefix: dict[tuple[str, str], list[CodeMatch]] = field(default_factory=dict)
-    _ranges: list[tuple[str, str, str, CodeMatch]] = field(default_factory=list)
+    _prefix: dict[tuple[str, str], list[IcdRule]] = field(default_factory=dict)
+    _ranges: list[tuple[str, str, str, IcdRule]] = field(default_factory=list)
     thresholds: dict[str, list[Threshold]] = field(default_factory=dict)
     orders: list[OrderCode] = field(default_factory=list)
     _order_index: dict[tuple[str, str], OrderCode] = field(default_factory=dict)
@@ -113,14 +130,14 @@ class Mappings:
             return []
         code = str(code).strip()
         if system in ICD_SYSTEMS:
-            return self._match_icd(code)
+            return self._match_icd(code, system)
         found = list(self._exact.get((system, code), ()))
-        for range_system, low, high, match in self._ranges:
+        for range_system, low, high, rule in self._ranges:
             if range_system == system and _in_numeric_range(code, low, high):
-                found.append(match)
+                found.append(rule.match)
         return found
 
-    def _match_icd(self, code: str) -> list[CodeMatch]:
+    def _match_icd(self, code: str, coded_in: str) -> list[CodeMatch]:
         normalised = normalise_icd10(code)
         found: list[CodeMatch] = []
         # ICD-10-CM and WHO ICD-10 share the classification's skeleton, so one
@@ -129,12 +146,13 @@ class Mappings:
             found.extend(self._exact.get((system, normalised), ()))
             ancestor = normalised
             while len(ancestor) >= 3:
-                found.extend(self._prefix.get((system, ancestor), ()))
+                found.extend(rule.match for rule in self._prefix.get((system, ancestor), ())
+                             if rule.accepts(coded_in, normalised))
                 ancestor = ancestor[:-1].rstrip(".")
         category = normalised[:3]
-        for range_system, low, high, match in self._ranges:
-            if range_system in ICD_SYSTEMS and low <= category <= high:
-                found.append(match)
+        for range_system, low, high, rule in self._ranges:
+            if range_system in ICD_SYSTEMS and low <= category <= high and rule.accepts(coded_in, normalised):
+                found.append(rule.match)
         return _unique(found)
 
     def match_codeable_concept(self, concept: dict | None) -> list[CodeMatch]:
@@ -297,6 +315,7 @@ def _load_concepts(mappings: Mappings, document: dict, source_file: str) -> None
                 display=entry.get("display", ""),
                 region=entry.get("region", concept.region),
             )
+            seventh = frozenset(entry["seventh"]) if entry.get("seventh") else None
             if "code" in entry:
                 code = str(entry["code"])
                 if system in ICD_SYSTEMS:
@@ -304,10 +323,10 @@ def _load_concepts(mappings: Mappings, document: dict, source_file: str) -> None
                 mappings._exact.setdefault((system, code), []).append(match)
             elif "prefix" in entry:
                 prefix = normalise_icd10(str(entry["prefix"])).rstrip(".")
-                mappings._prefix.setdefault((system, prefix), []).append(match)
+                mappings._prefix.setdefault((system, prefix), []).append(IcdRule(match, seventh))
             elif "range" in entry:
                 low, high = (str(bound) for bound in entry["range"])
-                mappings._ranges.append((system, low, high, match))
+                mappings._ranges.append((system, low, high, IcdRule(match, seventh)))
         for entry in raw.get("observations", ()):
             threshold = Threshold(
                 concept_id=concept.id,

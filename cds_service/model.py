@@ -19,7 +19,7 @@ SOURCE_LABELS = {
     "conditions": "Conditions (problems, diagnoses)",
     "observations": "Observations (temperature, ESR, CRP, WBC)",
     "medications": "MedicationRequests (steroids, immunosuppressants, analgesics)",
-    "procedures": "Procedures (physical therapy, chiropractic, spine surgery)",
+    "procedures": "Procedures (physical therapy, chiropractic, spine surgery, imaging done in clinic)",
     "imagingStudies": "ImagingStudies (prior spine imaging)",
     "diagnosticReports": "DiagnosticReports (prior spine imaging)",
     "serviceRequests": "completed ServiceRequests (prior spine imaging)",
@@ -83,6 +83,8 @@ class Facts:
     medications: list[MedicationCourse] = field(default_factory=list)
     therapy_procedures: list[Evidence] = field(default_factory=list)
     prior_imaging: list[PriorImaging] = field(default_factory=list)
+    # Conditions in the record that do not count (resolved, refuted, entered in error), with why.
+    set_aside: list[tuple[Evidence, str]] = field(default_factory=list)
     unread_sources: dict[str, str] = field(default_factory=dict)  # prefetch key -> why
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     concept_labels: dict[str, str] = field(default_factory=dict)  # concept id -> clinical words
@@ -100,6 +102,9 @@ class Verdict:
     guideline_ids: list[str] = field(default_factory=list)  # concordant sources cited
     red_flags_found: list[Evidence] = field(default_factory=list)
     red_flags_absent: list[str] = field(default_factory=list)  # labels checked and not found
+    # In the record but not counted for this order (another region, too old), with why: never "not found".
+    red_flags_not_relevant: list[tuple[Evidence, str]] = field(default_factory=list)
+    prior_imaging: list[str] = field(default_factory=list)  # same-region studies in the last 12 months, in words
     episode_weeks: float | None = None
     episode_evidence: list[Evidence] = field(default_factory=list)
     therapy_weeks: float | None = None

@@ -1,9 +1,12 @@
 """The decision: facts about one spine MRI order in, a verdict with its reasons out.
 
 Pure functions only (no I/O, no clock: `facts.as_of` is "today"). Read top to bottom, the
-rules are checked in the order a clinician would: urgent red flags, then trauma, prior
-surgery, a failed trial of conservative care, fracture and weaker risk factors, and last the
-"no red flags" verdicts. The variant ids name entries in mappings/guidelines.yaml.
+rules are checked in the order a clinician would: urgent red flags, a motor deficit to verify,
+a fragility vertebral fracture, trauma, prior surgery, a failed trial of conservative care,
+fracture and weaker risk factors, and last the "no red flags" verdicts. A rule whose first
+study (radiographs or CT) is already in the record answers with the next step, MRI; an MRI of
+the same region in the last 12 months turns a non-urgent indication into a repeat MRI. The
+variant ids name entries in mappings/guidelines.yaml.
 
 Where guidelines disagree the choice is made here, in a comment beside the rule.
 """
@@ -11,7 +14,17 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from .model import FROM_ORDER, RED_FLAG_SOURCES, SOURCE_LABELS, Evidence, Facts, MedicationCourse, Verdict
+from .model import (
+    FROM_ORDER,
+    IMAGING_SOURCES,
+    RED_FLAG_SOURCES,
+    SOURCE_LABELS,
+    Evidence,
+    Facts,
+    MedicationCourse,
+    PriorImaging,
+    Verdict,
+)
 
 # ----------------------------------------------------------------------------- parameters
 # ACR LBP 2021 V1/V2, Choosing Wisely (AAFP, NASS, ACR): no imaging in the first 6 weeks.
@@ -34,19 +47,31 @@ FRACTURE_AGE = {"male": 65, "female": 75}
 WEAKER_CANCER_AGE = 50
 # A radiograph "of this episode" when the episode start is unknown: the last 26 weeks.
 UNDATED_EPISODE_LOOKBACK_DAYS = 182
+# Prior spine imaging is read for the last 12 months (issue 8; the card names each study).
+PRIOR_IMAGING_DAYS = 365
+# A motor deficit first recorded within ACP's subacute window (<= 12 weeks) is taken as new.
+NEW_DEFICIT_DAYS = 12 * 7
+# Canadian C-spine rule (Stiell 2001): age >= 65 is a high-risk factor after neck trauma.
+CCR_AGE = 65
 
 EPISODE_CONCEPTS = ("low_back_pain", "neck_pain", "thoracic_pain", "radiculopathy", "stenosis")
-URGENT_CONCEPTS = ("cauda_equina", "progressive_neuro_deficit", "myelopathy", "spinal_cord_injury",
-                   "spinal_infection", "cancer", "cancer_history")
 INFECTION_RISK_CONCEPTS = ("ivdu", "immunosuppression")
 FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
-# Every red flag the card reports as "checked" (found or absent).
+ANKYLOSED_SPINE_CONCEPTS = ("axial_spa", "dish")
+# Every red flag the card reports as "checked" (found, found but not relevant, or absent).
 CHECKED_RED_FLAGS = (
-    "cauda_equina", "progressive_neuro_deficit", "myelopathy", "spinal_cord_injury", "cancer",
-    "cancer_history", "spinal_infection", "fever", "bacteremia_sepsis", "inflammatory_markers",
-    "ivdu", "immunosuppression", "trauma", "prior_spine_surgery", "osteoporosis_fracture",
-    "long_term_steroids", "weight_loss", "axial_spa",
+    "cauda_equina", "progressive_neuro_deficit", "possible_motor_deficit", "myelopathy", "spinal_cord_injury",
+    "cancer", "cancer_history", "spinal_infection", "fever", "bacteremia_sepsis", "inflammatory_markers",
+    "ivdu", "immunosuppression", "trauma", "recent_injury", "vertebral_fracture", "prior_spine_surgery",
+    "osteoporosis_fracture", "long_term_steroids", "weight_loss", "axial_spa",
 )
+# Findings that speak for today's problem only when recent (days).
+RECENCY_DAYS = {
+    "fever": RECENT_FINDING_DAYS, "inflammatory_markers": RECENT_FINDING_DAYS, "bacteremia_sepsis": RECENT_FINDING_DAYS,
+    "trauma": TRAUMA_WINDOW_DAYS, "recent_injury": TRAUMA_WINDOW_DAYS, "vertebral_fracture": TRAUMA_WINDOW_DAYS,
+    "dangerous_mechanism": TRAUMA_WINDOW_DAYS, "possible_motor_deficit": NEW_DEFICIT_DAYS, "ivdu": IVDU_WINDOW_DAYS,
+}
+MODALITY_WORDS = {"radiograph": "radiographs", "ct": "CT", "mri": "MRI"}
 
 # Guideline variant per rule and region. Thoracic spine has no ACR pain topic of its own:
 # the lumbar variants apply by analogy and the verdict is marked extrapolated.
@@ -58,6 +83,7 @@ VARIANTS = {
     "infection": {"lumbar": "LBP-V7", "cervical": "CN-V4", "thoracic": "TH-INFX"},
     "cancer": {"lumbar": "LBP-V7", "cervical": "CN-V5", "thoracic": "LBP-V7"},
     "trauma": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
+    "vertebral_fracture": {"lumbar": "VCF-V1", "cervical": "VCF-V1", "thoracic": "VCF-V1"},
     "prior_surgery": {"lumbar": "LBP-V5", "cervical": "CN-V3", "thoracic": "LBP-V5"},
     "therapy_failed": {"lumbar": "LBP-V3", "thoracic": "LBP-V3"},
     "fracture_risk": {"lumbar": "LBP-V6", "cervical": "CN-V1", "thoracic": "TH-VCF"},
@@ -87,10 +113,34 @@ def _weeks(since: date | None, as_of: date) -> float | None:
     return None if since is None else max((as_of - since).days, 0) / 7
 
 
-def _fmt_weeks(weeks: float) -> str:
+def plural(count: int, word: str) -> str:
+    """ "1 week", "3 weeks": the card never says "1 weeks". """
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def format_weeks(weeks: float) -> str:
+    """A duration in weeks in words: days under a week, else whole weeks."""
     if weeks < 1:
-        return f"{round(weeks * 7)} days"
-    return f"{weeks:.0f} week" + ("" if round(weeks) == 1 else "s")
+        return plural(round(weeks * 7), "day")
+    return plural(round(weeks), "week")
+
+
+def format_ago(when: date, as_of: date) -> str:
+    """How long ago, in words: "today", "5 days ago", "3 weeks ago", "4 months ago"."""
+    days = max((as_of - when).days, 0)
+    if days == 0:
+        return "today"
+    if days < 7:
+        return plural(days, "day") + " ago"
+    if days < 8 * 7:
+        return plural(round(days / 7), "week") + " ago"
+    return plural(round(days / 30.44), "month") + " ago"
+
+
+def study_words(study: PriorImaging, as_of: date) -> str:
+    """ "lumbar MRI 3 months ago" """
+    region = {"multi": "spine (several regions)", "unspecified": "spine"}.get(study.region, study.region)
+    return f"{region} {MODALITY_WORDS.get(study.modality, study.modality)} {format_ago(study.date, as_of)}"
 
 
 def _relevant(item: Evidence, region: str) -> bool:
@@ -127,9 +177,13 @@ class _Context:
         self.region = facts.order.region
         self.rule_region = self.region if self.region in ("lumbar", "cervical", "thoracic") else "lumbar"
         self.flags: dict[str, list[Evidence]] = {}
+        # In the record but not counted for this order, with why: the card must never call them absent.
+        self.not_relevant: list[tuple[Evidence, str]] = list(facts.set_aside)
         for item in facts.findings:
             if _relevant(item, self.region):
                 self.flags.setdefault(item.concept_id, []).append(item)
+            else:
+                self.not_relevant.append((item, f"a {item.region} finding; this order is for the {self.region} spine"))
         self._derive_flags()
         self.episode = [e for c in EPISODE_CONCEPTS for e in self.flags.get(c, [])]
         dated = [e.date for e in self.episode if e.date is not None]
@@ -139,20 +193,25 @@ class _Context:
         self._therapy()
         self.missing = [f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in RED_FLAG_SOURCES
                         if k in facts.unread_sources]
+        self.imaging_unread = [f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in IMAGING_SOURCES
+                               if k in facts.unread_sources]
 
     def _derive_flags(self) -> None:
         facts, as_of = self.facts, self.as_of
         labels = facts.concept_labels
         # Recency windows: an old fever or an old injury says nothing about today's pain.
-        for concept_id, days in (("fever", RECENT_FINDING_DAYS), ("inflammatory_markers", RECENT_FINDING_DAYS),
-                                 ("bacteremia_sepsis", RECENT_FINDING_DAYS), ("trauma", TRAUMA_WINDOW_DAYS),
-                                 ("ivdu", IVDU_WINDOW_DAYS)):
-            if concept_id in self.flags:
-                kept = [e for e in self.flags[concept_id] if _recent(e, as_of, days)]
-                if kept:
-                    self.flags[concept_id] = kept
-                else:
-                    del self.flags[concept_id]
+        for concept_id, days in RECENCY_DAYS.items():
+            if concept_id not in self.flags:
+                continue
+            kept = [e for e in self.flags[concept_id] if _recent(e, as_of, days)]
+            for item in self.flags[concept_id]:
+                if item not in kept:
+                    when = f"dated {item.date.isoformat()}" if item.date else "undated"
+                    self.not_relevant.append((item, f"{when}: only the last {plural(days, 'day')} count"))
+            if kept:
+                self.flags[concept_id] = kept
+            else:
+                del self.flags[concept_id]
         days = steroid_days(facts.medications, as_of)
         if days >= STEROID_DAYS:
             courses = [c for c in facts.medications if c.concept_id == "systemic_corticosteroid"]
@@ -206,13 +265,20 @@ class _Context:
     def evidence(self, *concept_ids: str) -> list[Evidence]:
         return [e for c in concept_ids for e in self.flags.get(c, [])]
 
-    def prior_first_study(self, modalities: tuple[str, ...]) -> list:
-        since = self.episode_start or (self.as_of - timedelta(days=UNDATED_EPISODE_LOOKBACK_DAYS))
-        return [
+    def prior_studies(self, modalities: tuple[str, ...], since: date | None = None) -> list[PriorImaging]:
+        """Dated studies of this region (or several regions) in the window, oldest first.
+
+        The window opens at `since` (default: the episode's start, else 26 weeks ago) and never
+        reaches back more than 12 months.
+        """
+        start = since or self.episode_start or (self.as_of - timedelta(days=UNDATED_EPISODE_LOOKBACK_DAYS))
+        start = max(start, self.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
+        found = [
             study for study in self.facts.prior_imaging
             if study.modality in modalities and (study.region in (self.region, "multi") or self.region == "multi")
-            and study.date is not None and since <= study.date <= self.as_of
+            and study.date is not None and start <= study.date <= self.as_of
         ]
+        return sorted(found, key=lambda study: study.date)
 
     def variant(self, rule: str) -> str:
         return VARIANTS[rule].get(self.rule_region) or VARIANTS[rule]["lumbar"]
@@ -227,7 +293,9 @@ def _label_phrase(item: Evidence) -> str:
 def decide(facts: Facts) -> Verdict:
     ctx = _Context(facts)
     verdict = _urgent(ctx) or (
-        _trauma(ctx)
+        _motor_deficit_to_verify(ctx)
+        or _vertebral_compression_fracture(ctx)
+        or _trauma(ctx)
         or _prior_surgery(ctx)
         or _infection_risk(ctx)
         or _therapy_failed(ctx)
@@ -237,6 +305,7 @@ def decide(facts: Facts) -> Verdict:
         or _no_indication(ctx)
         or _no_red_flags(ctx)
     )
+    verdict = _repeat_mri(ctx, verdict)
     # A red flag found is enough to call the MRI indicated; anything less needs every source.
     if not verdict.code.startswith("indicated-") and ctx.missing:
         verdict = _missing_data(ctx)
@@ -251,11 +320,12 @@ def _urgent(ctx: _Context) -> Verdict | None:
     infection = ctx.evidence("spinal_infection", "bacteremia_sepsis", "fever")
     if ctx.has("inflammatory_markers") and ctx.has(*INFECTION_RISK_CONCEPTS):
         infection += ctx.evidence("inflammatory_markers", *INFECTION_RISK_CONCEPTS)
+    new_deficit, _ = _deficits_by_age(ctx)
     checks = [
         ("cauda_equina", ctx.evidence("cauda_equina"), "cauda_equina"),
         ("spinal_cord_injury", ctx.evidence("spinal_cord_injury"), "spinal_cord_injury"),
         ("myelopathy", ctx.evidence("myelopathy"), "myelopathy"),
-        ("progressive_neuro_deficit", ctx.evidence("progressive_neuro_deficit"), "progressive_neuro_deficit"),
+        ("progressive_neuro_deficit", new_deficit, "progressive_neuro_deficit"),
         ("infection", infection, "infection"),
         # ACP 2007: history of cancer with new back pain -> immediate MRI; we treat active and
         # prior cancer alike (ACR V7 rates MRI usually appropriate for both).
@@ -283,6 +353,80 @@ def _urgent(ctx: _Context) -> Verdict | None:
     return verdict
 
 
+def _deficits_by_age(ctx: _Context) -> tuple[list[Evidence], list[Evidence]]:
+    """Focal motor deficits split into new (on the order, or first recorded <= 12 weeks ago) and older or undated."""
+    new, old = [], []
+    for item in ctx.evidence("progressive_neuro_deficit"):
+        is_new = item.origin == FROM_ORDER or (
+            item.date is not None and (ctx.as_of - item.date).days <= NEW_DEFICIT_DAYS)
+        (new if is_new else old).append(item)
+    return new, old
+
+
+def _motor_deficit_to_verify(ctx: _Context) -> Verdict | None:
+    """A motor deficit the code cannot date as new: MRI indicated, verify it is new or progressing.
+
+    ACP 2007 / 2011: imaging for severe or progressive neurologic deficits; CW NASS names a focal
+    neurologic deficit and progression as red flags; HEDIS counts R26.2 as neurologic impairment
+    (imaging not low-value). A focal deficit recorded long ago or without a date, or a
+    non-specific sign in this episode (gait disturbance R26, R29.898, SNOMED muscle weakness),
+    cannot tell whether the deficit is new: the MRI is not discouraged, it is rated routine, and
+    the card asks the clinician to examine and verify, since a new or progressing deficit makes
+    it urgent.
+    """
+    _, old = _deficits_by_age(ctx)
+    possible = ctx.evidence("possible_motor_deficit")
+    evidence = old + possible
+    if not evidence:
+        return None
+    first = evidence[0]
+    when = f"recorded {first.date.isoformat()}" if first.date else "undated"
+    return Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("progressive_neuro_deficit"),
+        decisive_reason=f"{_label_phrase(first).lower()} ({when}): verify it is new or progressing",
+        reasons=[f"Motor deficit to verify: {_label_phrase(e)}: {e.description} ({e.reference}, "
+                 + (f"recorded {e.date.isoformat()}" if e.date else "undated") + ")" for e in evidence]
+        + ["The code alone cannot tell whether this deficit is new or progressing: examine strength, "
+           "reflexes and sensation. A new or progressing deficit makes the MRI urgent (ACP 2007); a stable, "
+           "known deficit does not by itself."],
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"],
+        red_flags_found=evidence,
+        would_change=["A new or progressing motor deficit: MRI urgently. A deficit known to be old and stable, "
+                      "with no other red flag: the pain rules apply (often conservative care first)."],
+    )
+
+
+def _vertebral_compression_fracture(ctx: _Context) -> Verdict | None:
+    """A new fragility vertebral fracture: MRI is the next study (ACR Management of VCF 2018, V1).
+
+    The fracture diagnosis says it was seen on radiographs or CT; ACR VCF Variant 1 (new
+    symptomatic compression fracture identified on radiographs or CT, no known malignancy) rates
+    MRI without contrast usually appropriate, to date the fracture, look for an underlying lesion
+    and plan vertebral augmentation. It applies to fractures with osteoporosis, steroids or older
+    age; a fracture from high-energy trauma in a younger patient stays with ACR Suspected Spine
+    Trauma (CT first, _trauma). We follow ACR VCF here over ACP 2007's 'radiographs first',
+    because the radiographs are what found the fracture.
+    """
+    fractures = ctx.evidence("vertebral_fracture")
+    fragility = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
+    if not fractures or not fragility:
+        return None
+    return Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("vertebral_fracture"),
+        decisive_reason=f"new vertebral compression fracture with {_flag_words(fragility[0])}: MRI is the next study",
+        reasons=[f"Recent vertebral fracture: {e.description} ({e.reference})" for e in fractures]
+        + [f"Fragility: {_label_phrase(e)}: {e.description}" for e in fragility]
+        + ["A fracture diagnosis means radiographs or CT found it: MRI without contrast is the next study "
+           "(fracture age, underlying lesion, vertebral augmentation planning)."],
+        guideline_ids=["ACR_VCF_2018", "ACR_LBP_2021"],
+        red_flags_found=fractures + [e for e in fragility if e not in fractures],
+        would_change=["A fracture from high-energy trauma in a younger patient: CT first (ACR Suspected Spine "
+                      "Trauma). Known malignancy or a neurological deficit: MRI urgently."],
+    )
+
+
 def _missing_data(ctx: _Context) -> Verdict:
     """Without every red-flag source, only a red flag found can rate the order."""
     return Verdict(
@@ -297,43 +441,91 @@ def _missing_data(ctx: _Context) -> Verdict:
     )
 
 
-def _first_study_done(ctx: _Context, verdict: Verdict, modalities=("radiograph", "ct")) -> Verdict:
-    """A radiographs-first verdict whose first study is already done becomes indicated.
+def _first_study_done(ctx: _Context, verdict: Verdict, subject: str, modalities=("radiograph", "ct"),
+                      since: date | None = None) -> Verdict:
+    """A radiographs-first verdict whose first study is already in the record: MRI is the next step.
 
     ACP 2007: MRI if radiographs are negative but suspicion remains; ACR LBP V6 and CN-V8 rate
-    MRI without contrast usually appropriate once plain films have been done.
+    MRI without contrast usually appropriate once plain films have been done; ACR Suspected
+    Spine Trauma: MRI after CT for suspected ligamentous or cord injury or an ankylosed spine.
     """
-    done = ctx.prior_first_study(modalities)
+    done = ctx.prior_studies(modalities, since)
     if not done:
+        if ctx.imaging_unread:
+            verdict.reasons.append("Prior imaging could not be read (" + "; ".join(ctx.imaging_unread)
+                                   + "): if radiographs or CT were already done, MRI may be the next step.")
         return verdict
-    study = max(done, key=lambda s: s.date)
+    study = done[-1]
+    words = study_words(study, ctx.as_of)
+    first = "CT" if verdict.suggest_first_study == "ct" else "radiographs"
     verdict.code = "indicated-routine"
     verdict.suggest_cancel = False
     verdict.suggest_first_study = None
-    verdict.decisive_reason += f"; {study.modality} already done {study.date.isoformat()}"
-    verdict.reasons.append(f"First study already done: {study.description} ({study.reference}, {study.date.isoformat()}).")
+    verdict.decisive_reason = f"{subject}; {words}: MRI is the next study"
+    verdict.reasons.append(f"The first study ({first}) is done: {study.description} ({study.reference}, "
+                           f"{study.date.isoformat()}, {words}). MRI is the next step if it did not explain the symptoms.")
     verdict.would_change = ["If the earlier study already explains the symptoms, MRI adds little."]
     return verdict
 
 
+def _trauma_high_risk(ctx: _Context) -> list[Evidence]:
+    """What makes imaging indicated after an injury without a known fracture.
+
+    Canadian C-spine rule (Stiell 2001), neck only: age >= 65, a dangerous mechanism,
+    paresthesias in the extremities. Any region: an ankylosed spine (ankylosing spondylitis,
+    DISH), which ACR Suspected Spine Trauma images with CT and then MRI. Thoracolumbar injuries
+    in older patients are ACR LBP V6's 'low-velocity trauma, elderly' (see _fracture_risk).
+    """
+    risk = ctx.evidence(*ANKYLOSED_SPINE_CONCEPTS, "dangerous_mechanism")
+    if ctx.rule_region == "cervical":
+        risk += ctx.evidence("paresthesia")
+        age = ctx.facts.age
+        if age is not None and age >= CCR_AGE:
+            risk.append(Evidence("age_trauma_risk", f"age {age} (>= {CCR_AGE})", "Patient", "record",
+                                 f"age {age}: Canadian C-spine rule high-risk factor"))
+    return risk
+
+
 def _trauma(ctx: _Context) -> Verdict | None:
-    """Recent spinal trauma without deficit: CT (high-risk) or radiographs first, not MRI (ACR Spine Trauma)."""
-    if not ctx.has("trauma"):
+    """Recent spinal trauma without deficit: CT first, not MRI (ACR Suspected Spine Trauma).
+
+    A known fracture, or an injury with a high-risk factor, needs imaging and CT is the first
+    study; once CT (or radiographs) of the region is done after the injury, MRI is the next
+    study for suspected ligamentous or cord injury. An injury without a high-risk factor is left
+    to the other rules: sprain and strain codes alone are not red flags (reference note), and
+    for the neck the Canadian C-spine rule says no imaging (see _no_red_flags).
+    """
+    fracture = ctx.evidence("trauma")
+    injury = ctx.evidence("recent_injury")
+    if not fracture and not injury:
         return None
-    evidence = ctx.evidence("trauma")
+    risk = _trauma_high_risk(ctx)
+    injury_dates = [e.date for e in fracture + injury if e.date is not None]
+    since = min(injury_dates) if injury_dates else None
+    evidence = fracture + [e for e in injury if e not in fracture] + risk
+    if not fracture and not risk:
+        # Low risk: imaging only if a study was done anyway and MRI is its next step.
+        done = ctx.prior_studies(("radiograph", "ct"), since)
+        if not done:
+            return None
+    what = (f"recent spinal fracture ({fracture[0].description.split(' ', 2)[-1]})" if fracture
+            else f"recent injury with {_flag_words(risk[0])}" if risk else "recent injury")
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("trauma"),
-        decisive_reason=f"recent spinal trauma ({evidence[0].description.split(' ', 2)[-1]}) without neurological deficit",
-        reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in evidence]
-        + ["No cord injury or neurological deficit is documented: MRI is for suspected cord or ligament injury."],
-        guideline_ids=["ACR_TRAUMA"],
+        decisive_reason=f"{what}, no neurological deficit",
+        reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in fracture + injury]
+        + [f"High-risk factor: {_label_phrase(e)}: {e.description}" for e in risk]
+        + ["No cord injury or neurological deficit is documented: CT is the first study for a fracture; MRI is "
+           "for suspected cord or ligament injury."],
+        guideline_ids=["ACR_TRAUMA"] + (["CCR_2001"] if ctx.rule_region == "cervical" and not fracture else []),
         red_flags_found=evidence,
         suggest_cancel=True,
         suggest_first_study="ct",
-        would_change=["A neurological deficit or suspected cord/ligament injury makes MRI the study of choice."],
+        would_change=["A neurological deficit or suspected cord/ligament injury makes MRI the study of choice; "
+                      "after a negative CT, MRI is the next study when that suspicion remains."],
     )
-    return _first_study_done(ctx, verdict)
+    return _first_study_done(ctx, verdict, what, since=since)
 
 
 def _prior_surgery(ctx: _Context) -> Verdict | None:
@@ -354,7 +546,7 @@ def _prior_surgery(ctx: _Context) -> Verdict | None:
             suggest_cancel=True, suggest_first_study="radiograph",
             would_change=["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."],
             **common)
-        return _first_study_done(ctx, verdict)
+        return _first_study_done(ctx, verdict, "prior cervical spine surgery")
     return Verdict(
         code="indicated-routine", decisive_reason="prior spine surgery with new symptoms",
         would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
@@ -402,8 +594,8 @@ def _therapy_failed(ctx: _Context) -> Verdict | None:
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("therapy_failed"),
-        decisive_reason=f"{kind} persisting after {_fmt_weeks(ctx.therapy_weeks)} of conservative therapy",
-        reasons=[f"{kind.capitalize()} documented and conservative therapy started {_fmt_weeks(ctx.therapy_weeks)} ago "
+        decisive_reason=f"{kind} persisting after {format_weeks(ctx.therapy_weeks)} of conservative therapy",
+        reasons=[f"{kind.capitalize()} documented and conservative therapy started {format_weeks(ctx.therapy_weeks)} ago "
                  f"(>= {THERAPY_TRIAL_WEEKS} weeks)."],
         guideline_ids=["ACP_APS_2007", "NOR_2010"],
         would_change=["If symptoms are improving, or the patient is not a candidate for surgery or "
@@ -431,15 +623,15 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
     if weeks >= ACUTE_WEEKS:
         return Verdict(
             code="indicated-routine", variant_id="CN-V2",
-            decisive_reason=f"cervical radiculopathy persisting {_fmt_weeks(weeks)}",
-            reasons=[f"Cervical radiculopathy for {_fmt_weeks(weeks)} (>= {ACUTE_WEEKS} weeks)."],
+            decisive_reason=f"cervical radiculopathy persisting {format_weeks(weeks)}",
+            reasons=[f"Cervical radiculopathy for {format_weeks(weeks)} (>= {ACUTE_WEEKS} weeks)."],
             guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
             would_change=["If symptoms are resolving, MRI will not change management."],
         )
     return Verdict(
         code="low-value", variant_id="CN-V2",
-        decisive_reason=f"cervical radiculopathy for {_fmt_weeks(weeks)} without deficit: most resolve",
-        reasons=[f"Acute cervical radiculopathy ({_fmt_weeks(weeks)}), no red flag, no motor deficit."],
+        decisive_reason=f"cervical radiculopathy for {format_weeks(weeks)} without deficit: most resolve",
+        reasons=[f"Acute cervical radiculopathy ({format_weeks(weeks)}), no red flag, no motor deficit."],
         guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
         suggest_cancel=True,
         would_change=["Persistence beyond 6 weeks, a motor deficit or myelopathic signs make MRI appropriate."],
@@ -452,24 +644,35 @@ def _flag_words(item: Evidence) -> str:
 
 
 def _radiographs_first(ctx: _Context, rule: str, evidence: list[Evidence], why: str, kind: str,
-                       would_change: str, modalities=("radiograph", "ct")) -> Verdict:
+                       would_change: str, modalities=("radiograph", "ct"), guideline_ids=("ACP_APS_2007", "CW_NASS")
+                       ) -> Verdict:
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant(rule),
         decisive_reason=_flag_words(evidence[0]) + why,
         reasons=[f"{kind}: {_label_phrase(e)}: {e.description}" for e in evidence],
-        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        guideline_ids=list(guideline_ids),
         red_flags_found=evidence,
         suggest_cancel=True,
         suggest_first_study="radiograph",
         would_change=[would_change],
     )
-    return _first_study_done(ctx, verdict, modalities)
+    return _first_study_done(ctx, verdict, _flag_words(evidence[0]), modalities)
 
 
 def _fracture_risk(ctx: _Context) -> Verdict | None:
-    """Osteoporosis, long-term steroids or older age without deficit: radiographs first (ACR LBP V6, ACP 2007)."""
+    """Osteoporosis, long-term steroids, older age or low-velocity trauma in the elderly, no deficit:
+    radiographs first (ACR LBP V6, ACP 2007).
+
+    ACR LBP V6 names 'low-velocity trauma, osteoporosis, elderly individual, chronic steroid use':
+    a recent thoracic or lumbar injury counts when the patient is >= 65 (the age the Canadian
+    C-spine rule uses; V6 gives no number). In younger patients a sprain or strain code alone is
+    how acute back pain is often coded, not a red flag (reference note).
+    """
     evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
+    age = ctx.facts.age
+    if ctx.rule_region != "cervical" and age is not None and age >= CCR_AGE and ctx.has("recent_injury"):
+        evidence += ctx.evidence("recent_injury")
     if not evidence:
         return None
     return _radiographs_first(
@@ -479,8 +682,15 @@ def _fracture_risk(ctx: _Context) -> Verdict | None:
 
 
 def _weaker_risk(ctx: _Context) -> Verdict | None:
-    """ACP 2007: weight loss, age > 50 (after ~1 month) or axial spondyloarthritis -> radiographs (+ ESR) first."""
-    evidence = ctx.evidence("weight_loss", "axial_spa")
+    """ACP 2007: weight loss, age > 50 (after ~1 month), axial spondyloarthritis or raised ESR/CRP
+    -> radiographs (+ ESR) first; MRI once radiographs are done and the suspicion remains.
+
+    Raised markers without an infection risk factor are a weaker suspicion of cancer or
+    infection: ACP 2007 pairs radiographs with ESR, and a raised ESR after negative radiographs
+    is what keeps the suspicion (the 'image if plain film positive or ESR raised' strategy of
+    Joines 2001, cited by ACP 2007). With an infection risk factor they are urgent (_urgent).
+    """
+    evidence = ctx.evidence("weight_loss", "axial_spa", "inflammatory_markers")
     if ctx.has("age_over_50") and ctx.episode_weeks is not None and ctx.episode_weeks >= ACP_TRIAL_WEEKS:
         evidence += ctx.evidence("age_over_50")
     if not evidence:
@@ -488,7 +698,7 @@ def _weaker_risk(ctx: _Context) -> Verdict | None:
     return _radiographs_first(
         ctx, "weaker_risk", evidence, ": radiographs and ESR first", "Weaker risk factor",
         "Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate.",
-        modalities=("radiograph",))
+        guideline_ids=("ACP_APS_2007", "ACP_2011", "CW_NASS"))
 
 
 def _no_indication(ctx: _Context) -> Verdict | None:
@@ -512,23 +722,27 @@ def _no_red_flags(ctx: _Context) -> Verdict:
         # CN-V7: chronic neck pain -> radiographs are the first study; CN-V8 once they are done.
         verdict = Verdict(
             code="radiographs-first", variant_id="CN-V7",
-            decisive_reason=f"neck pain for {_fmt_weeks(weeks)}: radiographs are the first study",
-            reasons=[f"Chronic neck pain ({_fmt_weeks(weeks)}) without red flags or radiculopathy."],
+            decisive_reason=f"neck pain for {format_weeks(weeks)}: radiographs are the first study",
+            reasons=[f"Chronic neck pain ({format_weeks(weeks)}) without red flags or radiculopathy."],
             guideline_ids=["ACR_CNECK_2018", "NOR_2010"],
             suggest_cancel=True, suggest_first_study="radiograph",
             would_change=["Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
                           "radiculopathy or myelopathic signs."],
         )
-        return _first_study_done(ctx, verdict, modalities=("radiograph",))
+        return _first_study_done(ctx, verdict, f"neck pain for {format_weeks(weeks)}", modalities=("radiograph",))
     if weeks is not None and weeks >= ACUTE_WEEKS:
         if ctx.therapy_weeks is not None and ctx.therapy_weeks >= THERAPY_TRIAL_WEEKS:
-            reason = f"axial {words} pain after {_fmt_weeks(ctx.therapy_weeks)} of therapy, no radiculopathy"
+            reason = f"axial {words} pain after {format_weeks(ctx.therapy_weeks)} of therapy, no radiculopathy"
             variant, guidelines = ctx.variant("no_therapy"), ["ACP_APS_2007", "NICE_NG59"]
         else:
-            reason = f"{words} pain for {_fmt_weeks(weeks)} without a trial of conservative therapy"
+            reason = f"{words} pain for {format_weeks(weeks)} without a trial of conservative therapy"
             variant, guidelines = ctx.variant("no_therapy"), ["OP8", "NICE_NG59"]
+    elif ctx.rule_region == "cervical" and ctx.has("recent_injury"):
+        # ACR Suspected Spine Trauma V1: low risk by the Canadian C-spine rule -> no imaging.
+        reason = "neck injury without a Canadian C-spine rule high-risk factor: imaging not indicated"
+        variant, guidelines = "TRAUMA-C-LOW", ["ACR_TRAUMA", "CCR_2001"]
     else:
-        span = f"for {_fmt_weeks(weeks)}" if weeks is not None else "(duration not documented)"
+        span = f"for {format_weeks(weeks)}" if weeks is not None else "(duration not documented)"
         reason = f"{words} pain {span}, no red flags"
         variant = ctx.variant("acute")
         guidelines = ["ACP_APS_2007", "ACP_2011", "CW_AAFP", "CW_NASS", "CW_ACR", "NICE_NG59"]
@@ -543,7 +757,10 @@ def _no_red_flags(ctx: _Context) -> Verdict:
         guideline_ids=guidelines,
         suggest_cancel=True,
         advice=CONSERVATIVE_CARE_ADVICE,
-        would_change=[
+        would_change=([
+            "A Canadian C-spine rule high-risk factor (age >= 65, dangerous mechanism, paresthesias in the "
+            "extremities) or inability to rotate the neck 45 degrees: CT of the cervical spine first."]
+            if variant == "TRAUMA-C-LOW" else []) + [
             "A red flag: new urinary retention, saddle anaesthesia, progressive weakness, fever, "
             "cancer history, immunosuppression, injection drug use, osteoporosis or steroid use.",
             "Radiculopathy persisting after >= 6 weeks of documented conservative therapy in a "
@@ -552,16 +769,66 @@ def _no_red_flags(ctx: _Context) -> Verdict:
     )
 
 
+def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
+    """An MRI of this region in the last 12 months: a repeat needs something new since.
+
+    The ACR Appropriateness Criteria rate initial imaging (every LBP variant says 'Initial
+    imaging'; V5 asks for new or progressing symptoms); ACP 2011 reserves imaging for severe or
+    progressive deficits and suspected serious disease. So an urgent red flag keeps its verdict
+    (the card names the earlier MRI); otherwise, when a symptom or finding was recorded after
+    that MRI, the order is rated as a new problem, and when nothing was, the repeat MRI is
+    low-value. The code cannot
+    know whether symptoms changed: the card says so and the override covers it.
+    """
+    mris = ctx.prior_studies(("mri",), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
+    if not mris:
+        return verdict
+    latest = mris[-1]
+    words = study_words(latest, ctx.as_of)
+    verdict.reasons.append(f"Prior MRI of this region: {latest.description} ({latest.reference}, "
+                           f"{latest.date.isoformat()}: {words}).")
+    if verdict.code in ("indicated-urgent", "insufficient-information"):
+        return verdict
+    since_mri = [e for e in verdict.red_flags_found + ctx.episode
+                 if e.origin != FROM_ORDER and e.date is not None and e.date > latest.date]
+    if since_mri:
+        # Something recorded after the MRI: a new problem, rated as if first seen.
+        verdict.reasons.append(f"New since that MRI: {_label_phrase(since_mri[0])} ({since_mri[0].date.isoformat()}).")
+        return verdict
+    return Verdict(
+        code="low-value",
+        variant_id="REPEAT-MRI",
+        decisive_reason=f"repeat MRI: {words}, nothing new documented since",
+        reasons=verdict.reasons + [
+            f"No red flag and no finding recorded after the MRI of {latest.date.isoformat()}: a repeat MRI is "
+            "indicated only for new or progressing symptoms or a new red flag."],
+        guideline_ids=["ACP_2011", "ACR_LBP_2021"],
+        red_flags_found=verdict.red_flags_found,
+        suggest_cancel=True,
+        advice="Review the MRI of " + latest.date.isoformat() + " (" + latest.reference + ") before repeating it.",
+        would_change=["New or progressing symptoms or a new red flag since that MRI: the repeat is then indicated "
+                      "(record the change, or override with 'red flag present, not yet documented')."],
+    )
+
+
 def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
-    """Fill what every verdict reports: flags checked, episode, therapy, rating."""
+    """Fill what every verdict reports: flags checked, episode, therapy, prior imaging, rating."""
     found_ids = {e.concept_id for e in verdict.red_flags_found}
     for concept_id in CHECKED_RED_FLAGS:
         if concept_id in ctx.flags and concept_id not in found_ids:
             verdict.red_flags_found.extend(ctx.flags[concept_id])
             found_ids.add(concept_id)
+    # What the record holds but this order does not count is said as such, never "not found".
+    verdict.red_flags_not_relevant = [(item, why) for item, why in ctx.not_relevant
+                                      if item.concept_id in CHECKED_RED_FLAGS and item.concept_id not in found_ids]
+    present_ids = found_ids | {item.concept_id for item, _ in verdict.red_flags_not_relevant}
     labels = ctx.facts.concept_labels
     if not ctx.missing:
-        verdict.red_flags_absent = [labels.get(c, c) for c in CHECKED_RED_FLAGS if c not in found_ids]
+        verdict.red_flags_absent = [labels.get(c, c) for c in CHECKED_RED_FLAGS if c not in present_ids]
+    verdict.prior_imaging = [
+        f"{study_words(study, ctx.as_of)}: {study.description} ({study.reference}, {study.date.isoformat()})"
+        for study in ctx.prior_studies(("radiograph", "ct", "mri"), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
+    ]
     verdict.episode_weeks = ctx.episode_weeks
     verdict.episode_evidence = ctx.episode
     verdict.therapy_weeks = ctx.therapy_weeks

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cds_service import fixtures
 from cds_service.cli import main
 from cds_service.processes import free_port
 from cds_service.fhir_server import LocalFhirServer
@@ -245,7 +246,7 @@ def test_demo_against_an_existing_fhir_server_reads_it_without_prefetch(tmp_path
                        "lbp-osteoporosis", "lbp-cauda-reason-only"], cwd=tmp_path, timeout=180,
                       env={"PYTHONPATH": str(ROOT)})
         assert run.returncode == 0, run.stderr[-2000:]
-        assert f"seeded 46 fixture patients into {base}" in run.stdout
+        assert f"seeded {len(fixtures.manifest())} fixture patients into {base}" in run.stdout
         assert run.stdout.count("without prefetch: the service read the FHIR server -> HTTP 200") == 2
         assert "PAMA rating: not-appropriate (radiographs-first)" in run.stdout
         assert requests.get(f"{base}/Patient/lbp-osteoporosis", timeout=5).ok

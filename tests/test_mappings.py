@@ -108,3 +108,109 @@ def test_validate_mappings_command_exit_codes(tmp_path, broken, capsys):
     broken("episode.yaml", lambda d: _first_code(d, "icd10cm").update(code="M54.99"))
     assert main(["validate-mappings", "--dir", str(tmp_path / "mappings")]) == 1
     assert "M54.99" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ what the shipped codes mean (issue 8)
+
+ICD10CM_URI = "http://hl7.org/fhir/sid/icd-10-cm"
+WHO_ICD10_URI = "http://hl7.org/fhir/sid/icd-10"
+SNOMED_URI = "http://snomed.info/sct"
+
+
+def concepts_of(mappings, system, code) -> set[str]:
+    return {match.concept.id for match in mappings.match_coding(system, code)}
+
+
+@pytest.mark.parametrize("code,expected", [
+    ("S13.4XXA", True), ("S134XXA", True), ("S13.4XXD", False), ("S13.4XXS", False),
+    ("S39.012A", True), ("S22.31XB", True), ("W19.XXXA", True), ("W19.XXXD", False), ("V43.52XA", True),
+    ("W26.0XXA", False), ("S13.4", False),
+])
+def test_injury_codes_count_as_recent_only_at_the_initial_encounter(mappings, code, expected):
+    assert ("recent_injury" in concepts_of(mappings, ICD10CM_URI, code)) is expected
+
+
+def test_who_icd10_injury_codes_have_no_seventh_character_and_match_on_the_category(mappings):
+    assert "recent_injury" in concepts_of(mappings, WHO_ICD10_URI, "S13.4")
+    assert "trauma" in concepts_of(mappings, WHO_ICD10_URI, "S32.0")
+
+
+def test_fracture_sequela_is_not_recent_trauma(mappings):
+    assert "trauma" in concepts_of(mappings, ICD10CM_URI, "S32.010A")
+    assert not {"trauma", "vertebral_fracture"} & concepts_of(mappings, ICD10CM_URI, "S32.010S")
+
+
+@pytest.mark.parametrize("code,concept", [
+    ("G83.24", "progressive_neuro_deficit"), ("G83.10", "progressive_neuro_deficit"),
+    ("G83.33", "progressive_neuro_deficit"), ("M21.372", "progressive_neuro_deficit"),
+    ("R26.89", "possible_motor_deficit"), ("R26.2", "possible_motor_deficit"), ("R29.898", "possible_motor_deficit"),
+])
+def test_motor_deficit_codes_however_coded(mappings, code, concept):
+    assert concepts_of(mappings, ICD10CM_URI, code) & {"progressive_neuro_deficit", "possible_motor_deficit"} == {concept}
+
+
+def test_generalised_weakness_is_not_a_motor_deficit(mappings):
+    for code in ("M62.81", "R53.1"):
+        assert not concepts_of(mappings, ICD10CM_URI, code) & {"progressive_neuro_deficit", "possible_motor_deficit"}
+
+
+def test_snomed_limb_weakness_is_a_focal_motor_deficit(mappings):
+    assert "progressive_neuro_deficit" in concepts_of(mappings, SNOMED_URI, "713514005")
+
+
+@pytest.mark.parametrize("code,concept,region", [
+    ("2415007", "radiculopathy", "lumbar"), ("202757008", "radiculopathy", "cervical"),
+    ("2169001", "radiculopathy", "thoracic"), ("23056005", "radiculopathy", "lumbar"),
+    ("83561009", "stenosis", "cervical"), ("303081002", "stenosis", "lumbar"), ("76107001", "stenosis", "any"),
+])
+def test_snomed_only_reasons_count_like_their_icd_twins(mappings, code, concept, region):
+    matches = [m for m in mappings.match_coding(SNOMED_URI, code) if m.concept.id == concept]
+    assert [m.region for m in matches] == [region]
+
+
+@pytest.mark.parametrize("system,code,modality,region", [
+    ("http://www.ama-assn.org/go/cpt", "72131", "ct", "lumbar"),
+    ("http://www.ama-assn.org/go/cpt", "72127", "ct", "cervical"),
+    ("http://www.ama-assn.org/go/cpt", "72110", "radiograph", "lumbar"),
+    ("http://www.ama-assn.org/go/cpt", "72082", "radiograph", "multi"),
+    ("http://loinc.org", "30620-9", "ct", "lumbar"),
+])
+def test_prior_imaging_codes(mappings, system, code, modality, region):
+    order = mappings.order_for_coding(system, code)
+    assert (order.modality, order.region) == (modality, region)
+
+
+def test_catches_a_seventh_character_on_an_exact_code(broken):
+    def change(document):
+        _first_code(document, "icd10cm")["seventh"] = ["A"]
+    errors = broken("red_flags.yaml", change)
+    assert any("'seventh' applies only" in e for e in errors)
+
+
+def test_catches_a_malformed_seventh_character(broken):
+    def change(document):
+        trauma = next(c for c in document["concepts"] if c["id"] == "trauma")
+        trauma["codes"][0]["seventh"] = ["a1"]
+    errors = broken("red_flags.yaml", change)
+    assert any("seventh" in e for e in errors)
+
+
+def test_a_procedure_carrying_an_imaging_code_is_prior_imaging_not_a_finding(mappings):
+    from datetime import date
+
+    from cds_service.data_sources import from_prefetch
+    from cds_service.facts import extract_facts
+    from cds_service.model import MriOrder
+
+    procedure = {"resourceType": "Procedure", "id": "xr", "status": "completed", "performedDateTime": "2026-11-01",
+                 "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72100"}]}}
+    prefetch = {key: {"resourceType": "Bundle", "type": "searchset", "entry": []}
+                for key in ("conditions", "observations", "medications", "imagingStudies", "diagnosticReports",
+                            "serviceRequests")}
+    prefetch["patient"] = {"resourceType": "Patient", "id": "p"}
+    prefetch["procedures"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": procedure}]}
+    order = MriOrder("ServiceRequest/mri", {"resourceType": "ServiceRequest"}, "lumbar", "without", "MRI")
+    facts = extract_facts(order, from_prefetch(prefetch), mappings, date(2026, 11, 22))
+    assert [(s.modality, s.region, s.reference, s.date) for s in facts.prior_imaging] == [
+        ("radiograph", "lumbar", "Procedure/xr", date(2026, 11, 1))]
+    assert not facts.findings and not facts.therapy_procedures

@@ -23,6 +23,9 @@ LABELS = {
     "long_term_steroids": "Long-term systemic steroids", "weight_loss": "Unexplained weight loss",
     "axial_spa": "Axial spondyloarthritis", "low_back_pain": "Low back pain", "neck_pain": "Neck pain",
     "thoracic_pain": "Thoracic back pain", "radiculopathy": "Radiculopathy", "stenosis": "Spinal stenosis",
+    "vertebral_fracture": "Recent vertebral fracture", "recent_injury": "Recent neck or back injury",
+    "possible_motor_deficit": "Weakness or gait disturbance", "dangerous_mechanism": "Dangerous injury mechanism",
+    "paresthesia": "Paresthesia", "dish": "Diffuse idiopathic skeletal hyperostosis",
 }
 PAIN = {"lumbar": "low_back_pain", "cervical": "neck_pain", "thoracic": "thoracic_pain"}
 
@@ -88,8 +91,9 @@ def test_old_fever_does_not_count():
 
 
 def test_raised_markers_need_a_risk_factor_to_be_urgent():
+    # Without a risk factor, raised markers are a weaker suspicion: radiographs (and ESR) first (ACP 2007).
     markers = finding("inflammatory_markers", TODAY - timedelta(days=2))
-    assert decide(make_facts(findings=[markers])).code == "low-value"
+    assert decide(make_facts(findings=[markers])).code == "radiographs-first"
     with_risk = decide(make_facts(findings=[markers, finding("immunosuppression", weeks_ago(50))]))
     assert with_risk.code == "indicated-urgent"
 
@@ -310,3 +314,227 @@ def test_long_steroid_prescriptions_are_fracture_risk_and_bursts_are_not():
                              TODAY - timedelta(days=20), 5)
     assert decide(make_facts(medications=[long_course])).code == "radiographs-first"
     assert decide(make_facts(medications=[burst])).code == "low-value"
+
+
+# ------------------------------------------------------------------ the first study is already done (issue 8.1)
+
+def study(modality: str, region: str, days_ago: int, reference: str = "DiagnosticReport/prior") -> PriorImaging:
+    return PriorImaging(modality, region, reference, f"{modality} {region} spine", TODAY - timedelta(days=days_ago))
+
+
+def test_ct_already_done_also_makes_mri_the_next_step():
+    verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+                                imaging=[study("ct", "lumbar", 5)]))
+    assert verdict.code == "indicated-routine"
+    assert "MRI is the next study" in verdict.decisive_reason
+
+
+def test_radiographs_before_this_episode_do_not_count():
+    verdict = decide(make_facts(pain_weeks=2, findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+                                imaging=[study("radiograph", "lumbar", 60)]))
+    assert verdict.code == "radiographs-first"
+
+
+def test_radiographs_older_than_twelve_months_never_count():
+    verdict = decide(make_facts(pain_weeks=80, findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+                                imaging=[study("radiograph", "lumbar", 400)]))
+    assert verdict.code == "radiographs-first"
+
+
+def test_raised_markers_after_negative_radiographs_make_mri_indicated():
+    # ACP 2007: MRI when radiographs are negative and the suspicion (a raised ESR/CRP) remains.
+    markers = finding("inflammatory_markers", TODAY - timedelta(days=3))
+    verdict = decide(make_facts(findings=[markers], imaging=[study("radiograph", "lumbar", 4)]))
+    assert (verdict.code, verdict.variant_id) == ("indicated-routine", "LBP-ACP-DEFER")
+
+
+def test_unread_prior_imaging_is_named_on_radiographs_first():
+    verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+                                unread={"diagnosticReports": "timeout"}))
+    assert verdict.code == "radiographs-first"
+    assert any("Prior imaging could not be read" in reason for reason in verdict.reasons)
+
+
+def test_card_lists_prior_imaging_of_the_region_in_words():
+    verdict = decide(make_facts(imaging=[study("radiograph", "lumbar", 21), study("mri", "cervical", 30)]))
+    assert len(verdict.prior_imaging) == 1
+    assert verdict.prior_imaging[0].startswith("lumbar radiographs 3 weeks ago")
+
+
+# ------------------------------------------------------------------ new vertebral compression fracture (ACR VCF)
+
+def test_new_fragility_vertebral_fracture_makes_mri_indicated():
+    fracture = finding("vertebral_fracture", weeks_ago(1), region="lumbar")
+    verdict = decide(make_facts(age=80, sex="female", findings=[fracture, finding("osteoporosis_fracture", weeks_ago(1))]))
+    assert (verdict.code, verdict.variant_id) == ("indicated-routine", "VCF-V1")
+    assert verdict.pama_rating == "appropriate"
+
+
+def test_vertebral_fracture_in_a_young_patient_without_fragility_is_trauma_ct_first():
+    fracture = finding("vertebral_fracture", weeks_ago(1), region="lumbar")
+    verdict = decide(make_facts(age=35, sex="male", findings=[fracture, finding("trauma", weeks_ago(1))]))
+    assert (verdict.code, verdict.suggest_first_study) == ("radiographs-first", "ct")
+
+
+def test_old_vertebral_fracture_is_not_new():
+    fracture = finding("vertebral_fracture", weeks_ago(30), region="lumbar")
+    verdict = decide(make_facts(age=80, sex="female", findings=[fracture]))
+    assert verdict.variant_id != "VCF-V1"
+
+
+# ------------------------------------------------------------------ trauma (ACR Suspected Spine Trauma, Canadian C-spine rule)
+
+def injury(days_ago=2, region="cervical") -> Evidence:
+    return finding("recent_injury", TODAY - timedelta(days=days_ago), region=region)
+
+
+def test_neck_injury_at_65_or_older_means_ct_first():
+    verdict = decide(make_facts(region="cervical", age=70, sex="female", findings=[injury()]))
+    assert (verdict.code, verdict.suggest_first_study, verdict.variant_id) == ("radiographs-first", "ct", "TRAUMA-C")
+
+
+@pytest.mark.parametrize("factor", ["dangerous_mechanism", "paresthesia", "axial_spa", "dish"])
+def test_each_high_risk_factor_after_neck_injury_means_ct_first(factor):
+    verdict = decide(make_facts(region="cervical", age=40, findings=[injury(), finding(factor, weeks_ago(1))]))
+    assert (verdict.code, verdict.suggest_first_study) == ("radiographs-first", "ct")
+
+
+def test_low_risk_neck_injury_needs_no_imaging():
+    verdict = decide(make_facts(region="cervical", age=40, pain_weeks=0.3, findings=[injury()]))
+    assert (verdict.code, verdict.variant_id) == ("low-value", "TRAUMA-C-LOW")
+
+
+def test_negative_ct_after_injury_makes_mri_the_next_study():
+    # Suspected ligamentous injury or an ankylosed spine after a negative CT: MRI (ACR Suspected Spine Trauma).
+    for extra in ([], [finding("axial_spa", weeks_ago(200))]):
+        verdict = decide(make_facts(region="cervical", age=40, findings=[injury(3)] + extra,
+                                    imaging=[study("ct", "cervical", 2)]))
+        assert verdict.code == "indicated-routine", extra
+
+
+def test_ct_before_the_injury_does_not_count():
+    verdict = decide(make_facts(region="cervical", age=70, findings=[injury(3)], imaging=[study("ct", "cervical", 20)]))
+    assert verdict.code == "radiographs-first"
+
+
+def test_thoracolumbar_injury_in_an_older_patient_means_radiographs_first():
+    verdict = decide(make_facts(age=68, sex="female", findings=[injury(5, "lumbar")]))
+    assert (verdict.code, verdict.variant_id) == ("radiographs-first", "LBP-V6")
+
+
+def test_thoracolumbar_sprain_in_a_young_patient_is_back_pain():
+    verdict = decide(make_facts(age=30, findings=[injury(5, "lumbar")]))
+    assert (verdict.code, verdict.variant_id) == ("low-value", "LBP-V1")
+
+
+def test_injury_older_than_90_days_is_not_recent_and_says_so():
+    verdict = decide(make_facts(region="cervical", age=70, findings=[injury(200)]))
+    assert verdict.code != "radiographs-first"
+    assert any(item.concept_id == "recent_injury" for item, _ in verdict.red_flags_not_relevant)
+
+
+# ------------------------------------------------------------------ motor deficits, however coded (issue 8.3)
+
+def test_focal_deficit_recorded_long_ago_is_routine_and_asks_to_verify():
+    verdict = decide(make_facts(findings=[finding("progressive_neuro_deficit", weeks_ago(40))]))
+    assert verdict.code == "indicated-routine"
+    assert "verify it is new or progressing" in verdict.decisive_reason
+
+
+def test_undated_focal_deficit_is_routine_and_asks_to_verify():
+    verdict = decide(make_facts(findings=[finding("progressive_neuro_deficit", None)]))
+    assert verdict.code == "indicated-routine"
+    assert "undated" in verdict.decisive_reason
+
+
+def test_focal_deficit_on_the_order_is_urgent():
+    verdict = decide(make_facts(findings=[finding("progressive_neuro_deficit", None, origin=FROM_ORDER)]))
+    assert verdict.code == "indicated-urgent"
+
+
+def test_non_specific_weakness_in_this_episode_is_routine_not_low_value():
+    weakness = finding("possible_motor_deficit", weeks_ago(1))
+    verdict = decide(make_facts(findings=[weakness]))
+    assert verdict.code == "indicated-routine"
+    assert any("new or progressing" in reason for reason in verdict.reasons)
+
+
+def test_non_specific_weakness_from_long_ago_does_not_count():
+    weakness = finding("possible_motor_deficit", weeks_ago(30))
+    verdict = decide(make_facts(findings=[weakness]))
+    assert verdict.code == "low-value"
+    assert [item.concept_id for item, _ in verdict.red_flags_not_relevant] == ["possible_motor_deficit"]
+
+
+# ------------------------------------------------------------------ repeat MRI
+
+def test_recent_mri_of_the_same_region_makes_a_repeat_low_value():
+    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(20))],
+                       therapy=[physical_therapy(18)], imaging=[study("mri", "lumbar", 91)])
+    verdict = decide(facts)
+    assert (verdict.code, verdict.variant_id) == ("low-value", "REPEAT-MRI")
+    assert "lumbar MRI 3 months ago" in verdict.decisive_reason
+
+
+def test_finding_recorded_after_the_mri_is_rated_as_new():
+    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(9))],
+                       therapy=[physical_therapy(8)], imaging=[study("mri", "lumbar", 91)])
+    assert decide(facts).code == "indicated-routine"
+
+
+def test_urgent_red_flag_keeps_urgent_despite_a_recent_mri():
+    verdict = decide(make_facts(findings=[finding("cauda_equina", weeks_ago(1))], imaging=[study("mri", "lumbar", 30)]))
+    assert verdict.code == "indicated-urgent"
+    assert any("Prior MRI of this region" in reason for reason in verdict.reasons)
+
+
+def test_mri_of_another_region_is_not_a_repeat():
+    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(20))],
+                       therapy=[physical_therapy(18)], imaging=[study("mri", "cervical", 91)])
+    assert decide(facts).code == "indicated-routine"
+
+
+# ------------------------------------------------------------------ the card never states what the record contradicts
+
+def test_red_flag_of_another_region_is_found_not_relevant_never_absent():
+    verdict = decide(make_facts(region="cervical", findings=[finding("cauda_equina", weeks_ago(1), region="lumbar")]))
+    assert "Cauda equina syndrome" not in verdict.red_flags_absent
+    assert [(item.concept_id, "lumbar" in why) for item, why in verdict.red_flags_not_relevant] == [("cauda_equina", True)]
+
+
+def test_old_fever_is_found_not_relevant_never_absent():
+    verdict = decide(make_facts(findings=[finding("fever", TODAY - timedelta(days=200))]))
+    assert "Fever" not in verdict.red_flags_absent
+    assert any(item.concept_id == "fever" for item, _ in verdict.red_flags_not_relevant)
+
+
+@pytest.mark.parametrize("weeks,words", [(1, "1 week"), (1 / 7, "1 day"), (3, "3 weeks"), (0.3, "2 days")])
+def test_durations_are_singular_or_plural(weeks, words):
+    from cds_service.rules import format_weeks
+
+    assert format_weeks(weeks) == words
+
+
+def test_card_detail_says_one_week_and_found_not_relevant():
+    from cds_service.cards import build_card
+    from cds_service.mappings import get_mappings
+
+    facts = make_facts(region="cervical", pain_weeks=False,
+                       findings=[finding("neck_pain", weeks_ago(1), region="cervical"),
+                                 finding("cauda_equina", weeks_ago(1), region="lumbar")])
+    verdict = decide(facts)
+    card = build_card(facts.order, verdict, get_mappings(), "urn:uuid:test").card
+    detail = card["detail"]
+    assert "1 week since" in detail and "1 weeks" not in detail
+    assert "**Found, not relevant to this study**" in detail
+    not_found = next(line for line in detail.splitlines() if line.startswith("**Checked and not found"))
+    assert "Cauda equina" not in not_found
+
+
+def test_resolved_or_entered_in_error_red_flags_are_set_aside_never_absent():
+    facts = make_facts()
+    facts.set_aside = [(finding("cauda_equina", weeks_ago(100)), "clinical status resolved")]
+    verdict = decide(facts)
+    assert verdict.code == "low-value"
+    assert "Cauda equina syndrome" not in verdict.red_flags_absent
+    assert [why for _, why in verdict.red_flags_not_relevant] == ["clinical status resolved"]
