@@ -53,12 +53,18 @@ def configure_logging(level: str = "INFO") -> None:
 
 def checked_mappings(directory: Path | None = None):
     """The mappings, or CliError naming the folder and what is wrong with it."""
-    from .mappings import MappingsError, get_mappings
+    from .mappings import MappingsError, default_mappings_dir, get_mappings
+    from .rules import knowledge_gaps
 
     try:
-        return get_mappings(directory)
+        mappings = get_mappings(directory)
     except MappingsError as error:
         raise CliError(f"cannot use the mappings: {error}") from None
+    gaps = knowledge_gaps(mappings)
+    if gaps:
+        raise CliError(f"cannot use the mappings in {directory or default_mappings_dir()}: the rules read "
+                       f"{', '.join(gaps[:5])}{' and more' if len(gaps) > 5 else ''}, which they do not define")
+    return mappings
 
 
 def ensure_port_free(host: str, port: int, how_to_change: str) -> None:

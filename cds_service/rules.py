@@ -844,3 +844,29 @@ def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
     if verdict.code in ("low-value", "radiographs-first"):
         verdict.suggest_cancel = True
     return verdict
+
+
+# ----------------------------------------------------------------------------- what the rules need
+
+# Concept ids and guideline variants these rules read by name. A mappings folder without them
+# would let the service start and silently never find that flag: `knowledge_gaps` stops it.
+READ_CONCEPTS = (EPISODE_CONCEPTS + CHECKED_RED_FLAGS + ANKYLOSED_SPINE_CONCEPTS
+                 + ("paresthesia", "dangerous_mechanism", "systemic_corticosteroid",
+                    "immunosuppressant_medication", "analgesic_medication"))
+NAMED_VARIANTS = ("CN-V2", "CN-V7", "TRAUMA-C-LOW", "REPEAT-MRI")
+CITED_GUIDELINES = ("ACP_2011", "ACP_APS_2007", "ACR_CNECK_2018", "ACR_CNECK_2024", "ACR_INFX_2021", "ACR_LBP_2021",
+                    "ACR_TRAUMA", "ACR_VCF_2018", "CCR_2001", "CW_AAFP", "CW_ACR", "CW_NASS", "HEDIS_LBP_MY2025",
+                    "NICE_NG59", "NOR_2010", "OP8")
+
+
+def knowledge_gaps(mappings) -> list[str]:
+    """What these rules read by name that the mappings do not define (empty when they fit)."""
+    gaps = [f"concept '{c}'" for c in dict.fromkeys(READ_CONCEPTS) if c not in mappings.concepts]
+    variants = {v for by_region in VARIANTS.values() for v in by_region.values()} | set(NAMED_VARIANTS)
+    for variant_id in sorted(variants):
+        try:
+            mappings.variant(variant_id)
+        except KeyError:
+            gaps.append(f"guideline variant '{variant_id}'")
+    gaps += [f"guideline '{g}'" for g in CITED_GUIDELINES if g not in mappings.guidelines]
+    return gaps

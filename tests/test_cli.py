@@ -143,6 +143,10 @@ def _bad_mappings(tmp: Path, kind: str) -> Path:
     elif kind == "broken-yaml":
         target.mkdir()
         (target / "red_flags.yaml").write_text("kind: [concepts\n")
+    elif kind == "no-cauda-equina":
+        shutil.copytree(ROOT / "mappings", target)
+        text = (target / "red_flags.yaml").read_text()
+        (target / "red_flags.yaml").write_text(text.replace("id: cauda_equina", "id: renamed_cauda_equina"))
     elif kind == "wrong-shape":
         shutil.copytree(ROOT / "mappings", target)
         (target / "episode.yaml").write_text("kind: concepts\nconcepts: [{label: no id}]\n")
@@ -152,6 +156,7 @@ def _bad_mappings(tmp: Path, kind: str) -> Path:
 @pytest.mark.parametrize("kind,needle", [
     ("missing", "does not exist"), ("empty", "holds no mapping files"), ("file", "is a file"),
     ("broken-yaml", "not valid YAML"), ("wrong-shape", "'id' is a required property"),
+    ("no-cauda-equina", "concept 'cauda_equina'"),
 ])
 def test_a_bad_mappings_folder_stops_serve_evaluate_and_demo_in_one_line(tmp_path, kind, needle):
     directory = _bad_mappings(tmp_path, kind)

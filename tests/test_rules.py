@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from pathlib import Path
+
 import pytest
 
 from cds_service.model import FROM_ORDER, FROM_RECORD, Evidence, Facts, MedicationCourse, MriOrder, PriorImaging
@@ -538,3 +540,35 @@ def test_resolved_or_entered_in_error_red_flags_are_set_aside_never_absent():
     assert verdict.code == "low-value"
     assert "Cauda equina syndrome" not in verdict.red_flags_absent
     assert [why for _, why in verdict.red_flags_not_relevant] == ["clinical status resolved"]
+
+
+def test_the_rules_name_only_knowledge_the_mappings_define(mappings):
+    import inspect
+    import re
+
+    from cds_service import rules
+
+    assert rules.knowledge_gaps(mappings) == []
+    # every variant and guideline the rules' source names literally is in the lists checked at start-up
+    source = inspect.getsource(rules)
+    literal_variants = set(re.findall(r'variant(?:_id=|, guidelines = | = )"([A-Z0-9-]+)"', source))
+    assert literal_variants <= set(rules.NAMED_VARIANTS)
+    cited = {g for group in re.findall(r'(?:guideline_ids=|guidelines = |, )\[([^\]]*)\]', source)
+             for g in re.findall(r'"([A-Z][A-Z0-9_]+)"', group)}
+    assert cited <= set(rules.CITED_GUIDELINES)
+
+
+def test_a_mappings_folder_missing_a_concept_the_rules_read_is_a_gap(tmp_path):
+    import shutil
+
+    import yaml
+
+    from cds_service.mappings import load_mappings
+    from cds_service.rules import knowledge_gaps
+
+    target = tmp_path / "mappings"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "mappings", target)
+    red_flags = yaml.safe_load((target / "red_flags.yaml").read_text())
+    red_flags["concepts"] = [c for c in red_flags["concepts"] if c["id"] != "cauda_equina"]
+    (target / "red_flags.yaml").write_text(yaml.safe_dump(red_flags, sort_keys=False))
+    assert "concept 'cauda_equina'" in knowledge_gaps(load_mappings(target))
