@@ -172,6 +172,10 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("**What would change this advice**")
         lines += _bullets(verdict.would_change)
         lines.append("")
+    if verdict.not_documented:
+        lines.append("**Not documented, needed to rate this order**")
+        lines += _bullets(verdict.not_documented)
+        lines.append("")
     if verdict.missing:
         lines.append("**Data that could not be read**")
         lines += _bullets(verdict.missing)

@@ -127,6 +127,9 @@ def cmd_serve(args) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
+            # gunicorn's control socket defaults to one path per user: instances would replace and
+            # delete each other's. The service needs none.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             return create_app(settings)

@@ -112,6 +112,7 @@ class Verdict:
     would_change: list[str] = field(default_factory=list)
     advice: str | None = None  # what to do instead, in one sentence
     missing: list[str] = field(default_factory=list)  # data that could not be read
+    not_documented: list[str] = field(default_factory=list)  # data read, but what the rating needs is not in it
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     pama_rating: str | None = None  # appropriate | not-appropriate | no-criteria-apply | None
     suggest_cancel: bool = False

@@ -342,7 +342,8 @@ def _urgent(ctx: _Context) -> Verdict | None:
         variant_id=variant,
         decisive_reason=_label_phrase(evidence[0]),
         reasons=[f"Urgent red flag: {_label_phrase(e)}: {e.description}" for e in all_evidence],
-        guideline_ids=["ACP_APS_2007", "CW_NASS"],
+        # ACP/APS 2007 and NASS speak of low back pain: a cervical card cites only its ACR source.
+        guideline_ids=[] if ctx.rule_region == "cervical" else ["ACP_APS_2007", "CW_NASS"],
         red_flags_found=all_evidence,
         would_change=["If this red flag is not current (resolved, refuted or entered in error), "
                       "update the record: the advice will be re-evaluated."],
@@ -585,7 +586,7 @@ def _therapy_failed(ctx: _Context) -> Verdict | None:
             decisive_reason="conservative therapy is documented without dates",
             reasons=["Radiculopathy/stenosis with conservative therapy whose dates are missing: "
                      "whether 6 weeks of therapy have failed cannot be told."],
-            missing=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
+            not_documented=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
             would_change=["Therapy dated >= 6 weeks ago: MRI indicated. Under 6 weeks: MRI is low-value."],
         )
     if ctx.therapy_weeks is None or ctx.therapy_weeks < THERAPY_TRIAL_WEEKS:
@@ -617,7 +618,7 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
             code="insufficient-information", variant_id=None,
             decisive_reason="cervical radiculopathy of unknown duration",
             reasons=["Cervical radiculopathy is documented without an onset or recorded date."],
-            missing=["onset date of the radiculopathy (Condition.onsetDateTime)"],
+            not_documented=["onset date of the radiculopathy (Condition.onsetDateTime)"],
             would_change=["Onset >= 6 weeks ago: MRI indicated. Under 6 weeks without deficit: defer MRI."],
         )
     if weeks >= ACUTE_WEEKS:
@@ -705,11 +706,27 @@ def _no_indication(ctx: _Context) -> Verdict | None:
     if ctx.episode:
         return None
     words = REGION_WORDS.get(ctx.region, "spine")
+    # Pain or radiculopathy of another region (e.g. a lumbar reason on a cervical order) is read,
+    # not missing: say so, since the order's region may be the mistake.
+    elsewhere = [e for e in ctx.facts.findings if e.concept_id in EPISODE_CONCEPTS and not _relevant(e, ctx.region)]
+    if elsewhere:
+        other = elsewhere[0]
+        where = "the order's reason" if other.origin == FROM_ORDER else "the record"
+        return Verdict(
+            code="insufficient-information", variant_id=None,
+            decisive_reason=f"{where} names {other.label.lower()} of another region, not {words} pain",
+            reasons=[f"{where.capitalize()} names {other.label.lower()} ({other.description}, {other.reference}), "
+                     f"which is not an indication for MRI of the {ctx.region} spine; nothing names {words} "
+                     "pain, radiculopathy, stenosis or a red flag."],
+            not_documented=[f"an indication for MRI of the {ctx.region} spine"],
+            would_change=[f"If the study meant is of the {other.region} spine, change the order; otherwise add "
+                          f"the {words} indication to the order's reason or the problem list."],
+        )
     return Verdict(
         code="insufficient-information", variant_id=None,
         decisive_reason=f"no {words} pain, radiculopathy or red flag documented",
         reasons=[f"Neither the order's reason nor the record names {words} pain, radiculopathy, stenosis or a red flag."],
-        missing=["the indication for the MRI (order reasonCode or an active Condition)"],
+        not_documented=["the indication for the MRI (order reasonCode or an active Condition)"],
         would_change=["Add the indication to the order (reason) or the problem list."],
     )
 

@@ -262,6 +262,16 @@ def test_no_indication_documented_cannot_be_rated():
     verdict = decide(make_facts(pain_weeks=False))
     assert verdict.code == "insufficient-information"
     assert verdict.pama_rating is None
+    # the data were read: what is lacking is not documented, not unreadable
+    assert verdict.not_documented and verdict.missing == []
+
+
+def test_an_indication_of_another_region_is_named_not_called_missing():
+    lumbar_reason = finding("radiculopathy", None, origin=FROM_ORDER, region="lumbar")
+    verdict = decide(make_facts(region="cervical", pain_weeks=False, findings=[lumbar_reason]))
+    assert verdict.code == "insufficient-information"
+    assert "another region" in verdict.decisive_reason and "order's reason" in verdict.decisive_reason
+    assert any("lumbar spine" in line for line in verdict.would_change)
 
 
 def test_missing_source_blocks_low_value():
@@ -572,3 +582,11 @@ def test_a_mappings_folder_missing_a_concept_the_rules_read_is_a_gap(tmp_path):
     red_flags["concepts"] = [c for c in red_flags["concepts"] if c["id"] != "cauda_equina"]
     (target / "red_flags.yaml").write_text(yaml.safe_dump(red_flags, sort_keys=False))
     assert "concept 'cauda_equina'" in knowledge_gaps(load_mappings(target))
+
+
+def test_a_cervical_urgent_verdict_cites_no_low_back_pain_guideline():
+    verdict = decide(make_facts(region="cervical", findings=[finding("myelopathy", weeks_ago(1), region="cervical")]))
+    assert verdict.code == "indicated-urgent"
+    assert not {"ACP_APS_2007", "CW_NASS"} & set(verdict.guideline_ids)
+    lumbar = decide(make_facts(findings=[finding("cauda_equina", weeks_ago(1))]))
+    assert "ACP_APS_2007" in lumbar.guideline_ids
