@@ -4,7 +4,8 @@
 --
 -- Without a token prefix every request is the same prebuilt POST. With one, thread N reads
 -- TOKEN_FILE_PREFIX.N (one JWT a line, N from 1) and uses each token once, because the service
--- accepts a jti only once; a thread that runs out stops and done() reports it. done() prints one
+-- accepts a jti only once (wrk calls request() once before the run to check the script: that
+-- token is never sent); a thread that runs out stops and done() reports it. done() prints one
 -- line "BENCH-RESULT {json}" that bench.py parses (latencies in microseconds).
 
 local thread_count = 0
