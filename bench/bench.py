@@ -3,9 +3,11 @@
 Starts the service (`cds-service serve`) and `bench/bare_app.py` (parses the same JSON body with
 the same parser and answers `{"cards": []}`) on free loopback ports with the same gunicorn
 settings, then for each prefetch size (a fixture padded with resources that match nothing)
-alternates wrk runs against the hook and the bare app, and prints throughput, p50/p99 latency
-and the hook/bare throughput ratio. Variants, each its own row set: recording off, auth on (one
-ES384 verification per call), and the FHIR-server fallback (no prefetch, local FHIR server).
+alternates wrk runs against the hook and the bare app, and prints throughput, p50/p99 latency,
+the server's CPU per request and the hook/bare ratios. Variants, each its own row set: recording
+off, auth on (one ES384 verification per call), and the FHIR-server fallback (no prefetch, local
+FHIR server). On a shared machine, throughput swings with the neighbours' load; CPU per request
+much less, so it is printed too.
 
     .venv/bin/python bench/bench.py                          # about 5 minutes
     .venv/bin/python bench/bench.py --sizes 200 --variants   # one size, no variants: about 40 s
@@ -238,6 +240,20 @@ class Server:
                 self.process.kill()
                 self.process.wait()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the gunicorn master and its workers so far (NaN without /proc)."""
+        try:
+            pids = [self.process.pid] + [int(child) for child in
+                                         Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+                                         .read_text().split()]
+            ticks = 0
+            for pid in pids:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+        except (OSError, ValueError, IndexError):
+            return math.nan
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def health(self) -> dict:
         return requests.get(f"{self.base}/healthz", timeout=5).json()
 
@@ -312,11 +328,13 @@ def summarise(hook_runs: list[dict], bare_runs: list[dict]) -> dict:
     ratios = [hook["throughput"] / bare["throughput"] for hook, bare in zip(hook_runs, bare_runs)
               if bare["throughput"]]
     return {"hook": hook_runs, "bare": bare_runs, "ratio": statistics.median(ratios) if ratios else math.nan,
-            "ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan)}
+            "ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan),
+            "cpu_ratio": median_of(bare_runs, "cpu_ms") / median_of(hook_runs, "cpu_ms")}
 
 
 def side_columns(runs: list[dict]) -> str:
-    return f"{median_of(runs, 'throughput'):>10.1f} {median_of(runs, 'p50_ms'):>8.1f} {median_of(runs, 'p99_ms'):>8.1f}"
+    return (f"{median_of(runs, 'throughput'):>10.1f} {median_of(runs, 'p50_ms'):>8.1f} {median_of(runs, 'p99_ms'):>8.1f}"
+            f" {median_of(runs, 'cpu_ms'):>7.2f}")
 
 
 def problems(runs: list[dict]) -> str:
@@ -327,14 +345,16 @@ def problems(runs: list[dict]) -> str:
     return f"  ({'; '.join(notes)})" if notes else ""
 
 
-TABLE_HEADER = (f"{'resources':>9} {'body KB':>8} | {'hook req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | "
-                f"{'bare req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>5} {'(range)':>11}")
+TABLE_HEADER = (f"{'resources':>9} {'body KB':>8} | {'hook req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | "
+                f"{'bare req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | {'ratio':>5} {'(range)':>11} "
+                f"{'cpu ratio':>9}")
 
 
 def format_row(size: int, body_bytes: int, summary: dict, extra: str = "") -> str:
     low, high = summary["ratio_range"]
     return (f"{size:>9} {body_bytes / 1024:>8.0f} | {side_columns(summary['hook'])} | "
-            f"{side_columns(summary['bare'])} | {summary['ratio']:>5.2f} {f'({low:.2f}-{high:.2f})':>11}{extra}"
+            f"{side_columns(summary['bare'])} | {summary['ratio']:>5.2f} {f'({low:.2f}-{high:.2f})':>11} "
+            f"{summary['cpu_ratio']:>9.2f}{extra}"
             + problems(summary["hook"] + summary["bare"]))
 
 
@@ -362,22 +382,28 @@ class Bench:
             self.bodies[size] = path
         return self.bodies[size]
 
-    def measure(self, url: str, body: Path, warm: bool, tokens=None) -> dict:
-        """One measured run (after a warm-up run if `warm`); `tokens(seconds)` gives a fresh token prefix."""
+    def measure(self, server: Server, body: Path, warm: bool, tokens=None) -> dict:
+        """One measured run (after a warm-up run if `warm`), with the server's CPU per request;
+        `tokens(seconds)` gives a fresh token prefix."""
+        url = server.base + HOOK_PATH
         if warm and self.args.warmup > 0:
             self.client.run(url, body, self.args.warmup, tokens(self.args.warmup) if tokens else None)
-        return self.client.run(url, body, self.args.duration, tokens(self.args.duration) if tokens else None)
+        cpu_before = server.cpu_seconds()
+        result = self.client.run(url, body, self.args.duration, tokens(self.args.duration) if tokens else None)
+        cpu = server.cpu_seconds() - cpu_before
+        result["cpu_ms"] = cpu / result["requests"] * 1000 if result["requests"] else math.nan
+        return result
 
-    def alternate(self, sides: list[tuple[str, str, object]], body: Path) -> dict[str, list[dict]]:
+    def alternate(self, sides: list[tuple[str, Server, object]], body: Path) -> dict[str, list[dict]]:
         """--repeats rounds of one run per side, in turn: noise on a shared machine hits every side alike."""
         runs = {name: [] for name, _, _ in sides}
         for round_index in range(self.args.repeats):
-            for name, url, tokens in sides:
-                runs[name].append(self.measure(url, body, warm=round_index == 0, tokens=tokens))
+            for name, server, tokens in sides:
+                runs[name].append(self.measure(server, body, warm=round_index == 0, tokens=tokens))
         return runs
 
-    def hook_vs_bare(self, hook_url: str, bare_url: str, size: int, tokens=None) -> dict:
-        runs = self.alternate([("hook", hook_url, tokens), ("bare", bare_url, None)], self.body_file(size))
+    def hook_vs_bare(self, hook: Server, bare: Server, size: int, tokens=None) -> dict:
+        runs = self.alternate([("hook", hook, tokens), ("bare", bare, None)], self.body_file(size))
         return summarise(runs["hook"], runs["bare"])
 
     def table(self, title: str, hook: Server, bare: Server, sizes: list[int], tokens_for=None,
@@ -389,7 +415,7 @@ class Bench:
         rows = []
         for size in sizes:
             tokens = tokens_for(size) if tokens_for else None
-            summary = self.hook_vs_bare(hook.base + HOOK_PATH, bare.base + HOOK_PATH, size, tokens)
+            summary = self.hook_vs_bare(hook, bare, size, tokens)
             extra = ""
             if versus_base and size in self.base_rows:
                 base_hook = median_of(self.base_rows[size]["hook"], "throughput")
@@ -399,7 +425,8 @@ class Bench:
         return rows
 
 
-BASE_TITLE = "hook (recording on, no auth) vs bare app; median of the rounds, ratio = hook/bare req/s per round"
+BASE_TITLE = ("hook (recording on, no auth) vs bare app; medians of the rounds; ratio = hook/bare req/s per round; "
+              "cpu ms = server CPU per request (all gunicorn processes); cpu ratio = bare/hook cpu ms")
 
 
 def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
@@ -416,12 +443,13 @@ def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
     runs = {name: [] for name in paths}
     for round_index in range(bench.args.repeats):
         for name, path in paths.items():
-            runs[name].append(bench.measure(service.base + HOOK_PATH, path, warm=round_index == 0))
-    print(f"\nFHIR-server fallback (local FHIR server on loopback, same patient, allowlisted; {bench.client.name}):")
-    print(f"{'request':>24} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
+            runs[name].append(bench.measure(service, path, warm=round_index == 0))
+    print(f"\nFHIR-server fallback (local FHIR server on loopback, same patient, allowlisted; {bench.client.name}; "
+          "cpu ms: the service's, not the FHIR server's):")
+    print(f"{'request':>24} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7}")
     for name, results in runs.items():
         print(f"{name:>24} | {median_of(results, 'throughput'):>7.1f} {median_of(results, 'p50_ms'):>8.1f} "
-              f"{median_of(results, 'p99_ms'):>8.1f}" + problems(results))
+              f"{median_of(results, 'p99_ms'):>8.1f} {median_of(results, 'cpu_ms'):>7.2f}" + problems(results))
     return [run for results in runs.values() for run in results]
 
 
