@@ -140,3 +140,11 @@ def test_bare_app_parses_the_body_and_answers_empty_cards():
                      content_type="application/json").get_json() == {"cards": []}
     assert bare.post("/cds-services/spine-mri-order-select", data=b"{not json",
                      content_type="application/json").status_code == 500
+
+
+def test_instruction_count_is_read_from_valgrind_output():
+    instructions = load_module("instructions")
+    output = "==2206== Events    : Ir\n==2206== Collected : 328,314,011\n==2206==\n==2206== I   refs:      328,314,011\n"
+    assert instructions.parse_collected(output) == 328_314_011
+    with pytest.raises(RuntimeError, match="no count"):
+        instructions.parse_collected("valgrind: command not found")
