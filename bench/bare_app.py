@@ -1,0 +1,37 @@
+"""The benchmark's baseline: a minimal Flask app that reads and parses the hook's JSON body the
+way the service does and answers empty cards, and does nothing else (no schema check, no facts,
+no store, no log line, no CORS).
+
+bench.py serves it with gunicorn on the service's own worker settings (gthread, same workers and
+threads), so hook/bare measures what the clinical path costs on top of HTTP + JSON. When app.py
+changes how it reads a body or writes a response (e.g. another JSON library), change `parse` and
+`answer` here the same way, or the ratio compares two different parsers.
+
+    .venv/bin/python -m gunicorn --chdir bench --worker-class gthread --workers 2 --threads 8 bare_app:app
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+
+
+def parse(raw: bytes):
+    return json.loads(raw)  # as app.py's read_json
+
+
+def answer(body) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")  # as app.py's _json
+
+
+@app.post("/cds-services/<service_id>")
+def hook(service_id: str):
+    parse(request.get_data(cache=False))
+    return answer({"cards": []})
+
+
+@app.get("/healthz")
+def healthz():
+    return answer({"status": "ok", "app": "bare"})
