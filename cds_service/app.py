@@ -1,6 +1,7 @@
 """HTTP layer: routes, JSON in and out, error answers, CORS. No clinical logic here."""
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 
@@ -10,9 +11,9 @@ from flask_cors import CORS
 from .auth import AuthError, Authenticator, load_trusted_issuers
 from .config import Settings
 from .discovery import SERVICE_HOOKS, discovery_document
-from .feedback import FeedbackError, Store
+from .store import FeedbackError, Store
 from .fhir_client import FhirFetcher
-from .hooks import HookRequestError, evaluate_hook
+from .hooks import HookRequestError, evaluate_hook, order_records
 from .mappings import get_mappings
 
 log = logging.getLogger("cds_service.http")
@@ -29,7 +30,7 @@ def _error(status: int, message: str) -> Response:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     mappings = get_mappings(settings.mappings_dir)
-    store = Store(settings.feedback_db)
+    store = Store.from_settings(settings)
     discovery = discovery_document(mappings)
     authenticator = None
     if settings.trusted_issuers is not None:
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/healthz")
     def healthz():
         return _json({"status": "ok", "services": sorted(SERVICE_HOOKS), "mappings_version": mappings.version,
+                      "mode": settings.mode, "recording": "on" if settings.record_evaluations else "off",
+                      "database": store.dialect,
                       "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)"})
 
     @app.get("/cds-services")
@@ -115,15 +118,16 @@ def create_app(settings: Settings | None = None) -> Flask:
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
         result = evaluate_hook(service_id, body, mappings, fetcher=fetcher)
-        if result.evaluations:
-            store.record_evaluations(service_id, body["hookInstance"], body["context"].get("patientId"),
-                                     result.evaluations)
+        if result.evaluations and settings.record_evaluations:
+            store.record(order_records(service_id, body, result, mappings, settings.mode))
         log.info(json.dumps({
             "event": "hook", "service": service_id, "hookInstance": body.get("hookInstance"),
-            "patient": body["context"].get("patientId"), "cards": len(result.response["cards"]),
-            "verdicts": [e.verdict for e in result.evaluations],
+            "patient": store.patient_hash(body["context"].get("patientId")), "cards": len(result.response["cards"]),
+            "verdicts": [e.verdict for e in result.evaluations], "mode": settings.mode,
             "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         }))
+        if settings.mode == "shadow":
+            return _json({"cards": []})  # evaluated and recorded: the baseline before go-live
         return _json(result.response)
 
     @app.post("/cds-services/<service_id>/feedback")
@@ -136,6 +140,40 @@ def create_app(settings: Settings | None = None) -> Flask:
         except FeedbackError as error:
             return _error(400, str(error))
         return _json({"stored": stored})
+
+    def dashboard_refusal() -> Response | None:
+        if not settings.dashboard_token:
+            return _error(404, "the dashboard is off: set CDS_DASHBOARD_TOKEN to turn it on")
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        offered = value.strip() if scheme.lower() == "bearer" else (
+            request.authorization.password if request.authorization and request.authorization.type == "basic" else "")
+        if offered and hmac.compare_digest(str(offered).encode(), settings.dashboard_token.encode()):
+            return None
+        response = _error(401, "the dashboard needs its credential (CDS_DASHBOARD_TOKEN): as a bearer token, "
+                               "or as the password of basic authentication (any user name)")
+        response.headers["WWW-Authenticate"] = 'Basic realm="spine-imaging CDS dashboard", charset="UTF-8"'
+        return response
+
+    @app.get("/dashboard")
+    def dashboard():
+        refusal = dashboard_refusal()
+        if refusal is not None:
+            return refusal
+        from .report import Window, build_report, render_html
+
+        report = build_report(store.engine, Window.last_days(90), top=10)
+        page = render_html(report, plotly_script="/dashboard/plotly.min.js",
+                           title="Spine MRI orders, last 90 days")
+        return Response(page, mimetype="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/dashboard/plotly.min.js")
+    def plotly_js():
+        # the charting library itself (public code), served from the installed package: no CDN
+        from plotly.offline import get_plotlyjs
+
+        return Response(get_plotlyjs(), mimetype="application/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     if settings.bench_bare_endpoint:
         @app.post("/_bench/bare")

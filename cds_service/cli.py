@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from .discovery import SERVICE_HOOKS
@@ -117,6 +117,16 @@ def cmd_serve(args) -> int:
             raise CliError(f"refusing to start: {error}") from None
         print(f"trusted CDS clients: {', '.join(sorted(issuers))}", file=sys.stderr)
     ensure_port_free(args.host, args.port, "--port or CDS_PORT")
+    from .store import Store, StoreError, database_url, describe_url
+
+    try:  # migrate once here, before gunicorn forks its workers
+        Store.from_settings(settings).close()
+    except StoreError as error:
+        raise CliError(f"refusing to start: {error}") from None
+    print(f"database: {describe_url(database_url(settings))}; mode: {settings.mode}"
+          + ("" if settings.record_evaluations else "; evaluation log OFF (CDS_RECORD_EVALUATIONS=0)")
+          + ("" if settings.patient_hash_key else "; patient ids hashed with a key kept in the database "
+             "(set CDS_PATIENT_HASH_KEY to choose one)"), file=sys.stderr)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -189,14 +199,54 @@ def cmd_validate_mappings(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .config import Settings
-    from .feedback import Store
+def report_engine(db: str | None):
+    """A read-only engine on the evaluation database (`--db` file, else the configured one), or CliError."""
+    import sqlalchemy as sa
 
-    path = Path(args.db) if args.db else Settings.from_env().feedback_db
-    if not path.exists():
-        raise CliError(f"no database at {path} yet (set CDS_FEEDBACK_DB or pass --db)", 1)
-    print(json.dumps(Store(path).report(), indent=2))
+    from .config import Settings
+    from .store import describe_url, schema_problem
+
+    settings = Settings.from_env()
+    if db or not settings.database_url:
+        path = Path(db) if db else settings.feedback_db
+        if not path.is_file():
+            raise CliError(f"no database at {path} yet (run the service or the demo first, or pass --db FILE; "
+                           "the service writes to CDS_DATABASE_URL or CDS_FEEDBACK_DB)", 1)
+        # read-only: a file that is not our database is reported, never written to
+        url, shown = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", str(path)
+    else:
+        url, shown = settings.database_url, describe_url(settings.database_url)
+    try:
+        engine = sa.create_engine(url)
+    except sa.exc.ArgumentError:
+        raise CliError(f"CDS_DATABASE_URL is not a database URL: {shown}", 2) from None
+    problem = schema_problem(engine)
+    if problem:
+        raise CliError(f"cannot report from {shown}: {problem}", 1)
+    return engine
+
+
+def cmd_report(args) -> int:
+    from datetime import timedelta
+
+    from .report import RENDERERS, Window, build_report, render_html
+
+    until = args.until or datetime.now(timezone.utc).date()
+    since = args.since or until - timedelta(days=29)
+    if since > until:
+        raise CliError(f"--since {since} is after --until {until}")
+    report = build_report(report_engine(args.db), Window(since, until), top=args.top)
+    rendered = render_html(report) if args.format == "html" else RENDERERS[args.format](report)
+    if args.out:
+        try:
+            Path(args.out).write_text(rendered, encoding="utf-8")
+        except OSError as error:
+            raise CliError(f"cannot write {args.out}: {error.strerror or error}") from None
+        print(f"{args.format} report of {report['orders']} orders ({since} to {until}) written to {args.out}")
+    else:
+        if args.format == "html":
+            raise CliError("--format html writes a file: add --out report.html")
+        sys.stdout.write(rendered)
     return 0
 
 
@@ -420,8 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("files", nargs="*", help="transaction Bundle files (default: fixtures/patients/*.json)")
     seed.set_defaults(func=cmd_seed)
 
-    report = commands.add_parser("report", help="counts of verdicts and feedback outcomes for analysts")
-    report.add_argument("--db", help="the SQLite file (default: CDS_FEEDBACK_DB)")
+    report = commands.add_parser("report", help="orders, verdicts, advice taken or overridden, clinicians, trend, "
+                                 "latency and data completeness, for utilization analysts")
+    report.add_argument("--db", help="an SQLite database file (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
+    report.add_argument("--since", type=_iso_date, help="first day, YYYY-MM-DD (default: 29 days before --until)")
+    report.add_argument("--until", type=_iso_date, help="last day, YYYY-MM-DD (default: today, UTC)")
+    report.add_argument("--format", choices=["text", "csv", "json", "html"], default="text")
+    report.add_argument("--out", help="write to this file instead of standard output (needed for html)")
+    report.add_argument("--top", type=_number(1, 1000, None), default=10, help="clinicians listed (default 10)")
     report.set_defaults(func=cmd_report)
     return parser
 

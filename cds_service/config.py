@@ -19,8 +19,25 @@ def _number(name: str, default, kind=int):
         raise SystemExit(f"setting {name} must be {noun}, got {raw!r}") from error
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"setting {name} must be 1 or 0 (on or off), got {raw!r}")
+
+
+MODES = ("live", "shadow")
+
+
+def _mode() -> str:
+    mode = os.environ.get("CDS_MODE", "live").strip().lower() or "live"
+    if mode not in MODES:
+        raise SystemExit(f"setting CDS_MODE must be live or shadow, got {mode!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,11 @@ class Settings:
     public_base_url: str | None = None
     jwt_leeway_seconds: float = 5.0
     fhir: FhirSettings = FhirSettings(allowed_servers=frozenset())
+    database_url: str | None = None  # None: the SQLite file feedback_db
+    patient_hash_key: str | None = None  # None: a random key kept in the database
+    mode: str = "live"  # live | shadow (evaluate and record, answer no cards)
+    dashboard_token: str | None = None  # None: GET /dashboard is off
+    record_evaluations: bool = True
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -51,6 +73,11 @@ class Settings:
             allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
             public_base_url=(os.environ.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
             jwt_leeway_seconds=_number("CDS_JWT_LEEWAY_SECONDS", 5.0, float),
+            database_url=os.environ.get("CDS_DATABASE_URL") or None,
+            patient_hash_key=os.environ.get("CDS_PATIENT_HASH_KEY") or None,
+            mode=_mode(),
+            dashboard_token=os.environ.get("CDS_DASHBOARD_TOKEN") or None,
+            record_evaluations=_flag("CDS_RECORD_EVALUATIONS", default=True),
             fhir=FhirSettings(
                 allowed_servers=frozenset(normalise_base(url) for url in
                                           os.environ.get("CDS_FHIR_ALLOWED_SERVERS", "").split(",") if url.strip()),

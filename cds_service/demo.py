@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def render_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path) -> subprocess.Popen:
+def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path, dashboard_token: str) -> subprocess.Popen:
     from .auth import generate_key_pair
     from .processes import die_with_parent
 
@@ -88,7 +89,7 @@ def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path) -> 
     key_path.chmod(0o600)
     (key_dir / "trusted-issuers.json").write_text(json.dumps({ISSUER: {"jwks": {"keys": [jwk]}}}, indent=2))
     env = dict(os.environ)
-    env.setdefault("CDS_FEEDBACK_DB", str(key_dir / "feedback.sqlite3"))
+    env["CDS_DASHBOARD_TOKEN"] = dashboard_token
     env["CDS_TRUSTED_ISSUERS"] = str(key_dir / "trusted-issuers.json")
     env.pop("CDS_ALLOW_UNAUTHENTICATED", None)
     env["CDS_FHIR_ALLOWED_SERVERS"] = ",".join(filter(None, [env.get("CDS_FHIR_ALLOWED_SERVERS"), fhir_base]))
@@ -132,6 +133,24 @@ def _fire(base: str, fhir_base: str, patients: list[str], key_path: Path, always
             print(f"  PAMA rating: {rating}" if rating else "  PAMA rating: none (the order cannot be rated)")
 
 
+def _fill_history() -> str:
+    """A few weeks of synthetic orders and feedback in the service's database (once); its description."""
+    from .config import Settings
+    from .history import fill_demo_history
+    from .store import Store, database_url, describe_url
+
+    settings = Settings.from_env()
+    store = Store.from_settings(settings)
+    try:
+        added = fill_demo_history(store, checked_mappings())
+    finally:
+        store.close()
+    if added:
+        print(f"added {added} synthetic orders of demo history (the last 6 weeks) for the report and dashboard",
+              flush=True)
+    return describe_url(database_url(settings))
+
+
 def run_demo(args) -> int:
     import requests
 
@@ -166,11 +185,13 @@ def run_demo(args) -> int:
             for path in paths:
                 seed_bundle(fhir_base, fixtures.load_json(path), session)
             print(f"seeded {len(paths)} fixture patients into {fhir_base} (dates moved to today)", flush=True)
-        server = _start_service(args.port, fhir_base, DEMO_DIR, service_log)
+        dashboard_token = os.environ.get("CDS_DASHBOARD_TOKEN") or secrets.token_urlsafe(12)
+        server = _start_service(args.port, fhir_base, DEMO_DIR, service_log, dashboard_token)
         if not wait_for_http(f"{base}/healthz", server):
             last = service_log.read_text(errors="replace").strip().splitlines()[-1:] if service_log.exists() else []
             raise CliError(f"the service did not start: {last[0] if last else 'no output'} (log: {service_log})", 1)
         print(f"service up at {base} (log: {service_log})", flush=True)
+        database = _fill_history()
         _fire(base, fhir_base, patients, DEMO_DIR / f"{KID}.pem", always_fetch=bool(args.fhir_base))
         url = f"{base}/cds-services/{SERVICE_ID}"
         print(f"""
@@ -179,7 +200,9 @@ The service keeps running at {base}/cds-services, reading the FHIR server at {fh
              curl -s -X POST {url} -H "Authorization: Bearer $TOKEN" \\
                   -H 'Content-Type: application/json' -d @fixtures/hooks/lbp-osteoporosis.order-select.json
   logs:      {service_log}{'' if args.fhir_base else f', {fhir_log}'}
-  database:  {os.environ.get('CDS_FEEDBACK_DB', DEMO_DIR / 'feedback.sqlite3')} (cds-service report --db ...)""",
+  database:  {database} (evaluations, feedback, token ids; demo history marked synthetic)
+  report:    .venv/bin/cds-service report            (or --format html --out report.html)
+  dashboard: {base}/dashboard  (user: any, password: {dashboard_token})""",
               flush=True)
         if args.no_wait:
             return 0

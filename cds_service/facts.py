@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 
+from .codesystems import short_system
 from .data_sources import ClinicalData
 from .mappings import CodeMatch, Mappings
 from .model import (
@@ -141,7 +142,8 @@ def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOr
         return None
     _, order, coding = best
     display = (code or {}).get("text") or coding.get("display") or f"{coding.get('code')}"
-    return MriOrder(reference=reference, resource=resource, region=order.region, contrast=order.contrast, display=display)
+    return MriOrder(reference=reference, resource=resource, region=order.region, contrast=order.contrast, display=display,
+                    code=f"{short_system(coding.get('system'))}|{coding.get('code')}")
 
 
 # ---------------------------------------------------------------------------- facts

@@ -49,6 +49,9 @@ class Evaluation:
     variant: str | None
     rating: str | None
     suggestion_kinds: dict[str, str] = field(default_factory=dict)  # suggestion uuid -> cards.SUGGEST_*
+    order_code: str = ""  # e.g. "cpt|72148"
+    red_flags: list[str] = field(default_factory=list)  # concept ids found
+    unread_sources: list[str] = field(default_factory=list)  # prefetch keys that could not be read
 
 
 @dataclass
@@ -151,6 +154,8 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
             card_uuid=built.card["uuid"], consult_id=consult_id, order_reference=order.reference,
             region=order.region, contrast=order.contrast, verdict=verdict.code,
             variant=verdict.variant_id, rating=verdict.pama_rating, suggestion_kinds=built.suggestion_kinds,
+            order_code=order.code, red_flags=[e.concept_id for e in verdict.red_flags_found],
+            unread_sources=sorted(data.unread),
         ))
     if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(
             key in data.unread for key in CLINICAL_SOURCES):
@@ -166,3 +171,21 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
         result.response["extension"] = {"systemActions": rating_actions}
     result.timings_ms["total"] = (time.perf_counter() - started) * 1000
     return result
+
+
+def order_records(service_id: str, body: dict, result: HookResult, mappings: Mappings, mode: str) -> list:
+    """The evaluation log's rows for one answered hook call (store.OrderRecord per order)."""
+    from .store import OrderRecord, utcnow
+
+    context = body.get("context") or {}
+    now = utcnow()
+    return [OrderRecord(
+        card_uuid=e.card_uuid, evaluated_at=now, service_id=service_id, hook=SERVICE_HOOKS[service_id],
+        hook_instance=str(body.get("hookInstance")), user_id=context.get("userId"),
+        patient_id=context.get("patientId"), encounter_id=context.get("encounterId"),
+        order_reference=e.order_reference, order_code=e.order_code, region=e.region, contrast=e.contrast,
+        verdict=e.verdict, variant=e.variant, rating=e.rating, red_flags=e.red_flags,
+        unread_sources=e.unread_sources, suggestion_kinds=e.suggestion_kinds,
+        latency_ms=round(result.timings_ms.get("total", 0.0), 3), mappings_version=mappings.version,
+        consult_id=e.consult_id, mode=mode,
+    ) for e in result.evaluations]

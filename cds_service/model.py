@@ -69,6 +69,7 @@ class MriOrder:
     region: str  # lumbar | cervical | thoracic | multi | unspecified
     contrast: str  # without | with | with-and-without | unspecified
     display: str
+    code: str = ""  # the coding that identified it, e.g. "cpt|72148"
 
 
 @dataclass

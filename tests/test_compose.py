@@ -11,12 +11,14 @@ from cds_service.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SETTINGS_NAMES = {"CDS_TRUSTED_ISSUERS", "CDS_PUBLIC_BASE_URL", "CDS_FHIR_ALLOWED_SERVERS", "CDS_FHIR_BUDGET_SECONDS",
-                  "CDS_FEEDBACK_DB", "CDS_ALLOW_UNAUTHENTICATED", "CDS_MAPPINGS_DIR"}
+                  "CDS_FEEDBACK_DB", "CDS_ALLOW_UNAUTHENTICATED", "CDS_MAPPINGS_DIR", "CDS_DATABASE_URL",
+                  "CDS_PATIENT_HASH_KEY", "CDS_MODE", "CDS_DASHBOARD_TOKEN"}
 
 
 def test_services_and_pinned_images():
     services = COMPOSE["services"]
-    assert set(services) == {"hapi", "cds", "seeder"}
+    assert set(services) == {"hapi", "postgres", "cds", "seeder"}
+    assert not services["postgres"]["image"].endswith(":latest")
     image = services["hapi"]["image"]
     assert image.startswith("hapiproject/hapi:") and not image.endswith(":latest")
 
@@ -41,6 +43,15 @@ def test_environment_names_are_settings_the_code_reads(monkeypatch):
     assert settings.trusted_issuers == Path("/app/docs/trusted-issuers.sandbox.json")
     assert (ROOT / "docs" / "trusted-issuers.sandbox.json").exists()
     assert settings.authentication_problem() is None
+    # the service's database is the compose PostgreSQL, with the driver the service installs
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    postgres = COMPOSE["services"]["postgres"]["environment"]
+    assert url.drivername == "postgresql+psycopg" and url.host == "postgres"
+    assert (url.username, url.password, url.database) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
+                                                          postgres["POSTGRES_DB"])
+    assert COMPOSE["services"]["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_health_check_probes_healthz_and_seeder_command_parses():

@@ -1,0 +1,279 @@
+"""The evaluation log, feedback and replay guard on a real SQLite file and a real PostgreSQL."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from cds_service import fixtures
+from cds_service.config import Settings
+from cds_service.report import Window, build_report, render_csv, render_html, render_json, render_text
+from cds_service.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, orders, utcnow
+
+SELECT = "/cds-services/spine-mri-order-select"
+SIGN = "/cds-services/spine-mri-order-sign"
+
+
+def record(card: str, order: str = "ServiceRequest/mri-1", verdict: str = "low-value", user: str = "Practitioner/a",
+           hook: str = "order-select", when: datetime | None = None, **changes) -> OrderRecord:
+    base = OrderRecord(
+        card_uuid=card, evaluated_at=when or utcnow(), service_id=f"spine-mri-{hook}", hook=hook,
+        hook_instance=f"hi-{card}", user_id=user, patient_id="patient-raw-id-123", encounter_id="enc-1",
+        order_reference=order, order_code="cpt|72148", region="lumbar", contrast="without", verdict=verdict,
+        variant="LBP-V1", rating="not-appropriate", red_flags=[], unread_sources=[],
+        suggestion_kinds={f"{card}-cancel": "cancel"}, latency_ms=5.0, mappings_version="v1",
+        consult_id=f"urn:uuid:{card}", mode="live")
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def store(database_url):
+    opened = Store(database_url)
+    yield opened
+    opened.close()
+
+
+def test_migrations_build_the_schema_the_code_uses(store):
+    inspector = sa.inspect(store.engine)
+    for table in metadata.sorted_tables:
+        assert {c["name"] for c in inspector.get_columns(table.name)} == {c.name for c in table.columns}, table.name
+    indexed = {tuple(ix["column_names"]) for ix in inspector.get_indexes("seen_tokens")}
+    assert ("expires_at",) in indexed  # pruning expired token ids never scans the table
+
+
+def test_a_token_id_is_accepted_once_across_instances(store, database_url):
+    other = Store(database_url)  # a second instance on the same database
+    try:
+        expires = time.time() + 300
+        assert store.first_use_of_token("https://ehr", "jti-1", expires)
+        assert not other.first_use_of_token("https://ehr", "jti-1", expires)
+        assert other.first_use_of_token("https://ehr", "jti-2", expires)
+        long_a, long_b = "x" * 600 + "a", "x" * 600 + "b"  # long ids are digested, never cut into a collision
+        assert store.first_use_of_token("https://ehr", long_a, expires)
+        assert store.first_use_of_token("https://ehr", long_b, expires)
+    finally:
+        other.close()
+
+
+def test_expired_token_ids_are_pruned(store):
+    store.first_use_of_token("https://ehr", "old", time.time() - 3600)
+    store._pruned_at = 0
+    store.first_use_of_token("https://ehr", "new", time.time() + 300)
+    with store.engine.connect() as connection:
+        jtis = {row.jti for row in connection.execute(sa.text("SELECT jti FROM seen_tokens"))}
+    assert jtis == {"new"}
+
+
+def test_refired_and_signed_orders_count_once_with_the_latest_verdict(store):
+    start = utcnow()
+    store.record([record("c1", when=start)])
+    store.record([record("c2", when=start + timedelta(seconds=5))])  # order-select fired again
+    store.record([record("c3", verdict="indicated-routine", hook="order-sign", when=start + timedelta(seconds=9))])
+    store.record([record("c4", order="ServiceRequest/mri-2", when=start + timedelta(seconds=9))])
+    assert store.writer.flush()
+    report = build_report(store.engine, Window.last_days(1))
+    assert report["orders"] == 2 and report["hook_calls"] == 4
+    assert report["verdicts"] == {"indicated-routine": 1, "low-value": 1}
+
+
+def test_the_raw_patient_id_is_never_stored(store):
+    store.record([record("c1")])
+    store.writer.flush()
+    with store.engine.connect() as connection:
+        dumped = json.dumps([list(map(str, row)) for table in ("evaluations", "orders")
+                             for row in connection.execute(sa.text(f"SELECT * FROM {table}"))])
+    assert "patient-raw-id-123" not in dumped
+    assert store.patient_hash("patient-raw-id-123") in dumped
+
+
+def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display(store):
+    store.record([record("c1")])  # still queued: feedback must wait for it, not refuse it
+    stored = store.record_feedback("spine-mri-order-select", {"feedback": [
+        {"card": "c1", "outcome": "accepted", "acceptedSuggestions": [{"id": "c1-cancel"}],
+         "outcomeTimestamp": "2026-11-22T10:00:00Z"}]})
+    assert stored == 1
+    store.record([record("c2", order="ServiceRequest/mri-2")])
+    override = {"card": "c2", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:01:00Z",
+                "overrideReason": {"reason": {"code": "surgical-candidate"}, "userComment": "seen by spine"}}
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 1
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 0  # a retry
+    with store.engine.connect() as connection:
+        rows = {r.card_uuid: r for r in connection.execute(sa.select(feedback))}
+    assert json.loads(rows["c1"].accepted_kinds) == ["cancel"]
+    assert rows["c2"].override_display == "Surgical or interventional candidate (planning)"
+    advice = build_report(store.engine, Window.last_days(1))["advice"]
+    assert (advice["taken"], advice["overridden"]) == (1, 1)
+    assert advice["accepted_by_kind"] == {"cancel": 1}
+    assert advice["override_reasons"][0]["code"] == "surgical-candidate"
+
+
+def test_feedback_for_a_card_never_issued_is_refused(store):
+    with pytest.raises(FeedbackError, match="was issued by this service"):
+        store.record_feedback("spine-mri-order-select", {"feedback": [
+            {"card": "never-issued", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}]})
+
+
+def test_the_report_counts_clinicians_weeks_latency_and_completeness(store):
+    today = utcnow()
+    rows = []
+    for index in range(6):
+        rows.append(record(f"a{index}", order=f"ServiceRequest/a{index}", user="Practitioner/a",
+                           when=today - timedelta(days=index), latency_ms=float(index + 1)))
+    rows.append(record("b0", order="ServiceRequest/b0", user="Practitioner/b", verdict="indicated-urgent",
+                       unread_sources=["medications"], when=today))
+    rows.append(record("old", order="ServiceRequest/old", when=today - timedelta(days=60)))  # outside the window
+    store.record(rows)
+    store.writer.flush()
+    report = build_report(store.engine, Window.last_days(30))
+    assert report["orders"] == 7
+    assert report["low_value_rate"] == round(6 / 7, 4)
+    assert report["clinicians"][0] == {"user": "Practitioner/a", "orders": 6, "low_value": 6, "low_value_rate": 1.0}
+    assert report["completeness"] == {"orders_with_unread_sources": 1, "share": round(1 / 7, 4),
+                                      "unread_by_source": {"medications": 1}}
+    assert report["latency_ms"]["p50"] == 4.0 and report["latency_ms"]["hook_calls"] == 7
+    assert sum(week["orders"] for week in report["weekly"]) == 7
+    text = render_text(report)
+    assert "Practitioner/a" in text and "85.7%" in text
+    csv_lines = render_csv(report).splitlines()
+    assert "clinicians,Practitioner/a,low_value,6" in csv_lines
+    assert json.loads(render_json(report))["orders"] == 7
+
+
+def test_the_html_report_is_one_offline_file_with_charts(store):
+    store.record([record("c1")])
+    store.writer.flush()
+    page = render_html(build_report(store.engine, Window.last_days(7)))
+    from html.parser import HTMLParser
+
+    class ExternalResources(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            attributes = dict(attrs)
+            if attributes.get("src") or (tag == "link" and attributes.get("href")):
+                self.found.append((tag, attributes))
+
+    parser = ExternalResources()
+    parser.feed(page)
+    assert parser.found == []  # nothing loaded from elsewhere: readable offline
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000  # plotly.js inline
+
+
+def test_bad_database_urls_and_unreachable_servers_are_one_line(tmp_path):
+    from cds_service.store import StoreError
+
+    with pytest.raises(StoreError, match="SQLite or PostgreSQL"):
+        Store("mysql://x@localhost/db")
+    with pytest.raises(StoreError, match="cannot use the database") as raised:
+        Store("postgresql+psycopg://user:secret@127.0.0.1:1/none")
+    assert "secret" not in str(raised.value)
+
+
+# ------------------------------------------------------------------ over HTTP
+
+@pytest.fixture
+def app_for(tmp_path, settings):
+    from cds_service.app import create_app
+
+    def make(**changes):
+        return create_app(replace(settings, **changes)).test_client()
+    return make
+
+
+def test_shadow_mode_records_but_shows_no_card(app_for, settings):
+    client = app_for(mode="shadow")
+    assert client.get("/healthz").get_json()["mode"] == "shadow"
+    reply = client.post(SELECT, json=fixtures.hook_request("lbp-acute-simple"))
+    assert reply.get_json() == {"cards": []}
+    engine = sa.create_engine(f"sqlite:///{settings.feedback_db}")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(evaluations.c.verdict, evaluations.c.mode)).all()
+        if rows:
+            break
+        time.sleep(0.05)
+    assert [tuple(r) for r in rows] == [("low-value", "shadow")]
+
+
+def test_recording_off_writes_no_evaluation(app_for, settings):
+    client = app_for(record_evaluations=False)
+    assert client.get("/healthz").get_json()["recording"] == "off"
+    assert client.post(SELECT, json=fixtures.hook_request("lbp-acute-simple")).status_code == 200
+    time.sleep(0.5)
+    with sa.create_engine(f"sqlite:///{settings.feedback_db}").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(evaluations)).scalar() == 0
+
+
+@pytest.mark.parametrize("item,needle", [
+    ({"card": 5, "outcome": "accepted", "outcomeTimestamp": "t"}, "card"),
+    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": 7}, "outcomeTimestamp"),
+    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": "x"}, "acceptedSuggestions"),
+    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": [{"id": 1}]},
+     "acceptedSuggestions"),
+    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": []}, "overrideReason"),
+    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"reason": {"code": 3}}},
+     "reason"),
+    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"userComment": {}}},
+     "userComment"),
+])
+def test_wrong_types_in_feedback_are_400_naming_the_field(client, item, needle):
+    reply = client.post(SELECT + "/feedback", json={"feedback": [item]})
+    assert reply.status_code == 400 and needle in reply.get_json()["error"]
+
+
+def test_the_dashboard_is_off_by_default_and_needs_its_credential(app_for):
+    assert app_for().get("/dashboard").status_code == 404
+    client = app_for(dashboard_token="s3cret-dash")
+    refused = client.get("/dashboard")
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/dashboard", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    page = client.get("/dashboard", headers={"Authorization": "Bearer s3cret-dash"})
+    assert page.status_code == 200 and "Spine MRI orders, last 90 days" in page.get_data(as_text=True)
+    basic = client.get("/dashboard", auth=("analyst", "s3cret-dash"))
+    assert basic.status_code == 200
+    assert "/dashboard/plotly.min.js" in basic.get_data(as_text=True)
+    assert client.get("/dashboard/plotly.min.js").status_code == 200
+
+
+def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
+    """CDS_FEEDBACK_DB files from before the migrations (the old three tables) are upgraded in place."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE evaluations (card_uuid TEXT PRIMARY KEY, consult_id TEXT NOT NULL, service_id TEXT NOT NULL,
+                hook_instance TEXT NOT NULL, patient_id TEXT, order_reference TEXT NOT NULL, region TEXT, contrast TEXT,
+                verdict TEXT NOT NULL, variant TEXT, rating TEXT, evaluated_at TEXT NOT NULL);
+            CREATE TABLE seen_tokens (iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at REAL NOT NULL,
+                PRIMARY KEY (iss, jti));
+            CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,
+                outcome TEXT NOT NULL, override_code TEXT, override_display TEXT, user_comment TEXT,
+                accepted_suggestions TEXT NOT NULL, outcome_timestamp TEXT NOT NULL, received_at TEXT NOT NULL,
+                raw TEXT NOT NULL);
+        """)
+        now = utcnow().isoformat() + "+00:00"
+        for card in ("old-1", "old-2"):
+            old.execute("INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (card, "urn:uuid:x", "spine-mri-order-select", "hi", "raw-patient", "ServiceRequest/o",
+                         "lumbar", "without", "low-value", "LBP-V1", "not-appropriate", now))
+        old.execute("INSERT INTO feedback (service_id, card_uuid, outcome, override_code, override_display, "
+                    "user_comment, accepted_suggestions, outcome_timestamp, received_at, raw) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?)", ("spine-mri-order-select", "old-2", "overridden", "surgical-candidate",
+                                              None, None, "[]", "2026-11-22T10:00:00Z", now, "{}"))
+    store = Store(f"sqlite:///{path}")
+    try:
+        report = build_report(store.engine, Window.last_days(2))
+        assert report["orders"] == 1 and report["hook_calls"] == 2  # one order, fired twice
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(feedback)).scalar() == 1
+            dumped = str(connection.execute(sa.select(evaluations)).all())
+        assert "raw-patient" not in dumped
+    finally:
+        store.close()

@@ -1,0 +1,177 @@
+"""The store with real server processes: SIGTERM loses nothing, two instances share one PostgreSQL,
+the report command never writes to a file that is not its database, and the dashboard draws charts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from cds_service import fixtures
+from cds_service.auth import generate_key_pair, sign_token
+from cds_service.cli import main
+from cds_service.processes import free_port, wait_for_http
+from cds_service.store import evaluations
+
+ROOT = Path(__file__).resolve().parent.parent
+SELECT = "/cds-services/spine-mri-order-select"
+
+
+class Serve:
+    """`cds-service serve` in its own process."""
+
+    def __init__(self, env: dict, tmp_path: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+        full.update(CDS_LOG_LEVEL="WARNING", **env)
+        self.log = (tmp_path / f"serve-{self.port}.log").open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--port", str(self.port),
+                                         "--workers", "2", "--threads", "4"], cwd=ROOT, env=full,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_for_http(self.base + "/healthz", self.process, seconds=60):
+            self.stop()
+            pytest.fail("the service did not start: " + Path(self.log.name).read_text()[-2000:])
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+        return self.process.returncode
+
+
+def count(url: str, table=evaluations) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+def test_sigterm_loses_no_evaluation(tmp_path):
+    db = tmp_path / "cds.sqlite3"
+    server = Serve({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db)}, tmp_path)
+    body = fixtures.hook_request("lbp-acute-simple")
+    sent = 60
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: requests.post(server.base + SELECT, json=body, timeout=30).status_code,
+                                     range(sent)))
+        assert statuses == [200] * sent
+    finally:
+        # at once: rows still in the writers' queues must be written on the way out
+        assert server.stop(signal.SIGTERM) == 0
+    assert count(f"sqlite:///{db}") == sent
+
+
+def test_two_instances_share_replay_protection_and_count_feedback_once(tmp_path, postgres):
+    url = postgres.create_database("two_instances")
+    pem, jwk = generate_key_pair("ehr-1")
+    trust = tmp_path / "trusted.json"
+    trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": [jwk]}}}))
+    public = "https://cds.example.org"  # both behind one load balancer
+    env = {"CDS_TRUSTED_ISSUERS": str(trust), "CDS_DATABASE_URL": url, "CDS_PUBLIC_BASE_URL": public}
+    first, second = Serve(env, tmp_path), Serve(env, tmp_path)
+    try:
+        def post(server, path, body, token):
+            return requests.post(server.base + path, json=body, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+        token = sign_token("https://ehr.example.org", pem, public + SELECT, "ehr-1")
+        reply = post(first, SELECT, fixtures.hook_request("lbp-osteoporosis"), token)
+        assert reply.status_code == 200
+        replayed = post(second, SELECT, fixtures.hook_request("lbp-osteoporosis"), token)
+        assert replayed.status_code == 401 and "already used" in replayed.json()["error"]
+
+        card = reply.json()["cards"][0]
+        item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z",
+                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}
+        for server in (second, first):  # the client retries on the other instance
+            feedback_url = public + SELECT + "/feedback"
+            answer = post(server, SELECT + "/feedback", {"feedback": [item]},
+                          sign_token("https://ehr.example.org", pem, feedback_url, "ehr-1"))
+            assert answer.status_code == 200, answer.text
+    finally:
+        first.stop()
+        second.stop()
+    environment = {**os.environ, "CDS_DATABASE_URL": url}
+    run = subprocess.run([sys.executable, "-m", "cds_service", "report", "--format", "json"], cwd=ROOT,
+                         env=environment, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["orders"] == 1
+    assert report["advice"]["taken"] == 1 and report["advice"]["accepted_by_kind"] == {"switch-to-first-study": 1}
+
+
+def test_report_refuses_a_file_that_is_not_its_database_and_never_writes_to_it(tmp_path, capsys):
+    import sqlite3
+
+    for name, make in (("notes.txt", lambda p: p.write_text("not a database")),
+                       ("other.sqlite3", lambda p: sqlite3.connect(p).execute("CREATE TABLE x (y)").connection.commit())):
+        path = tmp_path / name
+        make(path)
+        before = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        assert main(["report", "--db", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err
+        assert (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(name)) == [name]  # no -wal, no -journal
+    assert main(["report", "--db", str(tmp_path / "missing.sqlite3")]) == 1
+    assert "no database" in capsys.readouterr().err
+
+
+def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from cds_service.history import fill_demo_history
+    from cds_service.mappings import get_mappings
+    from cds_service.store import Store
+
+    db = tmp_path / "cds.sqlite3"
+    store = Store(f"sqlite:///{db}")
+    fill_demo_history(store, get_mappings(), weeks=4, orders_per_week=40)
+    store.close()
+    server = Serve({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_DASHBOARD_TOKEN": "dash-pw"},
+                   tmp_path)
+    shot = tmp_path / "dashboard.png"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100},
+                                    http_credentials={"username": "analyst", "password": "dash-pw"})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            assert page.goto(server.base + "/dashboard").status == 200
+            page.wait_for_selector(".plot-container .main-svg", timeout=20000)
+            charts = page.locator(".js-plotly-plot").count()
+            bars = page.locator(".js-plotly-plot .bars path").count()
+            # every chart fits its card (none drawn wider than the grid gives it)
+            fits = page.evaluate("Array.from(document.querySelectorAll('.card')).map(c => "
+                                 "Number(c.querySelector('.main-svg').getAttribute('width')) <= c.clientWidth)")
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
+    assert errors == []
+    assert charts == 5 and bars > 20 and fits == [True] * 5
+    # the charts are drawn: the chart area of the screenshot is far from one flat colour
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    region = image.crop((0, 250, image.width, min(image.height, 1000)))
+    colours = region.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200
