@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-import uuid
+from .ids import new_uuid
 from dataclasses import dataclass
 
 from .mappings import Mappings
@@ -268,7 +268,7 @@ def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_
                                 f"Changed by spine-imaging CDS from {order_label(order)}: {name} first.")
             suggestions.append((SUGGEST_FIRST_STUDY, {
                 "label": f"Order {name} of the {region} spine instead of MRI",
-                "uuid": str(uuid.uuid4()),
+                "uuid": new_uuid(),
                 "isRecommended": True,
                 "actions": [{"type": "update", "description": f"Change the draft order from {order_label(order)} "
                              f"to {name} of the {region} spine.", "resource": switched}],
@@ -278,7 +278,7 @@ def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_
         # view does not apply; EHRs do).
         suggestions.append((SUGGEST_CANCEL, {
             "label": "Cancel the MRI order",
-            "uuid": str(uuid.uuid4()),
+            "uuid": new_uuid(),
             "isRecommended": not suggestions,
             "actions": [{"type": "delete", "description": f"Remove the draft order for {order_label(order)}.",
                          "resourceId": order.reference}],
@@ -289,7 +289,7 @@ def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_
         if without is not None:
             suggestions.append((SUGGEST_NO_CONTRAST, {
                 "label": f"Change to MRI {order.region} spine without contrast",
-                "uuid": str(uuid.uuid4()),
+                "uuid": new_uuid(),
                 "isRecommended": True,
                 "actions": [{"type": "update", "description": "No infection or tumour flag needs contrast: "
                              "order the MRI without contrast.",
@@ -329,7 +329,7 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
             "resource": with_rating(order.resource, []),
         }
     card = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": new_uuid(),
         "summary": _summary(verdict),
         "indicator": INDICATOR.get(verdict.code, "info"),
         "detail": _detail(order, verdict, mappings),

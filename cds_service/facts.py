@@ -83,21 +83,27 @@ def _status_code(concept) -> str | None:
     return None
 
 
-def _evidence_from_concept(mappings, concept, reference, origin, when) -> list[Evidence]:
+def _code_matches(mappings, concept) -> list[tuple[dict, CodeMatch]]:
+    """(coding, match) for each coding of the concept the mappings know. Most of a patient's record
+    matches nothing: the extractors ask this first and skip dates and status for the rest."""
+    return [(coding, match) for coding in _codes(concept)
+            for match in mappings.match_coding(coding.get("system"), coding.get("code"))]
+
+
+def _evidence_from_concept(mappings, concept, reference, origin, when, matches=None) -> list[Evidence]:
     found = []
-    for coding in _codes(concept):
-        for match in mappings.match_coding(coding.get("system"), coding.get("code")):
-            found.append(
-                Evidence(
-                    concept_id=match.concept.id,
-                    label=match.concept.label,
-                    reference=reference,
-                    origin=origin,
-                    description=_describe_coding(coding, match),
-                    date=when,
-                    region=match.region,
-                )
+    for coding, match in _code_matches(mappings, concept) if matches is None else matches:
+        found.append(
+            Evidence(
+                concept_id=match.concept.id,
+                label=match.concept.label,
+                reference=reference,
+                origin=origin,
+                description=_describe_coding(coding, match),
+                date=when,
+                region=match.region,
             )
+        )
     # Several codings of one concept for the same fact are one finding.
     unique: dict[str, Evidence] = {}
     for item in found:
@@ -150,7 +156,7 @@ def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOr
 
 def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     facts = Facts(as_of=as_of, order=order, unread_sources=dict(data.unread), skipped=list(data.notes))
-    facts.concept_labels = {concept_id: concept.label for concept_id, concept in mappings.concepts.items()}
+    facts.concept_labels = mappings.concept_labels
     _patient_facts(facts, data.patient)
     _order_reasons(facts, order, mappings, as_of)
     for condition in data.of("conditions"):
@@ -204,6 +210,9 @@ def _order_reasons(facts: Facts, order: MriOrder, mappings: Mappings, as_of: dat
 
 
 def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
+    matches = _code_matches(mappings, condition.get("code"))
+    if not matches:
+        return
     verification = _status_code(condition.get("verificationStatus"))
     clinical = _status_code(condition.get("clinicalStatus"))
     if clinical is None and condition.get("abatementDateTime"):
@@ -212,7 +221,7 @@ def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
     if onset is None and isinstance(condition.get("onsetPeriod"), dict):
         onset = parse_date(condition["onsetPeriod"].get("start"))
     when = onset or parse_date(condition.get("recordedDate"))
-    found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when)
+    found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when, matches)
     if verification in IGNORED_VERIFICATION:
         # Not counted, but the card must not call it absent either.
         facts.set_aside.extend((item, f"verification status {verification}") for item in found)
@@ -240,6 +249,11 @@ def _quantity(value: dict) -> tuple[float | None, str | None]:
 
 def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> None:
     if observation.get("status") not in USABLE_OBSERVATION_STATUS:
+        return
+    codings = _codes(observation.get("code"))
+    matches = _code_matches(mappings, observation.get("code"))
+    if not matches and not any(c.get("system") == "http://loinc.org" and str(c.get("code")) in mappings.thresholds
+                               for c in codings):
         return
     when = parse_date(observation.get("effectiveDateTime")) or parse_date(observation.get("issued"))
     if when is None and isinstance(observation.get("effectivePeriod"), dict):
@@ -277,7 +291,8 @@ def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> N
                 )
     # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
     facts.findings.extend(
-        item for item in _evidence_from_concept(mappings, observation.get("code"), _ref(observation), FROM_RECORD, when)
+        item for item in _evidence_from_concept(mappings, observation.get("code"), _ref(observation), FROM_RECORD, when,
+                                                matches)
         if item.concept_id not in mappings.threshold_concepts
     )
 
@@ -350,6 +365,8 @@ def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included:
     if text:
         for found in mappings.match_medication_name(text):
             matched.setdefault(found.id, text)
+    if not matched:
+        return
     start, days = _medication_days(request)
     for concept_id, description in matched.items():
         label = mappings.concepts[concept_id].label
@@ -359,13 +376,17 @@ def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included:
 def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
     if procedure.get("status") not in USABLE_PROCEDURE_STATUS:
         return
+    matches = _code_matches(mappings, procedure.get("code"))
+    if not matches and not any(mappings.order_for_coding(c.get("system"), c.get("code"))
+                               for c in _codes(procedure.get("code"))):
+        return
     when = parse_date(procedure.get("performedDateTime"))
     if when is None and isinstance(procedure.get("performedPeriod"), dict):
         when = parse_date(procedure["performedPeriod"].get("start"))
     # EHRs record a radiograph or CT done in clinic as a Procedure with its CPT code.
     if _prior_imaging(facts, procedure, [procedure.get("code")], when, mappings):
         return
-    for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when):
+    for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when, matches):
         if mappings.concepts[item.concept_id].source_file == "conservative_therapy":
             facts.therapy_procedures.append(item)
         else:
@@ -381,6 +402,9 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
         return
     if kind == "ImagingStudy" and status not in ("available", None):
         return
+    concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
+    if not any(mappings.order_for_coding(c.get("system"), c.get("code")) for concept in concepts for c in _codes(concept)):
+        return
     period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
     when = (
         parse_date(resource.get("effectiveDateTime"))
@@ -390,7 +414,6 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
         or parse_date(resource.get("authoredOn"))
         or parse_date(resource.get("issued"))
     )
-    concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
     _prior_imaging(facts, resource, concepts, when, mappings)
 
 

@@ -11,11 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from .cards import build_card
+from .ids import new_uuid
 from .data_sources import ClinicalData, from_prefetch
 from .discovery import SERVICE_HOOKS, prefetch_templates
 from .fhir_client import FhirFetcher, describe_host, fetchable, log_fetch
@@ -143,7 +143,7 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
     for order in orders:
         facts = extract_facts(order, data, mappings, as_of)
         verdict = decide(facts)
-        consult_id = f"urn:uuid:{uuid.uuid4()}"
+        consult_id = f"urn:uuid:{new_uuid()}"
         built = build_card(order, verdict, mappings, consult_id)
         cards.append(built.card)
         if built.rating_action is not None:

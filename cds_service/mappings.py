@@ -23,6 +23,7 @@ from .codesystems import normalise_icd10, short_system
 
 ICD_SYSTEMS = ("icd10cm", "icd10")
 REQUIRED_KINDS = ("concepts", "orders", "guidelines")
+MATCH_CACHE_SIZE = 100_000
 PACKAGED_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
 
@@ -122,9 +123,27 @@ class Mappings:
     guidelines: dict[str, dict] = field(default_factory=dict)
     medication_names: list[tuple[str, Concept]] = field(default_factory=list)
     version: str = ""  # a digest of the files' contents: which knowledge rated an order
+    # Answers already worked out, by (system URI, code): a record's codes repeat across patients
+    # and ICD-10 codes walk their ancestors and ranges. Bounded; the lists are never mutated.
+    _matched: dict[tuple, tuple[CodeMatch, ...]] = field(default_factory=dict)
 
     # ---- codes -> concepts -------------------------------------------------
-    def match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
+    def match_coding(self, system_uri: str | None, code: str | None) -> tuple[CodeMatch, ...]:
+        key = (system_uri, code)
+        try:
+            return self._matched[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable code from a malformed resource
+            pass
+        found = tuple(self._match_coding(system_uri, code))
+        if len(self._matched) >= MATCH_CACHE_SIZE:
+            self._matched.clear()
+        try:
+            self._matched[key] = found
+        except TypeError:
+            pass
+        return found
+
+    def _match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
         system = short_system(system_uri) if system_uri else None
         if system is None or not code:
             return []
@@ -205,6 +224,11 @@ class Mappings:
                 if variant.get("id") == variant_id:
                     return guideline, variant
         raise KeyError(f"variant {variant_id} is not in guidelines.yaml")
+
+    @cached_property
+    def concept_labels(self) -> dict[str, str]:
+        """Concept id -> clinical words (built once: every order's facts carry it)."""
+        return {concept_id: concept.label for concept_id, concept in self.concepts.items()}
 
     @cached_property
     def threshold_concepts(self) -> frozenset[str]:

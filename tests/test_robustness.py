@@ -122,3 +122,22 @@ def test_logs_carry_no_token_and_no_patient_name(tmp_path, caplog, captured_sand
     assert "hookInstance" in text
     assert "SECRET" not in text and "Lumbar" not in text and "Lena" not in text
     assert json.dumps(body["hookInstance"])[1:-1] in text
+
+
+def test_ids_are_unique_version_4_uuids_and_differ_after_fork():
+    import os
+    import uuid as uuid_module
+
+    from cds_service.ids import new_uuid
+
+    made = [new_uuid() for _ in range(5000)]  # more than one pool of kernel randomness
+    assert len(set(made)) == len(made)
+    assert all(uuid_module.UUID(value).version == 4 for value in made[:50])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child deals from a fresh pool, never the parent's next bytes
+        os.write(write, new_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    assert child != new_uuid() and child not in made
