@@ -42,9 +42,12 @@ def cmd_serve(args) -> int:
     from .app import create_app
     from .config import Settings
 
+    from .auth import bound_base_urls
+
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    problem = settings.authentication_problem()
+    base_urls = bound_base_urls(args.host, args.port)  # a token's aud may name these (and CDS_PUBLIC_BASE_URL)
+    problem = settings.authentication_problem(base_urls)
     if problem:
         print(f"refusing to start: {problem}", file=sys.stderr)
         return 2
@@ -72,7 +75,7 @@ def cmd_serve(args) -> int:
             self.cfg.set("accesslog", None)
 
         def load(self):
-            return create_app(settings)
+            return create_app(settings, base_urls)
 
     print(f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services "
           f"({args.workers} workers x {args.threads} threads)", file=sys.stderr, flush=True)
