@@ -1,6 +1,6 @@
 """Slow and idle clients against the service, straight or behind the shipped nginx proxy.
 
-    .venv/bin/python bench/slow_clients.py                # about 40 s: both targets, then wrk throughput
+    .venv/bin/python bench/slow_clients.py                # about a minute: both targets, then wrk throughput
 
 Everything runs on loopback and stops by itself. The attack holds, for a bounded time:
 2,000 connections that send nothing, 24 that send a request line and then one header byte
@@ -242,8 +242,8 @@ def summary(results: list[tuple[int | str, float]]) -> str:
             f"slowest {slowest:.2f} s")
 
 
-def wrk_throughput(url: str, body: bytes, seconds: int = 10, connections: int = 16) -> str:
-    """wrk's requests/s and latency for POSTing `body` to `url` (authentication off)."""
+def wrk_throughput(url: str, body: bytes, seconds: int = 10, connections: int = 16) -> tuple[float, str]:
+    """(requests/s, wrk's summary) for POSTing `body` to `url` (authentication off)."""
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory) / "post.lua"
         body_file = Path(directory) / "body.json"
@@ -256,14 +256,16 @@ def wrk_throughput(url: str, body: bytes, seconds: int = 10, connections: int = 
     p50 = re.search(r"50%\s+([\d.]+\w+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return (f"{float(rate.group(1)) if rate else 0:8.1f} req/s  p50 {p50.group(1) if p50 else '?':>8}  "
-            f"p99 {p99.group(1) if p99 else '?':>8}  non-2xx {errors.group(1) if errors else 0}")
+    requests_per_second = float(rate.group(1)) if rate else 0.0
+    return requests_per_second, (f"{requests_per_second:8.1f} req/s  p50 {p50.group(1) if p50 else '?':>8}  "
+                                 f"p99 {p99.group(1) if p99 else '?':>8}  non-2xx {errors.group(1) if errors else 0}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8, help="how long hooks are sent while the attack holds")
-    parser.add_argument("--wrk-seconds", type=int, default=10, help="0 skips the throughput comparison")
+    parser.add_argument("--wrk-seconds", type=int, default=8, help="0 skips the throughput comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating wrk runs per target (medians printed)")
     args = parser.parse_args()
     raise_open_files(8192)
     directory = Path(tempfile.mkdtemp(prefix="cds-slow-"))
@@ -292,20 +294,27 @@ def main() -> int:
 
     if args.wrk_seconds and shutil.which("wrk"):
         print(f"\nthroughput, order-select with full prefetch, authentication off, wrk 2 threads x 16 connections, "
-              f"{args.wrk_seconds} s; service 2 workers x 8 threads:")
+              f"{args.rounds} x {args.wrk_seconds} s alternating; service 2 workers x 8 threads:")
         body = json.dumps(fixtures.hook_request("lbp-osteoporosis")).encode()
         service_port, proxy_port = free_port(), free_port()
         service = start_service(service_port, f"http://127.0.0.1:{proxy_port}", trust, directory, auth=False)
         proxy = LocalNginx(proxy_port, f"127.0.0.1:{service_port}")
+        rates: dict[str, list[float]] = {"straight to gunicorn": [], "behind nginx": []}
         try:
             proxy.start()
-            for name, base in (("straight to gunicorn", f"http://127.0.0.1:{service_port}"),
-                               ("behind nginx", proxy.base)):
-                print(f"  {name:<22} {wrk_throughput(base + SELECT, body, args.wrk_seconds)}", flush=True)
+            for _ in range(args.rounds):
+                for name, base in (("straight to gunicorn", f"http://127.0.0.1:{service_port}"),
+                                   ("behind nginx", proxy.base)):
+                    rate, line = wrk_throughput(base + SELECT, body, args.wrk_seconds)
+                    rates[name].append(rate)
+                    print(f"  {name:<22} {line}", flush=True)
         finally:
             proxy.stop()
             service.terminate()
             service.wait(timeout=15)
+        medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
+        print("  medians: " + ", ".join(f"{name} {rate:.0f} req/s" for name, rate in medians.items())
+              + f"; behind nginx / straight = {medians['behind nginx'] / max(medians['straight to gunicorn'], 1):.2f}")
     shutil.rmtree(directory, ignore_errors=True)
     return 0
 
