@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fhir_client import FhirSettings, checked_allowed_server
-from .outbound import is_base_url
+from .outbound import describe_host, is_base_url
 
 
 def _number(name: str, default, kind=int):
@@ -32,7 +32,7 @@ def _base_url(name: str) -> str | None:
     url = (os.environ.get(name) or "").strip().rstrip("/")
     if url and not is_base_url(url):
         raise SystemExit(f"setting {name} must be an http(s) base URL without credentials, query or fragment, "
-                         f"got {url!r}")
+                         f"got {describe_host(url)}")
     return url or None
 
 

@@ -464,3 +464,11 @@ def test_key_server_redirect_is_not_followed(tmp_path, keys, key_server):
         assert elsewhere.hits == 0
     finally:
         elsewhere.server.shutdown()
+
+
+@pytest.mark.parametrize("url", ["cds.example.org", "https://cds.example.org/?x=1", "https://u:p@cds.example.org"])
+def test_a_public_base_url_that_is_not_a_base_url_stops_the_service(monkeypatch, url):
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", url)
+    with pytest.raises(SystemExit, match="CDS_PUBLIC_BASE_URL") as stopped:
+        Settings.from_env()
+    assert "u:p" not in str(stopped.value)

@@ -343,3 +343,16 @@ def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, 
     if isinstance(token, str):
         assert token not in reply.get_data(as_text=True)
     assert server.requests == []
+
+
+@pytest.mark.parametrize("entry", ["https://clinician:secret-pw@ehr.example.org/fhir", "ftp://ehr.example.org/fhir",
+                                   "https://ehr.example.org/fhir?tenant=1", "ehr.example.org/fhir"])
+def test_an_allowlist_entry_that_is_not_a_base_url_stops_the_service_in_one_line(monkeypatch, entry):
+    from cds_service.config import Settings
+
+    monkeypatch.setenv("CDS_FHIR_ALLOWED_SERVERS", f"https://good.example.org/fhir,{entry}")
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env()
+    message = str(stopped.value)
+    assert message.startswith("setting CDS_FHIR_ALLOWED_SERVERS:") and "\n" not in message
+    assert "secret-pw" not in message
