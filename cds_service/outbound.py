@@ -132,7 +132,7 @@ class _Watchdog:
                     if sock is not None:
                         try:
                             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw fd, TLS or not
-                        except OSError:
+                        except (OSError, TypeError):  # already closed; TypeError: not a socket (TLS in TLS)
                             pass
                 soonest = min(self._armed.values(), default=None)
                 self._wake.wait(None if soonest is None else max(soonest - now, 0.001))
