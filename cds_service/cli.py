@@ -40,9 +40,8 @@ def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
-    from .config import Settings
-
     from .auth import bound_base_urls
+    from .config import Settings
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
