@@ -12,6 +12,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def main() -> int:
     for megabytes in args.mb or [30.0]:
         raw = padded_body(megabytes)
         port = free_port()
-        directory = tempfile.mkdtemp(prefix="cds-mem-")
+        directory = tempfile.mkdtemp(prefix="cds-mem-")  # removed below
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
         env.update(CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{directory}/f.sqlite3", CDS_LOG_LEVEL="WARNING",
                    CDS_MAX_BODY_BYTES=str(len(raw) + 1))
@@ -90,6 +91,7 @@ def main() -> int:
         finally:
             service.terminate()
             service.wait(timeout=15)
+            shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

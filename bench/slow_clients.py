@@ -269,6 +269,13 @@ def main() -> int:
     args = parser.parse_args()
     raise_open_files(8192)
     directory = Path(tempfile.mkdtemp(prefix="cds-slow-"))
+    try:
+        return run(args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(args, directory: Path) -> int:
     pem, kid, trust = client_identity(directory)
 
     for target in ("straight to gunicorn", "behind nginx"):
@@ -315,7 +322,6 @@ def main() -> int:
         medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
         print("  medians: " + ", ".join(f"{name} {rate:.0f} req/s" for name, rate in medians.items())
               + f"; behind nginx / straight = {medians['behind nginx'] / max(medians['straight to gunicorn'], 1):.2f}")
-    shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

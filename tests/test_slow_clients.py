@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -55,6 +56,7 @@ def proxied_service():
         proxy.stop()
         service.terminate()
         service.wait(timeout=15)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_hooks_keep_answering_while_slow_and_idle_clients_hold_connections(proxied_service):
