@@ -1,4 +1,7 @@
 # spine-imaging CDS: the service image (also used by the compose seeder).
+# Publish it only behind a buffering reverse proxy: gunicorn gives a thread to each connection
+# that has started a request, so a few dozen slow clients stall it. docker-compose.yml runs
+# nginx with deploy/nginx/ in front; the service's port is not published there.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./

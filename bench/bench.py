@@ -312,7 +312,7 @@ class TokenMint:
         prefix = self.directory / f"tokens-{self.batches}"
         per_thread = math.ceil(count / threads)
         for thread in range(1, threads + 1):
-            tokens = (sign_token(TOKEN_ISSUER, self.pem, audience, TOKEN_KID, lifetime_seconds=600)
+            tokens = (sign_token(TOKEN_ISSUER, self.pem, audience, TOKEN_KID, lifetime_seconds=300)
                       for _ in range(per_thread))
             Path(f"{prefix}.{thread}").write_text("\n".join(tokens) + "\n")
         return prefix

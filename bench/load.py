@@ -1,4 +1,5 @@
-"""Load and fault run: sustained hook traffic, the FHIR server killed mid-run, a slow FHIR server.
+"""Load and fault run: sustained hook traffic, a trickling FHIR server beside a healthy one, the
+FHIR server killed mid-run, a slow FHIR server.
 
     .venv/bin/python bench/load.py                   # about a minute; --seconds 10 for a short run
 
@@ -6,6 +7,8 @@ Everything runs on loopback and stops by itself: every phase is bounded in time 
 requests. For each phase it prints what was sent, what came back (by status) and what was
 lost (no answer, or an answer slower than the budget allows) -- which must be nothing -- and,
 for the slow-server phase, the most threads and open sockets the service's processes held.
+In the trickling phase half the hooks name a server that sends a byte every 0.2 s: the other
+half, against the healthy server, must all be answered from it (200), not starved (412).
 """
 from __future__ import annotations
 
@@ -52,6 +55,23 @@ class SlowFhir(BaseHTTPRequestHandler):
             pass  # the service gave up long ago
 
 
+class TricklingFhir(BaseHTTPRequestHandler):
+    """Headers a byte every 0.2 s: every socket read succeeds, the answer never ends."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for byte in b"X-Padding: " + b"a" * 300:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the service let go at its budget
+
+
 def process_tree_usage(pid: int) -> tuple[int, int]:
     """(threads, open sockets) of a process and its children, from /proc."""
     pids = [pid]
@@ -75,10 +95,12 @@ def process_tree_usage(pid: int) -> tuple[int, int]:
     return threads, sockets
 
 
-def run_phase(name: str, url: str, bodies: list[bytes], seconds: float, concurrency: int, during=None,
-              watch_pid: int | None = None) -> dict:
+def run_phase(name: str, url: str, bodies: list[tuple[str, bytes]], seconds: float, concurrency: int,
+              during=None, watch_pid: int | None = None) -> dict:
+    """`bodies` are (label, body): statuses are also counted by label."""
     stop_at = time.monotonic() + seconds
     statuses: Counter = Counter()
+    by_label: Counter = Counter()
     lost: list[str] = []
     sent = 0
     lock = threading.Lock()
@@ -93,7 +115,7 @@ def run_phase(name: str, url: str, bodies: list[bytes], seconds: float, concurre
                 if sent >= MAX_REQUESTS_PER_PHASE:
                     return
                 sent += 1
-            body = bodies[n % len(bodies)]
+            label, body = bodies[n % len(bodies)]
             n += concurrency
             started = time.monotonic()
             try:
@@ -102,6 +124,7 @@ def run_phase(name: str, url: str, bodies: list[bytes], seconds: float, concurre
                 elapsed = time.monotonic() - started
                 with lock:
                     statuses[reply.status_code] += 1
+                    by_label[(label, reply.status_code)] += 1
                     if elapsed > ANSWER_LIMIT_SECONDS:
                         lost.append(f"answered in {elapsed:.1f} s")
                     if reply.status_code >= 500:
@@ -127,10 +150,16 @@ def run_phase(name: str, url: str, bodies: list[bytes], seconds: float, concurre
         list(pool.map(worker, range(concurrency)))
     received = sum(statuses.values())
     result = {"phase": name, "sent": sent, "received": received, "statuses": dict(statuses), "lost": len(lost),
-              "lost_kinds": dict(Counter(lost)), "peak_threads": peak[0], "peak_sockets": peak[1]}
+              "lost_kinds": dict(Counter(lost)), "peak_threads": peak[0], "peak_sockets": peak[1],
+              "by_label": dict(by_label)}
     print(f"{name:<34} sent {sent:>6}  received {received:>6}  by status {dict(sorted(statuses.items()))}  "
           f"lost {len(lost)}" + (f" {dict(Counter(lost))}" if lost else "")
           + (f"  peak threads {peak[0]}, sockets {peak[1]}" if watch_pid else ""), flush=True)
+    labels = sorted({label for label, _ in bodies})
+    if len(labels) > 1:
+        for label in labels:
+            counts = {status: count for (each, status), count in sorted(by_label.items()) if each == label}
+            print(f"{'':<4}{label:<30} by status {counts}", flush=True)
     return result
 
 
@@ -150,11 +179,15 @@ def main() -> int:
     slow.daemon_threads = True
     threading.Thread(target=slow.serve_forever, daemon=True).start()
     slow_base = f"http://127.0.0.1:{slow.server_address[1]}/fhir"
+    trickling = ThreadingHTTPServer(("127.0.0.1", 0), TricklingFhir)
+    trickling.daemon_threads = True
+    threading.Thread(target=trickling.serve_forever, daemon=True).start()
+    trickling_base = f"http://127.0.0.1:{trickling.server_address[1]}/fhir"
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cds-load-")
     env = dict(os.environ, CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{tmp}/load.sqlite3",
-               CDS_LOG_LEVEL="WARNING", CDS_FHIR_ALLOWED_SERVERS=f"{fhir_base},{slow_base}",
+               CDS_LOG_LEVEL="WARNING", CDS_FHIR_ALLOWED_SERVERS=f"{fhir_base},{slow_base},{trickling_base}",
                CDS_FHIR_BUDGET_SECONDS=str(BUDGET_SECONDS))
     service = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
                                 "--port", str(port), "--workers", "2", "--threads", "8"], env=env, cwd=ROOT,
@@ -165,37 +198,48 @@ def main() -> int:
             print("the service did not start", file=sys.stderr)
             return 1
 
-        def bodies(base: str, with_prefetch: bool) -> list[bytes]:
+        def bodies(base: str, with_prefetch: bool, label: str = "") -> list[tuple[str, bytes]]:
             out = []
             for patient_id in patients:
                 body = fixtures.hook_request(patient_id)
                 body["fhirServer"] = base
                 if not with_prefetch:
                     body["prefetch"] = {}
-                out.append(json.dumps(body).encode())
+                out.append((label, json.dumps(body).encode()))
             return out
 
-        mixed = [b for pair in zip(bodies(fhir_base, True), bodies(fhir_base, False)) for b in pair]
+        def alternate(first: list, second: list) -> list:
+            return [b for pair in zip(first, second) for b in pair]
+
+        mixed = alternate(bodies(fhir_base, True), bodies(fhir_base, False))
         print(f"service: 2 workers x 8 threads, FHIR budget {BUDGET_SECONDS} s; client: {args.concurrency} "
               f"concurrent; {args.seconds:.0f} s per phase; an answer counts as lost after "
               f"{ANSWER_LIMIT_SECONDS:.0f} s\n")
         results = [run_phase("1. sustained (half without prefetch)", url, mixed, args.seconds, args.concurrency)]
+        results.append(run_phase("2. trickling + healthy FHIR server", url,
+                                 alternate(bodies(trickling_base, False, "against the trickling server"),
+                                           bodies(fhir_base, False, "against the healthy server")),
+                                 args.seconds, args.concurrency))
+        starved = sum(count for (label, status), count in results[-1]["by_label"].items()
+                      if label == "against the healthy server" and status != 200)
 
         def kill_fhir():
             time.sleep(args.seconds / 2)
             fhir.process.kill()
 
-        results.append(run_phase("2. FHIR server killed mid-run", url, bodies(fhir_base, False), args.seconds,
+        results.append(run_phase("3. FHIR server killed mid-run", url, bodies(fhir_base, False), args.seconds,
                                  args.concurrency, during=kill_fhir))
-        results.append(run_phase("3. FHIR server answering in 10 s", url, bodies(slow_base, False), args.seconds,
+        results.append(run_phase("4. FHIR server answering in 10 s", url, bodies(slow_base, False), args.seconds,
                                  args.concurrency, watch_pid=service.pid))
         lost = sum(r["lost"] for r in results)
-        print(f"\nlost in all phases: {lost} (must be 0)")
-        return 0 if lost == 0 else 1
+        print(f"\nlost in all phases: {lost} (must be 0); hooks against the healthy server not answered 200 "
+              f"while the other trickled: {starved} (must be 0)")
+        return 0 if lost == 0 and starved == 0 else 1
     finally:
         service.terminate()
         service.wait(timeout=15)
         slow.shutdown()
+        trickling.shutdown()
         fhir.stop()
 
 

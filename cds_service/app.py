@@ -4,11 +4,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
+from collections.abc import Sequence
 
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, g, request
 from flask_cors import CORS
 
-from .auth import AuthError, Authenticator, load_trusted_issuers
+from .auth import AuthError, Authenticator, forwarded_base, load_trusted_issuers
 from .config import Settings
 from .discovery import SERVICE_HOOKS, discovery_document
 from .store import FeedbackError, Store
@@ -18,26 +20,60 @@ from .mappings import get_mappings
 
 log = logging.getLogger("cds_service.http")
 
+# Deeper JSON is refused (400): the service copies orders into its answer and stores feedback,
+# and Python's copy and json recurse. FHIR resources nest a dozen levels at most.
+MAX_JSON_DEPTH = 64
+
 
 def _json(body, status: int = 200) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+def _error(status: int, message: str, **details) -> Response:
+    g.reason = message  # for the answer's log line
+    return _json({"error": message, **details}, status)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def _credentials(body) -> list[str]:
+    """The strings under a request's fhirAuthorization: never to appear in a log line."""
+    found, stack = [], [body.get("fhirAuthorization")] if isinstance(body, dict) else []
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def _deeper_than(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) -> Flask:
+    """The WSGI app. `base_urls`: the URLs this server is called at by its bound address (`serve`
+    passes them); with CDS_PUBLIC_BASE_URL they are the only bases a token's aud may name."""
     settings = settings or Settings.from_env()
+    problem = settings.authentication_problem(base_urls)
+    if problem:
+        raise RuntimeError(problem)
     mappings = get_mappings(settings.mappings_dir)
     store = Store.from_settings(settings)
     discovery = discovery_document(mappings)
+    audience_bases = [url.rstrip("/") for url in [settings.public_base_url, *base_urls] if url]
     authenticator = None
     if settings.trusted_issuers is not None:
         authenticator = Authenticator(load_trusted_issuers(settings.trusted_issuers), settings.jwt_leeway_seconds,
-                                      store.first_use_of_token)
-    elif not settings.allow_unauthenticated:
-        raise RuntimeError(settings.authentication_problem())
+                                      store.first_use_of_token, max_lifetime_seconds=settings.jwt_max_lifetime_seconds)
     else:
         log.warning(json.dumps({"event": "startup", "warning": "AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1): "
                                 "any caller can use this service. Development only."}))
@@ -52,10 +88,23 @@ def create_app(settings: Settings | None = None) -> Flask:
         if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
             raise HookRequestError(415, f"send the body as application/json, not {request.mimetype}")
         raw = request.get_data(cache=False)
+        # Werkzeug stops a chunked body at the limit without a word: one more byte means it was longer.
+        if (request.content_length is None and len(raw) >= settings.max_body_bytes
+                and request.environ["wsgi.input"].read(1)):
+            abort(413)
+        too_deep = HookRequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
         try:
-            return json.loads(raw)
+            g.body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise HookRequestError(400, f"the request body is not valid JSON ({error})") from None
+        except RecursionError:
+            raise too_deep from None
+        # The prefetch (megabytes at times) is only read, never copied or re-encoded whole: walking
+        # it would cost as much as parsing it, and the parser's own recursion limit guards it.
+        checked = {k: v for k, v in g.body.items() if k != "prefetch"} if isinstance(g.body, dict) else g.body
+        if isinstance(checked, (dict, list)) and _deeper_than(checked, MAX_JSON_DEPTH):
+            raise too_deep
+        return g.body
 
     @app.errorhandler(413)
     def too_large(_error_):
@@ -71,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HookRequestError)
     def bad_request(error: HookRequestError):
-        return _json({"error": error.message, **error.details}, error.status)
+        return _error(error.status, error.message, **error.details)
 
     @app.errorhandler(Exception)
     def unexpected(error):
@@ -79,11 +128,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _error(500, "internal error: the hook could not be evaluated")
 
     def audiences() -> list[str]:
-        # aud must be the URL of the endpoint called; behind a proxy, the configured public URL.
-        urls = [request.base_url]
-        if settings.public_base_url:
-            urls.append(settings.public_base_url + request.path)
-        return urls
+        # aud must be the URL of the endpoint called, on a base this server knows it is called at:
+        # configured or bound, never the request's Host header (the caller chooses that).
+        bases = list(audience_bases)
+        if settings.trust_proxy:
+            bases += filter(None, [forwarded_base(request.headers)])
+        return [base + request.path for base in bases]
+
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()
 
     @app.before_request
     def authenticate():
@@ -94,12 +148,30 @@ def create_app(settings: Settings | None = None) -> Flask:
         try:
             authenticator.verify(request.headers.get("Authorization"), audiences())
         except AuthError as error:
-            log.info(json.dumps({"event": "auth-refused", "path": request.path, "reason": error.reason}))
             response = _error(401, error.reason)
-            description = error.reason.replace('"', "'")
-            response.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{description}"'
+            # Nothing from the token goes into a header (CR/LF, NUL or non-Latin-1 would break it).
+            response.headers["WWW-Authenticate"] = ('Bearer realm="cds-services", error="invalid_token"'
+                                                    if request.headers.get("Authorization") else
+                                                    'Bearer realm="cds-services"')
             return response
         return None
+
+    @app.after_request
+    def log_answer(response: Response) -> Response:
+        # One line per answer, whatever its status; never a token or a credential.
+        entry = {"event": "answer", "method": request.method, "path": request.path[:200],
+                 "status": response.status_code,
+                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
+        body = g.get("body")
+        if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
+            entry["hookInstance"] = body["hookInstance"][:100]
+        if response.status_code >= 400:
+            reason = str(g.get("reason", response.status))[:500]
+            for secret in _credentials(body):
+                reason = reason.replace(secret, "[redacted]")
+            entry["reason"] = reason
+        log.log(logging.WARNING if response.status_code >= 500 else logging.INFO, json.dumps(entry))
+        return response
 
     @app.get("/healthz")
     def healthz():

@@ -7,8 +7,14 @@ Trusted issuers come from the JSON file named by CDS_TRUSTED_ISSUERS:
                                  "jku_allowlist": ["https://ehr.example.org/jwks.json"]}}
 
 A token's `jku` header is honoured only when it is on its issuer's allowlist; otherwise the
-issuer's configured keys are used. Keys from a URL are cached and refreshed when a token
-names an unknown `kid`. A `jti` seen before (within the token's life) is refused.
+issuer's configured keys are used. Keys from a URL are cached; a token naming an unknown `kid`
+refetches them at most every JWKS_REFRESH_MIN_SECONDS, and a URL that fails is not tried again
+before a growing back-off, so unauthenticated requests cannot make the service hammer (or wait
+on) a slow key server. A `jti` seen before (within the token's life) is refused, and so is a
+token meant to live longer than the configured maximum.
+
+Reasons are shown to the caller in the JSON body only (token fields quoted with `_shown`); the
+`WWW-Authenticate` header never carries anything taken from the token.
 """
 from __future__ import annotations
 
@@ -19,12 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
-import requests
 from jwt import PyJWK
+
+from .outbound import Outbound, OutboundError, describe_host, is_base_url
 
 ACCEPTED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 JWKS_REFRESH_MIN_SECONDS = 30  # an unknown kid refetches a JWKS at most this often
-JWKS_FETCH_TIMEOUT = 3
+JWKS_FETCH_SECONDS = 3  # the whole fetch, on the socket
+JWKS_MAX_BYTES = 1024 * 1024
+JWKS_BACKOFF_SECONDS = (5, 300)  # after a failed fetch: first pause, doubling up to the second
+
+
+def _shown(value, limit: int = 80) -> str:
+    """A token field fit to quote in an answer or a log: JSON-escaped (no CR/LF/NUL) and short."""
+    text = json.dumps(value if isinstance(value, (str, int, float, bool, type(None))) else str(value),
+                      ensure_ascii=True)
+    return text if len(text) <= limit else text[:limit] + '..."'
 
 
 class AuthError(Exception):
@@ -83,34 +99,63 @@ def load_trusted_issuers(path: Path) -> dict[str, Issuer]:
     return issuers
 
 
+@dataclass
+class _UrlKeys:
+    """The keys read from one JWKS URL, and whether that URL may be fetched again yet."""
+
+    keys: dict[str, PyJWK] = field(default_factory=dict)
+    fetched_at: float = float("-inf")  # time.monotonic() of the last attempt
+    failures: int = 0  # consecutive failed fetches
+    fetching: threading.Lock = field(default_factory=threading.Lock)  # one fetch per URL at a time
+
+    def may_fetch(self) -> bool:
+        if self.failures:
+            first, most = JWKS_BACKOFF_SECONDS
+            pause = min(most, first * 2 ** (self.failures - 1))
+        else:
+            pause = JWKS_REFRESH_MIN_SECONDS  # a kid missing from fresh keys is not worth a refetch yet
+        return time.monotonic() >= self.fetched_at + pause
+
+
 class Authenticator:
     def __init__(self, issuers: dict[str, Issuer], leeway_seconds: float, replay_guard,
-                 fetch=None):
+                 fetch=None, max_lifetime_seconds: float = 300.0):
         self.issuers = issuers
         self.leeway = leeway_seconds
+        self.max_lifetime = max_lifetime_seconds
         self.replay_guard = replay_guard  # callable(iss, jti, exp) -> True when first seen
         self._fetch = fetch or self._fetch_jwks
+        self._outbound: Outbound | None = None
         self._lock = threading.Lock()
-        self._url_keys: dict[str, tuple[float, dict[str, PyJWK]]] = {}
+        self._url_keys: dict[str, _UrlKeys] = {}
 
-    @staticmethod
-    def _fetch_jwks(url: str) -> dict:
-        reply = requests.get(url, timeout=JWKS_FETCH_TIMEOUT)
-        reply.raise_for_status()
-        return reply.json()
+    def _fetch_jwks(self, url: str) -> dict:
+        with self._lock:
+            self._outbound = self._outbound or Outbound(pool_maxsize=2)
+        try:
+            reply = self._outbound.get(url, {"Accept": "application/json"}, time.monotonic() + JWKS_FETCH_SECONDS,
+                                       JWKS_MAX_BYTES)
+        except OutboundError as error:
+            raise ValueError(f"the key server {error}") from None
+        if reply.status != 200:  # a redirect included: keys come only from the configured URL
+            raise ValueError(f"the key server answered HTTP {reply.status}")
+        return json.loads(reply.body)
 
     def _keys_at(self, url: str, kid: str) -> dict[str, PyJWK]:
         with self._lock:
-            fetched_at, keys = self._url_keys.get(url, (0.0, {}))
-            stale = kid not in keys and time.monotonic() - fetched_at > JWKS_REFRESH_MIN_SECONDS
-        if stale or not keys:
-            try:
-                keys = _keys_from_jwks(self._fetch(url), url)
-            except (requests.RequestException, ValueError, TrustConfigError) as error:
-                raise AuthError(f"the signing keys at {url} could not be read") from error
-            with self._lock:
-                self._url_keys[url] = (time.monotonic(), keys)
-        return keys
+            cached = self._url_keys.setdefault(url, _UrlKeys())
+        if kid not in cached.keys and cached.may_fetch():
+            with cached.fetching:
+                if kid not in cached.keys and cached.may_fetch():  # not fetched while this one waited
+                    cached.fetched_at = time.monotonic()
+                    try:
+                        cached.keys = _keys_from_jwks(self._fetch(url), url)
+                        cached.failures = 0
+                    except (ValueError, TrustConfigError, RecursionError):
+                        cached.failures += 1
+        if cached.failures and not cached.keys:
+            raise AuthError(f"the signing keys at {describe_host(url)} could not be read")
+        return cached.keys
 
     def _key_for(self, issuer: Issuer, header: dict) -> PyJWK:
         kid = header.get("kid")
@@ -123,7 +168,7 @@ class Authenticator:
             keys = issuer.keys
         key = keys.get(kid)
         if key is None:
-            raise AuthError(f"no trusted key with kid '{kid}' for issuer {issuer.iss}")
+            raise AuthError(f"no trusted key with kid {_shown(kid)} for issuer {_shown(issuer.iss)}")
         return key
 
     def verify(self, authorization: str | None, audiences: list[str]) -> dict:
@@ -139,15 +184,20 @@ class Authenticator:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise AuthError("the bearer token is not a JWT") from None
+        except (RecursionError, UnicodeError, TypeError):
+            raise AuthError("the bearer token is not a JWT") from None
         algorithm = header.get("alg")
         if algorithm not in ACCEPTED_ALGORITHMS:
-            raise AuthError(f"signing algorithm '{algorithm}' is not accepted (use one of {', '.join(ACCEPTED_ALGORITHMS)})")
-        if not header.get("kid"):
-            raise AuthError("the JWT header has no 'kid'")
+            raise AuthError(f"signing algorithm {_shown(algorithm)} is not accepted "
+                            f"(use one of {', '.join(ACCEPTED_ALGORITHMS)})")
+        if not header.get("kid") or not isinstance(header["kid"], str):
+            raise AuthError("the JWT header has no 'kid' string")
+        if not isinstance(header.get("jku", ""), str):
+            raise AuthError("the JWT header's 'jku' is not a string")
         iss = unverified.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise AuthError(f"issuer '{iss}' is not trusted")
+            raise AuthError(f"issuer {_shown(iss)} is not trusted")
         key = self._key_for(issuer, header)
         try:
             claims = jwt.decode(
@@ -157,7 +207,8 @@ class Authenticator:
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired") from None
         except jwt.InvalidAudienceError:
-            raise AuthError("the token's aud is not this endpoint's URL") from None
+            expected = " or ".join(audiences) or "(none configured: set CDS_PUBLIC_BASE_URL)"
+            raise AuthError(f"the token's aud is not this endpoint's URL (expected {expected})") from None
         except jwt.ImmatureSignatureError:
             raise AuthError("the token's iat or nbf is in the future") from None
         except jwt.MissingRequiredClaimError as error:
@@ -166,12 +217,45 @@ class Authenticator:
             raise AuthError("the token's signature does not verify") from None
         except jwt.PyJWTError as error:
             raise AuthError(f"the token is not valid ({type(error).__name__})") from None
+        except OverflowError:  # an exp or iat of 1e400
+            raise AuthError("the token's exp, iat or nbf is not a usable time") from None
         except (TypeError, ValueError):
             # e.g. an RS384 header naming an EC key: the key cannot check this signature
             raise AuthError("the token's signature does not verify with the key its kid names") from None
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self.max_lifetime + self.leeway:
+            raise AuthError(f"the token is meant to live {lifetime:.0f} s (exp - iat); at most "
+                            f"{self.max_lifetime:.0f} s are accepted (CDS_JWT_MAX_LIFETIME_SECONDS)")
         if not self.replay_guard(iss, str(claims["jti"]), float(claims["exp"])):
             raise AuthError("this token (jti) was already used")
         return claims
+
+
+def bound_base_urls(host: str, port: int) -> list[str]:
+    """The base URLs a server bound to host:port is called at, as far as its address says: a
+    loopback address also by `localhost`; a wildcard address (0.0.0.0, ::) says nothing."""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return []
+    loopback = {"127.0.0.1": ["127.0.0.1", "localhost"], "localhost": ["127.0.0.1", "localhost"],
+                "::1": ["[::1]", "localhost"]}
+    names = loopback.get(host, [f"[{host}]" if ":" in host else host])
+    return [f"http://{name}:{port}" for name in names]
+
+
+def forwarded_base(headers) -> str | None:
+    """The base URL a reverse proxy says the client called (RFC 7239 Forwarded, else X-Forwarded-Proto
+    and -Host); only for CDS_TRUST_PROXY, when the proxy sets these headers itself."""
+    forwarded = headers.get("Forwarded", "")
+    if forwarded:
+        first = forwarded.split(",")[0]
+        pairs = dict(part.strip().split("=", 1) for part in first.split(";") if "=" in part)
+        proto, host = pairs.get("proto", "").strip('"'), pairs.get("host", "").strip('"')
+    else:
+        proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+        host = headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    base = f"{proto.lower()}://{host}"
+    return base if proto and host and "/" not in host and is_base_url(base) else None
 
 
 def sign_token(issuer: str, private_key_pem: bytes, audience: str, kid: str, algorithm: str = "ES384",

@@ -97,11 +97,13 @@ def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
+    from .auth import bound_base_urls
     from .config import Settings
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    problem = settings.authentication_problem()
+    base_urls = bound_base_urls(args.host, args.port)  # a token's aud may name these (and CDS_PUBLIC_BASE_URL)
+    problem = settings.authentication_problem(base_urls)
     if problem:
         raise CliError(f"refusing to start: {problem}")
     checked_mappings(settings.mappings_dir)
@@ -142,7 +144,7 @@ def cmd_serve(args) -> int:
             self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            return create_app(settings)
+            return create_app(settings, base_urls)
 
     print(f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services "
           f"({args.workers} workers x {args.threads} threads)", file=sys.stderr, flush=True)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fhir_client import FhirSettings, normalise_base
+from .fhir_client import FhirSettings, checked_allowed_server
+from .outbound import describe_host, is_base_url
 
 
 def _number(name: str, default, kind=int):
@@ -38,6 +40,21 @@ def _mode() -> str:
     if mode not in MODES:
         raise SystemExit(f"setting CDS_MODE must be live or shadow, got {mode!r}")
     return mode
+def _allowed_servers(name: str) -> frozenset[str]:
+    try:
+        return frozenset(checked_allowed_server(url) for url in os.environ.get(name, "").split(",") if url.strip())
+    except ValueError as error:
+        raise SystemExit(f"setting {name}: {error}") from None
+
+
+def _base_url(name: str) -> str | None:
+    url = (os.environ.get(name) or "").strip().rstrip("/")
+    if url and not is_base_url(url):
+        raise SystemExit(f"setting {name} must be an http(s) base URL without credentials, query or fragment, "
+                         f"got {describe_host(url)}")
+    return url or None
+
+
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,9 @@ class Settings:
     trusted_issuers: Path | None = None
     allow_unauthenticated: bool = False
     public_base_url: str | None = None
+    trust_proxy: bool = False
     jwt_leeway_seconds: float = 5.0
+    jwt_max_lifetime_seconds: float = 300.0
     fhir: FhirSettings = FhirSettings(allowed_servers=frozenset())
     database_url: str | None = None  # None: the SQLite file feedback_db
     patient_hash_key: str | None = None  # None: a random key kept in the database
@@ -71,25 +90,31 @@ class Settings:
             log_level=os.environ.get("CDS_LOG_LEVEL", "INFO").upper(),
             trusted_issuers=Path(os.environ["CDS_TRUSTED_ISSUERS"]) if os.environ.get("CDS_TRUSTED_ISSUERS") else None,
             allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
-            public_base_url=(os.environ.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            public_base_url=_base_url("CDS_PUBLIC_BASE_URL"),
+            trust_proxy=_flag("CDS_TRUST_PROXY"),
             jwt_leeway_seconds=_number("CDS_JWT_LEEWAY_SECONDS", 5.0, float),
             database_url=os.environ.get("CDS_DATABASE_URL") or None,
             patient_hash_key=os.environ.get("CDS_PATIENT_HASH_KEY") or None,
             mode=_mode(),
             dashboard_token=os.environ.get("CDS_DASHBOARD_TOKEN") or None,
             record_evaluations=_flag("CDS_RECORD_EVALUATIONS", default=True),
+            jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float),
             fhir=FhirSettings(
-                allowed_servers=frozenset(normalise_base(url) for url in
-                                          os.environ.get("CDS_FHIR_ALLOWED_SERVERS", "").split(",") if url.strip()),
+                allowed_servers=_allowed_servers("CDS_FHIR_ALLOWED_SERVERS"),
                 budget_seconds=_number("CDS_FHIR_BUDGET_SECONDS", 2.0, float),
                 max_pages=_number("CDS_FHIR_MAX_PAGES", 20),
                 concurrency=_number("CDS_FHIR_CONCURRENCY", 8),
+                max_response_bytes=_number("CDS_FHIR_MAX_RESPONSE_BYTES", 16 * 1024 * 1024),
             ),
         )
 
-    def authentication_problem(self) -> str | None:
-        """Why the service must not start as configured (None when it may)."""
+    def authentication_problem(self, base_urls: Sequence[str] = ()) -> str | None:
+        """Why the service must not start as configured (None when it may); `base_urls` are the
+        URLs the server is reached at by its bound address (see auth.bound_base_urls)."""
         if self.trusted_issuers is None and not self.allow_unauthenticated:
             return ("no trusted CDS clients: set CDS_TRUSTED_ISSUERS to a trusted-issuers JSON file "
                     "(see README), or CDS_ALLOW_UNAUTHENTICATED=1 for development only")
+        if self.trusted_issuers is not None and not (self.public_base_url or base_urls or self.trust_proxy):
+            return ("no URL is known that a client's token may name as its aud: set CDS_PUBLIC_BASE_URL to the "
+                    "base URL clients call (a wildcard bind address such as 0.0.0.0 does not say it)")
         return None

@@ -1,35 +1,48 @@
 """FHIR access, second source: read from the EHR's FHIR server what the prefetch did not hold.
 
-Only servers on the allowlist are called. Queries are the discovery prefetch templates, run
-concurrently on a bounded pool over one pooled `requests` session, following `next` links
-(same server only) up to a page cap, retrying idempotent GETs on 429/502/503/504 with
-backoff, and stopping at a total time budget: whatever is not back by then stays unread and
-the rules say so. The access token is sent to the FHIR server and never logged.
+Only servers on the allowlist are called, and the same check (`outbound.within`) decides it for
+the `fhirServer`, for every redirect and for every `next` link: redirects and next links must
+stay under the hook's `fhirServer` base, the only server its access token is meant for.
+Queries are the discovery prefetch templates, run concurrently on a bounded pool per allowed
+server (so one slow server cannot take the workers another needs) over one pooled session,
+retrying idempotent GETs on 429/502/503/504 with backoff. Every read ends at the hook's time
+budget, on the socket, and each answer is refused beyond CDS_FHIR_MAX_RESPONSE_BYTES decoded
+bytes; whatever is not back stays unread and the rules say so. The access token is never logged.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
+from urllib.parse import quote, urljoin
 
 from .data_sources import EXPECTED_TYPES, ClinicalData, read_prefetch_value
+from .outbound import Outbound, OutboundError, describe_host, is_base_url, within
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 502, 503, 504}
 RETRY_BACKOFF_SECONDS = (0.05, 0.15, 0.4)
+MAX_REDIRECTS = 5
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
+# RFC 6750's b64token is stricter; any visible ASCII keeps opaque tokens working and the header intact.
+ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def normalise_base(url: str) -> str:
     return url.strip().rstrip("/")
+
+
+def checked_allowed_server(url: str) -> str:
+    """An allowlist entry, normalised; ValueError saying why it cannot be one."""
+    base = normalise_base(url)
+    if not is_base_url(base):
+        raise ValueError(f"{describe_host(base)} is not an http(s) base URL without credentials, query or fragment")
+    return base
 
 
 @dataclass(frozen=True)
@@ -37,10 +50,18 @@ class FhirSettings:
     allowed_servers: frozenset[str]
     budget_seconds: float = 2.0
     max_pages: int = 20
-    concurrency: int = 8
+    concurrency: int = 8  # per allowed server
+    max_response_bytes: int = 16 * 1024 * 1024
 
-    def allows(self, base: str | None) -> bool:
-        return bool(base) and normalise_base(base) in self.allowed_servers
+    def server_for(self, fhir_server) -> str | None:
+        """The allowlist entry `fhir_server` falls under (the longest), or None when it is not allowed."""
+        if not is_base_url(fhir_server):
+            return None
+        matches = [allowed for allowed in self.allowed_servers if within(fhir_server, allowed)]
+        return max(matches, key=len) if matches else None
+
+    def allows(self, fhir_server) -> bool:
+        return self.server_for(fhir_server) is not None
 
 
 class _Budget:
@@ -55,47 +76,79 @@ class FetchFailed(Exception):
     pass
 
 
+class FhirAuthorizationError(ValueError):
+    """The hook's fhirAuthorization cannot be sent; the message never holds the token."""
+
+
+def authorization_header(body: dict) -> str | None:
+    auth = body.get("fhirAuthorization")
+    if not isinstance(auth, dict) or auth.get("access_token") in (None, ""):
+        return None
+    token = auth["access_token"]
+    if not isinstance(token, str) or not ACCESS_TOKEN.fullmatch(token):
+        raise FhirAuthorizationError("fhirAuthorization.access_token must be a string of visible ASCII characters "
+                                     "(an RFC 6750 bearer token)")
+    return f"Bearer {token}"
+
+
 class FhirFetcher:
-    """One per server process: the pool and the session are shared by every hook call."""
+    """One per server process: the session and the per-server pools are shared by every hook call."""
 
     def __init__(self, settings: FhirSettings):
         self.settings = settings
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=max(settings.concurrency, 4), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="fhir")
+        self.outbound = Outbound(pool_connections=max(8, len(settings.allowed_servers)),
+                                 pool_maxsize=max(settings.concurrency, 4))
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
 
+    def _pool(self, allowed_server: str) -> ThreadPoolExecutor:
+        with self._lock:
+            if allowed_server not in self._pools:
+                self._pools[allowed_server] = ThreadPoolExecutor(max_workers=self.settings.concurrency,
+                                                                 thread_name_prefix="fhir")
+            return self._pools[allowed_server]
+
     # ------------------------------------------------------------------ one query
-    def _get(self, url: str, headers: dict, budget: _Budget) -> requests.Response:
-        for attempt in range(len(RETRY_BACKOFF_SECONDS) + 1):
-            left = budget.left()
-            if left <= 0.01:
-                raise FetchFailed("the time budget ran out")
-            try:
-                reply = self.session.get(url, headers=headers, timeout=(min(left, 1.0), left))
-            except requests.Timeout:
-                raise FetchFailed("the FHIR server did not answer within the time budget") from None
-            except requests.RequestException as error:
-                raise FetchFailed(f"the FHIR server could not be reached ({type(error).__name__})") from None
-            if reply.status_code not in RETRY_STATUSES or attempt == len(RETRY_BACKOFF_SECONDS):
+    def _get_once(self, url: str, headers: dict, budget: _Budget):
+        try:
+            return self.outbound.get(url, headers, budget.deadline, self.settings.max_response_bytes)
+        except OutboundError as error:
+            setting = " (CDS_FHIR_MAX_RESPONSE_BYTES)" if error.kind == "too-large" else ""
+            raise FetchFailed(f"the FHIR server {error}{setting}") from None
+
+    def _get(self, url: str, base: str, headers: dict, budget: _Budget):
+        """The answer to a GET: retried on 429/502/503/504, redirected only within `base`."""
+        redirects = attempt = 0
+        while True:
+            reply = self._get_once(url, headers, budget)
+            if reply.status in (301, 302, 303, 307, 308) and reply.headers.get("Location"):
+                url = urljoin(url, reply.headers["Location"])
+                if not within(url, base):
+                    raise FetchFailed(f"the FHIR server redirected outside its base {describe_host(base)}; "
+                                      "not followed")
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise FetchFailed(f"the FHIR server redirected more than {MAX_REDIRECTS} times; not followed")
+                continue
+            if reply.status not in RETRY_STATUSES or attempt == len(RETRY_BACKOFF_SECONDS):
                 return reply
             pause = RETRY_BACKOFF_SECONDS[attempt]
+            attempt += 1
             retry_after = reply.headers.get("Retry-After", "")
             if retry_after.isdigit():
                 pause = max(pause, float(retry_after))
             if pause >= budget.left():
                 return reply
             time.sleep(pause)
-        raise FetchFailed("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _json(reply: requests.Response) -> dict:
+    def _json(status: int, content: bytes) -> dict:
         try:
-            body = reply.json()
-        except ValueError:
-            raise FetchFailed(f"the FHIR server answered HTTP {reply.status_code} with a body that is not JSON") from None
+            body = json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            raise FetchFailed(f"the FHIR server answered HTTP {status} with a body that is not JSON") from None
+        except RecursionError:
+            raise FetchFailed("the FHIR server answered JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise FetchFailed("the FHIR server answered JSON that is not a FHIR resource")
         return body
@@ -103,26 +156,26 @@ class FhirFetcher:
     def _fetch_key(self, base: str, key: str, query: str, headers: dict, budget: _Budget) -> dict:
         """The prefetch value for one key: a resource, or a Bundle of every page."""
         url = f"{base}/{query}"
-        pages, entries, first = 0, [], None
+        pages, entries = 0, []
         while url:
-            reply = self._get(url, headers, budget)
-            if reply.status_code in (401, 403):
-                raise FetchFailed(f"the FHIR server refused access (HTTP {reply.status_code})")
-            body = self._json(reply)
-            if reply.status_code >= 400 or body.get("resourceType") == "OperationOutcome":
-                if key == "patient" and reply.status_code == 404:
+            reply = self._get(url, base, headers, budget)
+            status = reply.status
+            if status in (401, 403):
+                raise FetchFailed(f"the FHIR server refused access (HTTP {status})")
+            body = self._json(status, reply.body)
+            if status >= 400 or body.get("resourceType") == "OperationOutcome":
+                if key == "patient" and status == 404:
                     raise FetchFailed("the patient was not found on the FHIR server")
                 text = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in body.get("issue", [])
-                                 if isinstance(i, dict)) or f"HTTP {reply.status_code}"
+                                 if isinstance(i, dict)) or f"HTTP {status}"
                 raise FetchFailed(f"the FHIR server answered an error ({text})")
             if body.get("resourceType") != "Bundle":
                 return body
-            first = first or body
             entries.extend(body.get("entry") or [])
             pages += 1
             url = next((link.get("url") for link in body.get("link") or []
                         if isinstance(link, dict) and link.get("relation") == "next"), None)
-            if url and not normalise_base(url).startswith(base):
+            if url and not within(url, base):
                 raise FetchFailed("a next link points away from the FHIR server; not followed")
             if url and pages >= self.settings.max_pages:
                 raise FetchFailed(f"more than {self.settings.max_pages} pages of results (CDS_FHIR_MAX_PAGES)")
@@ -130,12 +183,16 @@ class FhirFetcher:
 
     # ------------------------------------------------------------------ one hook
     def fill(self, data: ClinicalData, body: dict, templates: dict[str, str], wanted: list[str]) -> dict:
-        """Fetch `wanted` keys into `data`; returns per-key timings in ms (for the log and the benchmark)."""
+        """Fetch `wanted` keys into `data` from the hook's (allowed) fhirServer; returns per-key timings
+        in ms (for the log and the benchmark). FhirAuthorizationError when the access token cannot be sent."""
         base = normalise_base(body.get("fhirServer") or "")
-        auth = body.get("fhirAuthorization") if isinstance(body.get("fhirAuthorization"), dict) else {}
-        headers = {"Accept": FHIR_JSON, "Prefer": "handling=strict"}
-        if auth.get("access_token"):
-            headers["Authorization"] = f"Bearer {auth['access_token']}"
+        allowed_server = self.settings.server_for(base)
+        if allowed_server is None:
+            raise ValueError(f"{describe_host(base)} is not on the allowlist")
+        headers = {"Accept": FHIR_JSON, "Accept-Encoding": "gzip", "Prefer": "handling=strict"}
+        authorization = authorization_header(body)
+        if authorization:
+            headers["Authorization"] = authorization
         context = body.get("context") or {}
         budget = _Budget(self.settings.budget_seconds)
         timings: dict[str, float] = {}
@@ -150,7 +207,8 @@ class FhirFetcher:
             finally:
                 timings[key] = (time.perf_counter() - started) * 1000
 
-        futures = {self.pool.submit(task, key): key for key in wanted}
+        pool = self._pool(allowed_server)
+        futures = {pool.submit(task, key): key for key in wanted}
         done, pending = wait(futures, timeout=max(budget.left(), 0))
         for future in pending:
             future.cancel()
@@ -182,11 +240,6 @@ def _render(template: str, context: dict) -> str:
 def fetchable(data: ClinicalData) -> list[str]:
     """Prefetch keys worth asking the server for: absent, failed at the EHR, or paged."""
     return [key for key in EXPECTED_TYPES if key in data.unread]
-
-
-def describe_host(url: str | None) -> str:
-    parts = urlsplit(url or "")
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else str(url)
 
 
 def log_fetch(hook_instance: str, base: str, timings: dict, data: ClinicalData) -> None:

@@ -18,7 +18,7 @@ from .cards import build_card
 from .ids import new_uuid
 from .data_sources import ClinicalData, from_prefetch
 from .discovery import SERVICE_HOOKS, prefetch_templates
-from .fhir_client import FhirFetcher, describe_host, fetchable, log_fetch
+from .fhir_client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
 from .facts import extract_facts, find_mri_orders
 from .mappings import Mappings
 from .rules import decide
@@ -110,17 +110,25 @@ def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: 
         return data
     if fetcher is not None and fetcher.settings.allows(base):
         started = time.perf_counter()
-        timings = fetcher.fill(data, body, prefetch_templates(mappings), missing)
+        try:
+            timings = fetcher.fill(data, body, prefetch_templates(mappings), missing)
+        except FhirAuthorizationError as error:
+            raise HookRequestError(400, str(error)) from None
         result.timings_ms["fhir"] = (time.perf_counter() - started) * 1000
         result.timings_ms["fhir_slowest"] = max(timings.values(), default=0.0)
         result.timings_ms["fhir_sum"] = sum(timings.values())
         log_fetch(body.get("hookInstance", ""), base, timings, data)
-    elif isinstance(base, str) and base:
-        note = (f"the FHIR server {describe_host(base)} is not on this service's allowlist "
-                "(CDS_FHIR_ALLOWED_SERVERS): evaluated from the prefetch alone")
-        data.notes.append(note)
+        return data
+    if isinstance(base, str) and base:
+        why = "and the request's fhirServer is not on this service's allowlist (CDS_FHIR_ALLOWED_SERVERS)"
+        data.notes.append(f"the FHIR server {describe_host(base)} is not on this service's allowlist "
+                          "(CDS_FHIR_ALLOWED_SERVERS): evaluated from the prefetch alone")
         log.info(json.dumps({"event": "fhir-not-allowed", "hookInstance": body.get("hookInstance"),
                              "fhirServer": describe_host(base)}))
+    else:
+        why = "and the request names no fhirServer to read it from"
+    for key in missing:  # so a 412 says why each source stayed unread
+        data.unread[key] = f"{data.unread[key]}, {why}"
     return data
 
 

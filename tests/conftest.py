@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -44,32 +48,38 @@ def captured_sandbox():
 
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
-    """The real server (gunicorn, 2 workers) on a free loopback port, authentication off."""
-    import os
-    import subprocess
-    import sys
-
+@contextlib.contextmanager
+def running_service(env: dict, workers: int = 2, threads: int = 8):
+    """`cds-service serve` on a free loopback port with `env` added; yields {"base", "port", "process"}."""
     from cds_service.processes import free_port, wait_for_http
 
     port = free_port()
-    db = tmp_path_factory.mktemp("live") / "feedback.sqlite3"
-    env = dict(os.environ, CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=str(db), CDS_LOG_LEVEL="WARNING")
-    env.pop("CDS_TRUSTED_ISSUERS", None)
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("CDS_") or key == "CDS_LOCAL_FHIR_SERVER_BIN"}
+    environment.update(CDS_LOG_LEVEL="WARNING", **env)
     process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", "2", "--threads", "8"],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--port", str(port), "--workers", str(workers), "--threads", str(threads)],
+                               env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    if not wait_for_http(base + "/healthz", process):
-        process.kill()
-        pytest.fail("the live server did not start: " + process.stderr.read().decode()[-2000:])
-    yield {"base": base, "db": db, "process": process}
-    process.terminate()
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        if not wait_for_http(base + "/healthz", process):
+            process.kill()
+            pytest.fail("the service did not start: " + process.stderr.read().decode()[-2000:])
+        yield {"base": base, "port": port, "process": process}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """The real server (gunicorn, 2 workers) on a free loopback port, authentication off."""
+    db = tmp_path_factory.mktemp("live") / "feedback.sqlite3"
+    with running_service({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db)}) as server:
+        yield {**server, "db": db}
 
 
 @pytest.fixture(scope="session")

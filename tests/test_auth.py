@@ -14,7 +14,8 @@ from cds_service.auth import generate_key_pair, load_trusted_issuers, sign_token
 from cds_service.config import Settings
 
 SELECT = "/cds-services/spine-mri-order-select"
-URL = "http://localhost" + SELECT
+BASE = "http://localhost"  # where Flask's test client sends requests; passed to create_app as serve would
+URL = BASE + SELECT
 SANDBOX = "https://sandbox.cds-hooks.org"
 
 
@@ -43,7 +44,7 @@ def trust_file(tmp_path, keys, captured_sandbox):
 def client(tmp_path, trust_file):
     settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=2 * 1024 * 1024,
                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
-    return create_app(settings).test_client()
+    return create_app(settings, [BASE]).test_client()
 
 
 def body():
@@ -187,7 +188,7 @@ def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monke
     settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO",
                         trusted_issuers=tmp_path / "trusted-issuers.json")
-    assert post(create_app(settings).test_client(), printed).status_code == 200
+    assert post(create_app(settings, [BASE]).test_client(), printed).status_code == 200
 
 
 def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys):
@@ -226,3 +227,249 @@ def test_cors_allows_configured_origins(tmp_path):
         assert reply.headers.get("Access-Control-Allow-Origin") == origin
     other = client.options(SELECT, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert other.headers.get("Access-Control-Allow-Origin") is None
+
+
+# ------------------------------------------------------------------ which aud is accepted
+
+def test_401_names_the_audience_expected(client, keys):
+    reply = post(client, token(keys, aud="https://elsewhere.example" + SELECT))
+    assert reply.status_code == 401
+    assert URL in reply.get_json()["error"]
+
+
+def test_the_host_header_does_not_choose_the_audience(client, keys):
+    forged = token(keys, aud="http://evil.example" + SELECT)
+    reply = client.post(SELECT, json=body(), headers={"Authorization": f"Bearer {forged}", "Host": "evil.example"})
+    assert reply.status_code == 401
+    assert "http://evil.example" not in reply.get_json()["error"]
+
+
+def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy(tmp_path, trust_file, keys):
+    def app(**extra):
+        settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
+                            cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file,
+                            **extra)
+        return create_app(settings).test_client()
+
+    public = app(public_base_url="https://cds.example.org/spine")
+    assert post(public, token(keys, aud="https://cds.example.org/spine" + SELECT)).status_code == 200
+    assert post(public, token(keys)).status_code == 401  # localhost is not where this one is called
+
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "proxy.example.org"}
+    forwarded = {"Forwarded": 'for=10.0.0.1;proto=https;host="proxy.example.org"'}
+    for headers in (proxied, forwarded):
+        claims_for_proxy = token(keys, aud="https://proxy.example.org" + SELECT)
+        untrusting = public.post(SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers})
+        assert untrusting.status_code == 401
+        trusting = app(public_base_url="https://cds.example.org/spine", trust_proxy=True)
+        accepted = trusting.post(SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers})
+        assert accepted.status_code == 200
+
+
+def test_no_known_base_url_refuses_to_start(tmp_path, trust_file, monkeypatch, capsys):
+    from cds_service.cli import main
+
+    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
+                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
+    with pytest.raises(RuntimeError, match="CDS_PUBLIC_BASE_URL"):
+        create_app(settings)
+    monkeypatch.setenv("CDS_TRUSTED_ISSUERS", str(trust_file))
+    monkeypatch.delenv("CDS_PUBLIC_BASE_URL", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "CDS_PUBLIC_BASE_URL" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, keys):
+    """`cds-service serve` on 127.0.0.1 with authentication on, trusting our keys."""
+    from conftest import running_service
+
+    directory = tmp_path_factory.mktemp("live-auth")
+    trust = directory / "trusted-issuers.json"
+    trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}}}))
+    with running_service({"CDS_TRUSTED_ISSUERS": str(trust), "CDS_FEEDBACK_DB": str(directory / "f.sqlite3")},
+                         workers=1, threads=4) as server:
+        yield server
+
+
+def live_post(live, bearer: str, headers=None):
+    import requests
+
+    return requests.post(live["base"] + SELECT, json=body(), timeout=10,
+                         headers={"Authorization": f"Bearer {bearer}", **(headers or {})})
+
+
+def test_served_on_loopback_its_bound_address_is_the_audience(live, keys):
+    for host in ("127.0.0.1", "localhost"):
+        assert live_post(live, token(keys, aud=f"http://{host}:{live['port']}{SELECT}")).status_code == 200
+
+
+def test_served_the_host_header_and_x_forwarded_proto_choose_nothing(live, keys):
+    # gunicorn turns X-Forwarded-Proto from loopback into an https request URL: it must not count.
+    https = live_post(live, token(keys, aud=f"https://127.0.0.1:{live['port']}{SELECT}"),
+                      {"X-Forwarded-Proto": "https"})
+    assert https.status_code == 401
+    other_host = live_post(live, token(keys, aud=f"http://evil.example{SELECT}"), {"Host": "evil.example"})
+    assert other_host.status_code == 401
+    assert f"http://127.0.0.1:{live['port']}{SELECT}" in other_host.json()["error"]
+
+
+# ------------------------------------------------------------------ token fields never break an answer
+
+HOSTILE_VALUES = ["kid\r\nSet-Cookie: stolen=1", "nul\x00kid", "\u65e5\u672c\u8a9e-\u00e9", "q\"uote\\", "x" * 5000]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+@pytest.mark.parametrize("field", ["kid", "iss", "alg"])
+def test_hostile_token_fields_answer_401_and_stay_out_of_headers(live, keys, field, value):
+    if field == "kid":
+        bearer = token(keys, kid=value)
+    elif field == "iss":
+        bearer = token(keys, iss=value)
+    else:
+        bearer = forged({"alg": value, "kid": "ehr-es384"})
+    reply = live_post(live, bearer)
+    assert reply.status_code == 401, reply.text
+    assert reply.headers["WWW-Authenticate"] == 'Bearer realm="cds-services", error="invalid_token"'
+    assert len(reply.json()["error"]) < 300
+
+
+def forged(header: dict, payload: dict | None = None) -> str:
+    """A JWT PyJWT would not sign (its header checks refuse these), with a signature that does not matter."""
+    import base64
+
+    def part(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(payload or claims())}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("header", [{"kid": ["a", "list"]}, {"kid": {"an": "object"}}, {"kid": 7},
+                                    {"kid": "ehr-es384", "jku": ["x"]}, {"kid": "ehr-es384", "jku": {"u": 1}}])
+def test_token_header_fields_of_the_wrong_type_answer_401(client, header):
+    reply = post(client, forged({"alg": "ES384", **header}))
+    assert reply.status_code == 401
+
+
+def test_exp_beyond_any_clock_answers_401(client, keys):
+    reply = post(client, jwt.encode({**claims(), "exp": 1e400}, keys["es"], algorithm="ES384",
+                                    headers={"kid": "ehr-es384"}))
+    assert reply.status_code == 401
+
+
+# ------------------------------------------------------------------ token lifetime
+
+def test_token_lifetime_is_capped(client, keys):
+    now = int(time.time())
+    assert post(client, token(keys, iat=now, exp=now + 300)).status_code == 200  # the sandbox's 5 minutes
+    long_lived = post(client, token(keys, iat=now, exp=now + 3600))
+    assert long_lived.status_code == 401
+    assert "CDS_JWT_MAX_LIFETIME_SECONDS" in long_lived.get_json()["error"]
+
+
+# ------------------------------------------------------------------ a slow or failing key server
+
+class KeyServer:
+    """A JWKS URL on loopback: `mode` is "slow" (answers after 2 s), "fail" (500), "empty" (no keys),
+    "redirect" (302 to `target`), or "ok" (our keys)."""
+
+    def __init__(self, jwks: dict):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        owner = self
+        self.mode, self.hits, self.target = "ok", 0, None
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.hits += 1
+                if owner.mode == "slow":
+                    time.sleep(2)
+                if owner.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", owner.target)
+                    self.end_headers()
+                    return
+                payload = json.dumps({"keys": [] if owner.mode == "empty" else jwks["keys"]}).encode()
+                self.send_response(500 if owner.mode == "fail" else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def key_server(keys):
+    server = KeyServer({"keys": keys["jwks"]})
+    yield server
+    server.server.shutdown()
+
+
+def authenticator_for(tmp_path, url):
+    from cds_service.auth import Authenticator
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"https://ehr.example.org": {"jwks_url": url}}))
+    seen = set()
+    return Authenticator(load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)))
+
+
+@pytest.mark.parametrize("mode", ["fail", "slow", "empty"])
+def test_unusable_key_server_is_not_asked_again_for_every_request(tmp_path, keys, key_server, monkeypatch, mode):
+    from cds_service import auth as auth_module
+    from cds_service.auth import AuthError
+
+    monkeypatch.setattr(auth_module, "JWKS_FETCH_SECONDS", 0.5)
+    key_server.mode = mode
+    authenticator = authenticator_for(tmp_path, key_server.url)
+    for _ in range(20):  # e.g. an attacker's tokens, each naming a kid nobody has
+        with pytest.raises(AuthError):
+            authenticator.verify("Bearer " + token(keys, kid=str(uuid.uuid4())), [URL])
+    assert key_server.hits == 1
+
+
+def test_key_server_is_asked_again_after_its_back_off(tmp_path, keys, key_server, monkeypatch):
+    from cds_service import auth as auth_module
+    from cds_service.auth import AuthError
+
+    monkeypatch.setattr(auth_module, "JWKS_BACKOFF_SECONDS", (0.2, 1))
+    key_server.mode = "fail"
+    authenticator = authenticator_for(tmp_path, key_server.url)
+    with pytest.raises(AuthError, match="could not be read"):
+        authenticator.verify("Bearer " + token(keys), [URL])
+    key_server.mode = "ok"
+    time.sleep(0.3)
+    authenticator.verify("Bearer " + token(keys), [URL])
+    assert key_server.hits == 2
+
+
+def test_key_server_redirect_is_not_followed(tmp_path, keys, key_server):
+    from cds_service.auth import AuthError
+
+    elsewhere = KeyServer({"keys": keys["jwks"]})
+    try:
+        key_server.mode, key_server.target = "redirect", elsewhere.url
+        with pytest.raises(AuthError, match="could not be read"):
+            authenticator_for(tmp_path, key_server.url).verify("Bearer " + token(keys), [URL])
+        assert elsewhere.hits == 0
+    finally:
+        elsewhere.server.shutdown()
+
+
+@pytest.mark.parametrize("url", ["cds.example.org", "https://cds.example.org/?x=1", "https://u:p@cds.example.org"])
+def test_a_public_base_url_that_is_not_a_base_url_stops_the_service(monkeypatch, url):
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", url)
+    with pytest.raises(SystemExit, match="CDS_PUBLIC_BASE_URL") as stopped:
+        Settings.from_env()
+    assert "u:p" not in str(stopped.value)

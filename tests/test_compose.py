@@ -1,6 +1,7 @@
 """docker-compose.yml cannot run here (no Docker engine): check it agrees with the code instead."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -17,15 +18,31 @@ SETTINGS_NAMES = {"CDS_TRUSTED_ISSUERS", "CDS_PUBLIC_BASE_URL", "CDS_FHIR_ALLOWE
 
 def test_services_and_pinned_images():
     services = COMPOSE["services"]
-    assert set(services) == {"hapi", "postgres", "cds", "seeder"}
-    assert not services["postgres"]["image"].endswith(":latest")
-    image = services["hapi"]["image"]
-    assert image.startswith("hapiproject/hapi:") and not image.endswith(":latest")
+    assert set(services) == {"hapi", "postgres", "cds", "proxy", "seeder"}
+    for name, repository in (("hapi", "hapiproject/hapi:"), ("proxy", "nginx:"), ("postgres", "postgres:")):
+        image = services[name]["image"]
+        assert image.startswith(repository) and not image.endswith(":latest")
+
+
+def test_only_the_proxy_publishes_the_service():
+    """Slow clients stall gunicorn: clients reach the service through nginx only (deploy/nginx/)."""
+    services = COMPOSE["services"]
+    assert "ports" not in services["cds"]
+    proxy = services["proxy"]
+    assert "8765:8765" in proxy["ports"]
+    environment = proxy["environment"]
+    template = (ROOT / "deploy" / "nginx" / "cds.conf.template").read_text()
+    assert set(re.findall(r"\$\{(CDS_[A-Z_]+)\}", template)) == set(environment)
+    assert environment["CDS_PROXY_LISTEN"] == "8765" and environment["CDS_UPSTREAM"] == "cds:8765"
+    assert int(environment["CDS_MAX_BODY_BYTES"]) == Settings.from_env().max_body_bytes
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in proxy["volumes"]}
+    assert mounts["/etc/nginx/nginx.conf"] == "./deploy/nginx/nginx.conf"
+    assert mounts["/etc/nginx/templates/cds.conf.template"] == "./deploy/nginx/cds.conf.template"
+    assert services["cds"]["environment"]["CDS_PUBLIC_BASE_URL"] == "http://localhost:8765"  # tokens name the proxy
 
 
 def test_ports_match_the_service_and_the_fhir_base():
     services = COMPOSE["services"]
-    assert "8765:8765" in services["cds"]["ports"]
     assert "8080:8080" in services["hapi"]["ports"]
     assert services["cds"]["environment"]["CDS_FHIR_ALLOWED_SERVERS"] == "http://hapi:8080/fhir"
     assert "http://hapi:8080/fhir" in services["seeder"]["command"]

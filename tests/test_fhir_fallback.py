@@ -124,6 +124,21 @@ def test_server_not_on_the_allowlist_is_never_called(fhir_server, mappings, clie
     assert "not on this service's allowlist" in card["detail"]
 
 
+@pytest.mark.parametrize("server,why", [
+    ("https://not-allowed.example/fhir", "fhirServer is not on this service's allowlist (CDS_FHIR_ALLOWED_SERVERS)"),
+    (None, "names no fhirServer"),
+])
+def test_412_says_why_the_fhir_server_was_not_read(client, server, why):
+    body = without_prefetch("lbp-acute-simple", server, keep=("patient",))
+    if server is None:
+        del body["fhirServer"]
+    reply = client.post("/cds-services/spine-mri-order-select", json=body)
+    assert reply.status_code == 412
+    missing = reply.get_json()["missing"]
+    assert set(missing) == set(EXPECTED_TYPES) - {"patient"}
+    assert all(why in reason for reason in missing.values()), missing
+
+
 def test_http_hook_with_allowed_server(fhir_server, tmp_path):
     from cds_service.app import create_app
     from cds_service.config import Settings
@@ -142,7 +157,8 @@ def test_http_hook_with_allowed_server(fhir_server, tmp_path):
 # ------------------------------------------------------------------ faults
 
 class StubFhir(BaseHTTPRequestHandler):
-    """Paths: /slow/fhir/... sleeps, /err/fhir 500, /flaky/fhir 503 then 200, /auth/fhir 401, /junk/fhir not JSON."""
+    """Paths: /slow/fhir/... sleeps, /err/fhir 500, /flaky/fhir 503 then 200, /auth/fhir 401, /junk/fhir not JSON,
+    /trickle/fhir sends its headers a byte every 0.1 s (for 20 s at most)."""
 
     calls: dict[str, int] = {}
     received_auth: list[str] = []
@@ -181,6 +197,12 @@ class StubFhir(BaseHTTPRequestHandler):
             self._send(401, json.dumps({"resourceType": "OperationOutcome", "issue": []}).encode())
         elif mode == "junk":
             self._send(200, b"<html>maintenance</html>", "text/html")
+        elif mode == "trickle":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for byte in b"X-Padding: " + b"a" * 200:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
         else:
             self._send(404, b"{}")
 
@@ -277,3 +299,47 @@ def test_a_3000_entry_result_is_paged_through(fhir_server, mappings):
     data = from_prefetch(body["prefetch"])
     capped.fill(data, body, prefetch_templates(mappings), ["observations"])
     assert "pages" in data.unread["observations"]
+
+
+def test_a_trickling_server_does_not_starve_hooks_against_another(fhir_server, stub, mappings):
+    """Hooks against a server that sends a byte every 0.1 s (each socket read succeeds, none ends),
+    arriving all the time, must not take the FHIR workers that hooks against a healthy server need."""
+    slow_base, healthy_base = f"{stub}/trickle/fhir", fhir_server.base_url
+    fetcher = FhirFetcher(FhirSettings(allowed_servers=frozenset({slow_base, healthy_base}), budget_seconds=1.5,
+                                       concurrency=4))
+    slow_statuses = []
+    stop_at = time.monotonic() + 5
+
+    def slow_traffic():
+        while time.monotonic() < stop_at:
+            try:
+                evaluate_hook("spine-mri-order-select", without_prefetch("lbp-acute-simple", slow_base), mappings,
+                              fetcher=fetcher)
+                slow_statuses.append(200)
+            except HookRequestError as error:
+                slow_statuses.append(error.status)
+
+    slow_clients = [threading.Thread(target=slow_traffic) for _ in range(6)]  # 48 queries for 4 workers, again and again
+    for thread in slow_clients:
+        thread.start()
+        time.sleep(0.1)
+    time.sleep(1)
+    cases = [case for case in MANIFEST if case["patient"] in ("lbp-cauda-equina", "lbp-acute-simple",
+                                                              "neck-myelopathy-wwo")]
+    healthy = {}
+
+    def healthy_hook(case):
+        try:
+            result = evaluate_hook("spine-mri-order-select", without_prefetch(case["patient"], healthy_base),
+                                   mappings, fetcher=fetcher)
+            healthy[case["patient"]] = [e.verdict for e in result.evaluations]
+        except HookRequestError as error:  # starved: nothing read in time
+            healthy[case["patient"]] = error.status
+
+    healthy_hooks = [threading.Thread(target=healthy_hook, args=(case,)) for case in cases]
+    for thread in healthy_hooks:
+        thread.start()
+    for thread in healthy_hooks + slow_clients:
+        thread.join(30)
+    assert healthy == {case["patient"]: [case["expected_verdict"]] for case in cases}
+    assert slow_statuses and set(slow_statuses) == {412}  # nothing ever came back from the trickling server

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -141,3 +142,91 @@ def test_ids_are_unique_version_4_uuids_and_differ_after_fork():
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     assert child != new_uuid() and child not in made
+# ------------------------------------------------------------------ nesting, chunked bodies, log lines
+
+def nest(depth: int):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_at(where: str, depth: int) -> tuple[str, str]:
+    """(path, raw body) with `depth` levels of arrays at `where`."""
+    deep = json.dumps(nest(depth)) if depth < 500 else "[" * depth + "]" * depth
+    if where == "feedback":
+        return SELECT + "/feedback", json.dumps({"feedback": [
+            {"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z",
+             "acceptedSuggestions": [{"id": "DEEP"}]}]}).replace('"DEEP"', deep)
+    body = copy.deepcopy(BASE_REQUEST)
+    if where == "order":
+        body["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = "DEEP"
+    elif where == "prefetch":
+        body["prefetch"]["conditions"]["entry"].append({"resource": {"resourceType": "Condition", "code": "DEEP"}})
+    else:
+        body["extension"] = "DEEP"
+    return SELECT, json.dumps(body).replace('"DEEP"', deep)
+
+
+@pytest.mark.parametrize("depth", [100, 500, 900, 5000, 100_000])
+@pytest.mark.parametrize("where", ["order", "prefetch", "feedback", "extension"])
+def test_deeply_nested_json_is_400_never_500(client, where, depth):
+    path, raw = nested_at(where, depth)
+    reply = client.post(path, data=raw, content_type="application/json")
+    if where == "prefetch" and depth < 5000:
+        # Only read, never copied: the parser's own recursion limit (near 1,000 levels) guards it.
+        assert reply.status_code in (200, 400), reply.get_data(as_text=True)[:300]
+    else:
+        assert reply.status_code == 400, reply.get_data(as_text=True)[:300]
+        assert "deeper than 64 levels" in reply.get_json()["error"]
+
+
+@pytest.fixture(scope="module")
+def small_body_server(tmp_path_factory):
+    from conftest import running_service
+
+    db = tmp_path_factory.mktemp("small-body") / "f.sqlite3"
+    with running_service({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db),
+                          "CDS_MAX_BODY_BYTES": str(64 * 1024)}, workers=1, threads=4) as server:
+        yield server
+
+
+def chunked(data: bytes):
+    for start in range(0, len(data), 4096):
+        yield data[start:start + 4096]
+
+
+def test_chunked_body_over_the_limit_is_413_not_cut(small_body_server):
+    body = copy.deepcopy(BASE_REQUEST)
+    body["extension"] = {"padding": "x" * (100 * 1024)}  # valid JSON that a cut would make invalid
+    reply = requests.post(small_body_server["base"] + SELECT, data=chunked(json.dumps(body).encode()),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert reply.status_code == 413
+    assert "CDS_MAX_BODY_BYTES" in reply.json()["error"]
+    # Under the limit, the same route takes a chunked body whole.
+    small = requests.post(small_body_server["base"] + SELECT, data=chunked(json.dumps(BASE_REQUEST).encode()),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert small.status_code == 200 and small.json()["cards"]
+
+
+def test_every_answer_leaves_one_log_line_without_credentials(client, caplog, captured_sandbox):
+    import logging
+
+    answers = []
+    secret_body = copy.deepcopy(BASE_REQUEST)
+    secret_body["fhirAuthorization"] = "SECRET-TOKEN-IN-THE-WRONG-PLACE"  # a 400 whose reason quotes it
+    with caplog.at_level(logging.INFO, logger="cds_service.http"):
+        answers.append(client.post(SELECT, json=BASE_REQUEST).status_code)
+        answers.append(client.post(SELECT, json=secret_body).status_code)
+        answers.append(client.post(SELECT + "/feedback", json=captured_sandbox["feedback"]).status_code)  # unknown card
+        answers.append(client.post(SELECT + "/feedback", json={"feedback": "no"}).status_code)
+        answers.append(client.post(SELECT, data=b"{not json", content_type="application/json").status_code)
+        answers.append(client.get("/no/such/path").status_code)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if '"event": "answer"' in r.getMessage()]
+    assert [line["status"] for line in lines] == answers == [200, 400, 400, 400, 400, 404]
+    assert [line["method"] for line in lines] == ["POST"] * 5 + ["GET"]
+    assert lines[0]["hookInstance"] == BASE_REQUEST["hookInstance"] and "reason" not in lines[0]
+    assert "fhirAuthorization" in lines[1]["reason"] and "[redacted]" in lines[1]["reason"]
+    assert lines[2]["path"] == SELECT + "/feedback"
+    assert all(line["reason"] for line in lines[3:]) and all(line["duration_ms"] >= 0 for line in lines)
+    assert "SECRET" not in "\n".join(r.getMessage() for r in caplog.records)
