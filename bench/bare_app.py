@@ -11,7 +11,7 @@ changes how it reads a body or writes a response (e.g. another JSON library), ch
 """
 from __future__ import annotations
 
-import json
+import orjson
 
 from flask import Flask, Response, request
 
@@ -19,11 +19,11 @@ app = Flask(__name__)
 
 
 def parse(raw: bytes):
-    return json.loads(raw)  # as app.py's read_json
+    return orjson.loads(raw)  # as app.py's read_json
 
 
 def answer(body) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")  # as app.py's _json
+    return Response(orjson.dumps(body), mimetype="application/json")  # as app.py's _json
 
 
 @app.post("/cds-services/<service_id>")

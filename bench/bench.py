@@ -508,10 +508,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (Python client: concurrency)")
     parser.add_argument("--timeout", type=int, default=30, help="seconds before a request counts as timed out")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", "2")),
-                        help="gunicorn workers, both servers (default: CDS_WORKERS or the service's 2)")
-    parser.add_argument("--server-threads", type=int, default=int(os.environ.get("CDS_THREADS", "8")),
-                        help="gunicorn threads per worker, both servers (default: CDS_THREADS or the service's 8)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", "4")),
+                        help="gunicorn workers, both servers (default: CDS_WORKERS or the service's 4)")
+    parser.add_argument("--server-threads", type=int, default=int(os.environ.get("CDS_THREADS", "2")),
+                        help="gunicorn threads per worker, both servers (default: CDS_THREADS or the service's 2)")
     parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS),
                         help="extra row sets; give the flag alone for none")
     parser.add_argument("--variant-sizes", type=int, nargs="+", default=[200],

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+
+import orjson
 import time
 from collections.abc import Sequence
 
@@ -26,7 +28,7 @@ MAX_JSON_DEPTH = 64
 
 
 def _json(body, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 def _error(status: int, message: str, **details) -> Response:
@@ -46,6 +48,15 @@ def _credentials(body) -> list[str]:
         elif isinstance(value, list):
             stack.extend(value)
     return found
+
+
+def _lenient_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HookRequestError(400, f"the request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise HookRequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 def _deeper_than(value, limit: int) -> bool:
@@ -94,11 +105,11 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) 
             abort(413)
         too_deep = HookRequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
         try:
-            g.body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise HookRequestError(400, f"the request body is not valid JSON ({error})") from None
-        except RecursionError:
-            raise too_deep from None
+            g.body = orjson.loads(raw)  # (orjson: a third of the stdlib parser's time, same objects)
+        except orjson.JSONDecodeError as error:
+            if "recursion" in str(error).lower():
+                raise too_deep from None
+            g.body = _lenient_json(raw)  # numbers beyond 64 bits, Infinity: what orjson refuses, json reads
         # The prefetch (megabytes at times) is only read, never copied or re-encoded whole: walking
         # it would cost as much as parsing it, and the parser's own recursion limit guards it.
         checked = {k: v for k, v in g.body.items() if k != "prefetch"} if isinstance(g.body, dict) else g.body
@@ -165,6 +176,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) 
         body = g.get("body")
         if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
             entry["hookInstance"] = body["hookInstance"][:100]
+        entry.update(g.get("log_details", {}))
         if response.status_code >= 400:
             reason = str(g.get("reason", response.status))[:500]
             for secret in _credentials(body):
@@ -192,12 +204,13 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) 
         result = evaluate_hook(service_id, body, mappings, fetcher=fetcher)
         if result.evaluations and settings.record_evaluations:
             store.record(order_records(service_id, body, result, mappings, settings.mode))
-        log.info(json.dumps({
-            "event": "hook", "service": service_id, "hookInstance": body.get("hookInstance"),
+        # what the hook decided goes on the answer's one log line
+        g.log_details = {
+            "service": service_id,
             "patient": store.patient_hash(body["context"].get("patientId")), "cards": len(result.response["cards"]),
             "verdicts": [e.verdict for e in result.evaluations], "mode": settings.mode,
             "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
-        }))
+        }
         if settings.mode == "shadow":
             return _json({"cards": []})  # evaluated and recorded: the baseline before go-live
         return _json(result.response)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -185,9 +186,17 @@ class Mappings:
                     found.extend(self.match_coding(coding.get("system"), coding.get("code")))
         return _unique(found)
 
+    @cached_property
+    def _medication_name_pattern(self) -> re.Pattern:
+        # one scan of the text for every ingredient name (substring matches, as the names are written)
+        names = sorted({name for name, _ in self.medication_names}, key=len, reverse=True)
+        return re.compile("|".join(re.escape(name) for name in names) or r"(?!)")
+
     def match_medication_name(self, text: str) -> list[Concept]:
         """Ingredient-name fallback for medications coded at product level or not at all."""
         lowered = text.lower()
+        if not self._medication_name_pattern.search(lowered):
+            return []  # the usual case: no ingredient the rules read
         hits = []
         for name, concept in self.medication_names:
             if name in lowered and not any(word in lowered for word in concept.excluded_name_words):

@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "PAMA rating: appropriate (indicated-urgent)" in run.stdout
     # cards on the terminal, the service's JSON log lines in its log file
     assert '"level"' not in run.stdout + run.stderr
-    assert '"event": "hook"' in (tmp_path / "var" / "demo" / "service.log").read_text()
+    assert '"verdicts": ["' in (tmp_path / "var" / "demo" / "service.log").read_text()
 
 
 def test_evaluate_prints_the_response(capsys):
