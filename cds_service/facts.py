@@ -7,6 +7,7 @@ says what is there, when, and where it came from.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import date, datetime
 
 from .codesystems import short_system
@@ -154,11 +155,11 @@ def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOr
 
 # ---------------------------------------------------------------------------- facts
 
-def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
-    facts = Facts(as_of=as_of, order=order, unread_sources=dict(data.unread), skipped=list(data.notes))
+def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
+    """The facts of the patient's record, the same for every order of one hook call."""
+    facts = Facts(as_of=as_of, order=None, unread_sources=dict(data.unread), skipped=list(data.notes))
     facts.concept_labels = mappings.concept_labels
     _patient_facts(facts, data.patient)
-    _order_reasons(facts, order, mappings, as_of)
     for condition in data.of("conditions"):
         _guarded(facts, condition, _condition_facts, mappings)
     for observation in data.of("observations"):
@@ -170,6 +171,19 @@ def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of
     for key in ("imagingStudies", "diagnosticReports", "serviceRequests"):
         for resource in data.of(key):
             _guarded(facts, resource, _imaging_facts, mappings)
+    return facts
+
+
+def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date,
+                  record: Facts | None = None) -> Facts:
+    """The facts for one order: its own reasons first, then the record's (`record` when already read)."""
+    record = record or record_facts(data, mappings, as_of)
+    facts = replace(record, order=order, findings=[], medications=list(record.medications),
+                    therapy_procedures=list(record.therapy_procedures), prior_imaging=list(record.prior_imaging),
+                    set_aside=list(record.set_aside), unread_sources=dict(record.unread_sources),
+                    skipped=list(record.skipped))
+    _order_reasons(facts, order, mappings, as_of)
+    facts.findings.extend(record.findings)
     return facts
 
 

@@ -19,7 +19,7 @@ from .ids import new_uuid
 from .data_sources import ClinicalData, from_prefetch
 from .discovery import SERVICE_HOOKS, prefetch_templates
 from .fhir_client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
-from .facts import extract_facts, find_mri_orders
+from .facts import extract_facts, find_mri_orders, record_facts
 from .mappings import Mappings
 from .rules import decide
 
@@ -148,8 +148,9 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
     data = data or gather(body, mappings, fetcher, result)
     result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
     cards, rating_actions, clearing_actions = [], [], []
+    record = record_facts(data, mappings, as_of)  # read once, shared by every order of the call
     for order in orders:
-        facts = extract_facts(order, data, mappings, as_of)
+        facts = extract_facts(order, data, mappings, as_of, record)
         verdict = decide(facts)
         consult_id = f"urn:uuid:{new_uuid()}"
         built = build_card(order, verdict, mappings, consult_id)

@@ -77,7 +77,7 @@ class Facts:
     """Everything the rules need about one order, extracted from FHIR, with provenance."""
 
     as_of: date
-    order: MriOrder
+    order: MriOrder | None  # None for the record's facts shared by every order of a call
     age: int | None = None
     sex: str | None = None
     findings: list[Evidence] = field(default_factory=list)  # red flags and episode conditions

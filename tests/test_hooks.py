@@ -381,3 +381,18 @@ def test_long_summaries_are_cut_under_140_characters():
 
     summary = _summary(Verdict(code="low-value", variant_id=None, decisive_reason="x" * 300))
     assert len(summary) < 140 and summary.endswith("…")
+
+
+def test_orders_of_one_call_share_the_record_but_not_each_others_reasons(client):
+    # two MRIs signed together: one states cauda equina as its reason, the other states nothing
+    body = fixtures.hook_request("lbp-acute-simple", "order-sign")
+    entries = body["context"]["draftOrders"]["entry"]
+    mri = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
+    urgent = copy.deepcopy(mri)
+    urgent["resource"]["id"] = "urgent-mri"
+    urgent["resource"]["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "192970008",
+                                                     "display": "Cauda equina syndrome"}]}]
+    entries.append(urgent)
+    cards = client.post(SIGN, json=body).get_json()["cards"]
+    by_order = {("urgent-mri" in card["detail"]): card["indicator"] for card in cards}
+    assert by_order == {True: "critical", False: "warning"}
