@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service import fixtures  # noqa: E402
 from cds_service.auth import generate_key_pair, sign_token  # noqa: E402
-from cds_service.processes import free_port, wait_for_http  # noqa: E402
+from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 DEPLOY = ROOT / "deploy" / "nginx"
 SELECT = "/cds-services/spine-mri-order-select"
@@ -106,12 +106,7 @@ class LocalNginx:
         raise RuntimeError("nginx did not listen within 10 s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from .processes import die_with_parent
+from .processes import die_with_parent, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 FHIR_JSON = "application/fhir+json"
@@ -69,12 +69,7 @@ class LocalFhirServer:
         raise RuntimeError(f"the FHIR server did not answer /metadata within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

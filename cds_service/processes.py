@@ -40,3 +40,13 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the demo's own signal handlers still stop its children
+
+
+def stop_process(process, seconds: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `seconds`."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -2,11 +2,9 @@
 single use of each token. No timing is asserted here; bench/bench.py measures."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,19 +12,13 @@ from pathlib import Path
 import pytest
 
 from cds_service.hooks import evaluate_hook
+from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
-
-bench = load_module("bench")
+bench = load_bench("bench")
 
 
 def verdicts(body: dict, mappings) -> list[str]:
@@ -135,7 +127,7 @@ def test_wrk_script_posts_the_body_and_uses_each_token_once(tmp_path):
 
 
 def test_bare_app_parses_the_body_and_answers_empty_cards():
-    bare = load_module("bare_app").app.test_client()
+    bare = load_bench("bare_app").app.test_client()
     assert bare.post("/cds-services/spine-mri-order-select", data=b'{"hook": "order-select"}',
                      content_type="application/json").get_json() == {"cards": []}
     assert bare.post("/cds-services/spine-mri-order-select", data=b"{not json",
@@ -143,7 +135,7 @@ def test_bare_app_parses_the_body_and_answers_empty_cards():
 
 
 def test_instruction_count_is_read_from_valgrind_output():
-    instructions = load_module("instructions")
+    instructions = load_bench("instructions")
     output = "==2206== Events    : Ir\n==2206== Collected : 328,314,011\n==2206==\n==2206== I   refs:      328,314,011\n"
     assert instructions.parse_collected(output) == 328_314_011
     with pytest.raises(RuntimeError, match="no count"):

@@ -7,10 +7,8 @@ to each connection that has started a request): `bench/slow_clients.py` shows bo
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,16 +17,10 @@ import pytest
 import requests
 
 from cds_service.processes import free_port
+from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 slow = load_bench("slow_clients")
