@@ -44,7 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service import fixtures  # noqa: E402
-from cds_service.processes import free_port, wait_for_http  # noqa: E402
+from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 BASE_PATIENT = "lbp-radic-failed-pt"
 FILLER_KEYS = ("observations", "conditions", "procedures", "medications")
@@ -232,13 +232,7 @@ class Server:
         return self
 
     def __exit__(self, *_exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the gunicorn master and its workers so far (NaN without /proc)."""

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service import fixtures  # noqa: E402
-from cds_service.processes import free_port, wait_for_http  # noqa: E402
+from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 
 def padded_body(megabytes: float) -> bytes:
@@ -89,8 +89,7 @@ def main() -> int:
                   f"{before['VmRSS'] / 1024:6.0f} MB, peak {after['VmHWM'] / 1024:6.0f} MB: "
                   f"{(after['VmHWM'] - before['VmRSS']) / 1024:5.0f} MB for this request", flush=True)
         finally:
-            service.terminate()
-            service.wait(timeout=15)
+            stop_process(service, 15)
             shutil.rmtree(directory, ignore_errors=True)
     return 0
 

@@ -49,6 +49,8 @@ def inner(side: str, size: int, calls: int) -> None:
         from cds_service.cli import configure_logging
         from cds_service.config import Settings
 
+        for key in [key for key in os.environ if key.startswith("CDS_")]:
+            del os.environ[key]  # not the shell's database, trust or mode
         os.environ.update(CDS_FEEDBACK_DB=str(Path(tempfile.mkdtemp()) / "instructions.sqlite3"),
                           CDS_ALLOW_UNAUTHENTICATED="1")
         configure_logging("INFO")

@@ -186,7 +186,8 @@ def main() -> int:
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cds-load-")
-    env = dict(os.environ, CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{tmp}/load.sqlite3",
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}  # not the shell's settings
+    env.update(CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{tmp}/load.sqlite3",
                CDS_LOG_LEVEL="WARNING", CDS_FHIR_ALLOWED_SERVERS=f"{fhir_base},{slow_base},{trickling_base}",
                CDS_FHIR_BUDGET_SECONDS=str(BUDGET_SECONDS))
     service = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",

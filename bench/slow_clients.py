@@ -291,8 +291,7 @@ def run(args, directory: Path) -> int:
         finally:
             if proxy:
                 proxy.stop()
-            service.terminate()
-            service.wait(timeout=15)
+            stop_process(service, 15)
 
     if args.wrk_seconds and shutil.which("wrk"):
         print(f"\nthroughput, order-select with full prefetch, authentication off, wrk 2 threads x 16 connections, "
@@ -312,8 +311,7 @@ def run(args, directory: Path) -> int:
                     print(f"  {name:<22} {line}", flush=True)
         finally:
             proxy.stop()
-            service.terminate()
-            service.wait(timeout=15)
+            stop_process(service, 15)
         medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
         print("  medians: " + ", ".join(f"{name} {rate:.0f} req/s" for name, rate in medians.items())
               + f"; behind nginx / straight = {medians['behind nginx'] / max(medians['straight to gunicorn'], 1):.2f}")

@@ -1,6 +1,7 @@
 """HTTP layer: routes, JSON in and out, error answers, CORS. No clinical logic here."""
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -28,7 +29,11 @@ MAX_JSON_DEPTH = 64
 
 
 def _json(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    try:
+        payload = orjson.dumps(body)
+    except orjson.JSONEncodeError:  # echoed request text orjson will not write (a lone surrogate)
+        payload = json.dumps(body, separators=(",", ":")).encode()
+    return Response(payload, status=status, mimetype="application/json")
 
 
 def _error(status: int, message: str, **details) -> Response:
@@ -50,13 +55,21 @@ def _credentials(body) -> list[str]:
     return found
 
 
+@functools.cache
+def _plotly_js() -> bytes:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().encode()
+
+
 def _lenient_json(raw: bytes):
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise HookRequestError(400, f"the request body is not valid JSON ({error})") from None
     except RecursionError:
         raise HookRequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
+    return body
 
 
 def _deeper_than(value, limit: int) -> bool:
@@ -70,15 +83,16 @@ def _deeper_than(value, limit: int) -> bool:
     return False
 
 
-def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) -> Flask:
+def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), migrate: bool = True) -> Flask:
     """The WSGI app. `base_urls`: the URLs this server is called at by its bound address (`serve`
-    passes them); with CDS_PUBLIC_BASE_URL they are the only bases a token's aud may name."""
+    passes them); with CDS_PUBLIC_BASE_URL they are the only bases a token's aud may name.
+    `migrate`: bring the database schema up to date (`serve` does it once, before forking workers)."""
     settings = settings or Settings.from_env()
     problem = settings.authentication_problem(base_urls)
     if problem:
         raise RuntimeError(problem)
     mappings = get_mappings(settings.mappings_dir)
-    store = Store.from_settings(settings)
+    store = Store.from_settings(settings, migrate=migrate)
     discovery = discovery_document(mappings)
     audience_bases = [url.rstrip("/") for url in [settings.public_base_url, *base_urls] if url]
     authenticator = None
@@ -109,7 +123,8 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) 
         except orjson.JSONDecodeError as error:
             if "recursion" in str(error).lower():
                 raise too_deep from None
-            g.body = _lenient_json(raw)  # numbers beyond 64 bits, Infinity: what orjson refuses, json reads
+            # what orjson refuses and json reads (Infinity, NaN, lone surrogates): accepted as before
+            g.body = _lenient_json(raw)
         # The prefetch (megabytes at times) is only read, never copied or re-encoded whole: walking
         # it would cost as much as parsing it, and the parser's own recursion limit guards it.
         checked = {k: v for k, v in g.body.items() if k != "prefetch"} if isinstance(g.body, dict) else g.body
@@ -254,11 +269,12 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = ()) 
 
     @app.get("/dashboard/plotly.min.js")
     def plotly_js():
-        # the charting library itself (public code), served from the installed package: no CDN
-        from plotly.offline import get_plotlyjs
-
-        return Response(get_plotlyjs(), mimetype="application/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})
+        # the charting library itself, from the installed package (no CDN), behind the same credential
+        refusal = dashboard_refusal()
+        if refusal is not None:
+            return refusal
+        return Response(_plotly_js(), mimetype="application/javascript",
+                        headers={"Cache-Control": "private, max-age=86400"})
 
     if settings.bench_bare_endpoint:
         @app.post("/_bench/bare")

@@ -69,8 +69,10 @@ MAX_TEXT_CHARS = 200
 
 # Text from the record (displays, ids, server messages) is data, never markup: CommonMark lets
 # any ASCII punctuation be backslash-escaped, and an escaped "<" or "[" can open neither an HTML
-# tag nor a link, so links in a card can only come from the service's own mappings.
-_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|~#!{}])")
+# tag nor a link, an escaped ":" or "@" no autolinked URL or e-mail address (GFM), so links in a
+# card can only come from the service's own mappings.
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|~#!{}:@])")
+_WWW = re.compile(r"(?i)\b(www)\.")  # GFM links "www.example.org" too
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
@@ -81,7 +83,7 @@ def _clean(text, limit: int = MAX_TEXT_CHARS) -> str:
 
 def md(text, limit: int = MAX_TEXT_CHARS * 2) -> str:
     """A string as literal markdown text: one line, markup characters escaped."""
-    return _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit))
+    return _WWW.sub(r"\1\\.", _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit)))
 
 
 def plain(text) -> str:

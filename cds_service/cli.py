@@ -149,7 +149,7 @@ def cmd_serve(args) -> int:
         def load(self):
             import gc
 
-            app = create_app(settings, base_urls)
+            app = create_app(settings, base_urls, migrate=False)  # migrated above, once
             # The mappings, schemas and code caches live as long as the worker: keep them out of
             # every collection, and collect young objects less often (a 1,000-resource body makes
             # hundreds of thousands of containers, each collection walking them). Measured with
@@ -246,6 +246,8 @@ def cmd_report(args) -> int:
 
     from .report import RENDERERS, Window, build_report, render_html
 
+    if args.format == "html" and not args.out:
+        raise CliError("--format html writes a file: add --out report.html")
     until = args.until or datetime.now(timezone.utc).date()
     since = args.since or until - timedelta(days=29)
     if since > until:
@@ -259,8 +261,6 @@ def cmd_report(args) -> int:
             raise CliError(f"cannot write {args.out}: {error.strerror or error}") from None
         print(f"{args.format} report of {report['orders']} orders ({since} to {until}) written to {args.out}")
     else:
-        if args.format == "html":
-            raise CliError("--format html writes a file: add --out report.html")
         sys.stdout.write(rendered)
     return 0
 

@@ -10,15 +10,18 @@ from .fhir_client import FhirSettings, checked_allowed_server
 from .outbound import describe_host, is_base_url
 
 
-def _number(name: str, default, kind=int):
+def _number(name: str, default, kind=int, minimum=None):
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
+    noun = "a whole number" if kind is int else "a number"
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError as error:
-        noun = "a whole number" if kind is int else "a number"
         raise SystemExit(f"setting {name} must be {noun}, got {raw!r}") from error
+    if minimum is not None and not value >= minimum:  # (also refuses nan)
+        raise SystemExit(f"setting {name} must be {noun} of at least {minimum}, got {raw!r}")
+    return value
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -33,6 +36,14 @@ def _flag(name: str, default: bool = False) -> bool:
 
 
 MODES = ("live", "shadow")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level() -> str:
+    level = os.environ.get("CDS_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise SystemExit(f"setting CDS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
 
 
 def _mode() -> str:
@@ -84,27 +95,27 @@ class Settings:
         return cls(
             feedback_db=Path(os.environ.get("CDS_FEEDBACK_DB", "var/cds-feedback.sqlite3")),
             mappings_dir=Path(mappings) if mappings else None,
-            max_body_bytes=_number("CDS_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            max_body_bytes=_number("CDS_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
             cors_origins=os.environ.get("CDS_CORS_ORIGINS", "*"),
             bench_bare_endpoint=_flag("CDS_BENCH_BARE_ENDPOINT"),
-            log_level=os.environ.get("CDS_LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(),
             trusted_issuers=Path(os.environ["CDS_TRUSTED_ISSUERS"]) if os.environ.get("CDS_TRUSTED_ISSUERS") else None,
             allow_unauthenticated=_flag("CDS_ALLOW_UNAUTHENTICATED"),
             public_base_url=_base_url("CDS_PUBLIC_BASE_URL"),
             trust_proxy=_flag("CDS_TRUST_PROXY"),
-            jwt_leeway_seconds=_number("CDS_JWT_LEEWAY_SECONDS", 5.0, float),
+            jwt_leeway_seconds=_number("CDS_JWT_LEEWAY_SECONDS", 5.0, float, minimum=0),
             database_url=os.environ.get("CDS_DATABASE_URL") or None,
             patient_hash_key=os.environ.get("CDS_PATIENT_HASH_KEY") or None,
             mode=_mode(),
             dashboard_token=os.environ.get("CDS_DASHBOARD_TOKEN") or None,
             record_evaluations=_flag("CDS_RECORD_EVALUATIONS", default=True),
-            jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float),
+            jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float, minimum=1),
             fhir=FhirSettings(
                 allowed_servers=_allowed_servers("CDS_FHIR_ALLOWED_SERVERS"),
-                budget_seconds=_number("CDS_FHIR_BUDGET_SECONDS", 2.0, float),
-                max_pages=_number("CDS_FHIR_MAX_PAGES", 20),
-                concurrency=_number("CDS_FHIR_CONCURRENCY", 8),
-                max_response_bytes=_number("CDS_FHIR_MAX_RESPONSE_BYTES", 16 * 1024 * 1024),
+                budget_seconds=_number("CDS_FHIR_BUDGET_SECONDS", 2.0, float, minimum=0.1),
+                max_pages=_number("CDS_FHIR_MAX_PAGES", 20, minimum=1),
+                concurrency=_number("CDS_FHIR_CONCURRENCY", 8, minimum=1),
+                max_response_bytes=_number("CDS_FHIR_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, minimum=1024),
             ),
         )
 

@@ -42,7 +42,7 @@ class ClinicalData:
         return self.resources.get(key, [])
 
 
-def _operation_outcome_text(outcome: dict) -> str:
+def operation_outcome_text(outcome: dict) -> str:
     issues = outcome.get("issue") if isinstance(outcome.get("issue"), list) else []
     texts = []
     for issue in issues:
@@ -65,7 +65,7 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
         return
     resource_type = value.get("resourceType")
     if resource_type == "OperationOutcome":
-        data.unread[key] = f"the EHR could not fetch it ({_operation_outcome_text(value)})"
+        data.unread[key] = f"the EHR could not fetch it ({operation_outcome_text(value)})"
         return
     if resource_type == expected and key == "patient":
         data.resources[key] = [value]
@@ -83,7 +83,7 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
         kind = resource.get("resourceType")
         search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
         if kind == "OperationOutcome":
-            failed.append(_operation_outcome_text(resource))
+            failed.append(operation_outcome_text(resource))
         elif search.get("mode") == "include" or (kind != expected and kind in ("Medication", "Patient")):
             if resource.get("id"):
                 data.included[f"{kind}/{resource['id']}"] = resource

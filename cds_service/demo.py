@@ -156,7 +156,7 @@ def run_demo(args) -> int:
 
     from . import fixtures
     from .fhir_server import LocalFhirServer, seed_bundle
-    from .processes import wait_for_http
+    from .processes import stop_process, wait_for_http
 
     patients = _check_patients(args.patients)
     checked_mappings()
@@ -217,12 +217,7 @@ The service keeps running at {base}/cds-services, reading the FHIR server at {fh
     finally:
         for signum in STOP_SIGNALS:  # finish cleaning up even if Ctrl-C is pressed again
             signal.signal(signum, signal.SIG_IGN)
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_process(server, 15)
         if fhir is not None:
             fhir.stop()
         for signum, handler in previous_handlers.items():

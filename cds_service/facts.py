@@ -150,7 +150,7 @@ def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOr
     _, order, coding = best
     display = (code or {}).get("text") or coding.get("display") or f"{coding.get('code')}"
     return MriOrder(reference=reference, resource=resource, region=order.region, contrast=order.contrast, display=display,
-                    code=f"{short_system(coding.get('system'))}|{coding.get('code')}")
+                    code=f"{short_system(coding.get('system'))}|{str(coding.get('code')).strip()[:64]}")
 
 
 # ---------------------------------------------------------------------------- facts
@@ -178,10 +178,8 @@ def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of
                   record: Facts | None = None) -> Facts:
     """The facts for one order: its own reasons first, then the record's (`record` when already read)."""
     record = record or record_facts(data, mappings, as_of)
-    facts = replace(record, order=order, findings=[], medications=list(record.medications),
-                    therapy_procedures=list(record.therapy_procedures), prior_imaging=list(record.prior_imaging),
-                    set_aside=list(record.set_aside), unread_sources=dict(record.unread_sources),
-                    skipped=list(record.skipped))
+    # the rules only read facts: the record's lists are shared, the findings get the order's own first
+    facts = replace(record, order=order, findings=[])
     _order_reasons(facts, order, mappings, as_of)
     facts.findings.extend(record.findings)
     return facts

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin
 
-from .data_sources import EXPECTED_TYPES, ClinicalData, read_prefetch_value
+from .data_sources import EXPECTED_TYPES, ClinicalData, operation_outcome_text, read_prefetch_value
 from .outbound import Outbound, OutboundError, describe_host, is_base_url, within
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,16 @@ class FhirFetcher:
             if status >= 400 or body.get("resourceType") == "OperationOutcome":
                 if key == "patient" and status == 404:
                     raise FetchFailed("the patient was not found on the FHIR server")
-                text = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in body.get("issue", [])
-                                 if isinstance(i, dict)) or f"HTTP {status}"
-                raise FetchFailed(f"the FHIR server answered an error ({text})")
+                text = operation_outcome_text(body) if body.get("resourceType") == "OperationOutcome" else ""
+                raise FetchFailed(f"the FHIR server answered an error ({text or f'HTTP {status}'})")
             if body.get("resourceType") != "Bundle":
                 return body
-            entries.extend(body.get("entry") or [])
+            page_entries, links = body.get("entry") or [], body.get("link") or []
+            if not isinstance(page_entries, list) or not isinstance(links, list):
+                raise FetchFailed("the FHIR server answered a malformed Bundle (entry or link is not an array)")
+            entries.extend(page_entries)
             pages += 1
-            url = next((link.get("url") for link in body.get("link") or []
+            url = next((link.get("url") for link in links
                         if isinstance(link, dict) and link.get("relation") == "next"), None)
             if url and not within(url, base):
                 raise FetchFailed("a next link points away from the FHIR server; not followed")
@@ -198,14 +200,18 @@ class FhirFetcher:
         timings: dict[str, float] = {}
 
         def task(key: str):
+            # returns its own time: a task still running at the deadline must not write into
+            # what the request thread reads
             started = time.perf_counter()
             try:
                 query = _render(templates[key], context)
-                return key, self._fetch_key(base, key, query, headers, budget), None
+                value, problem = self._fetch_key(base, key, query, headers, budget), None
             except FetchFailed as error:
-                return key, None, str(error)
-            finally:
-                timings[key] = (time.perf_counter() - started) * 1000
+                value, problem = None, str(error)
+            except Exception as error:  # a malformed answer is that source unread, never a 500
+                log.warning(json.dumps({"event": "fhir-read-failed", "key": key, "error": type(error).__name__}))
+                value, problem = None, f"the FHIR server's answer could not be read ({type(error).__name__})"
+            return key, value, problem, (time.perf_counter() - started) * 1000
 
         pool = self._pool(allowed_server)
         futures = {pool.submit(task, key): key for key in wanted}
@@ -214,7 +220,8 @@ class FhirFetcher:
             future.cancel()
             data.unread[futures[future]] = "the FHIR server did not answer within the time budget"
         for future in done:
-            key, value, problem = future.result()
+            key, value, problem, elapsed_ms = future.result()
+            timings[key] = elapsed_ms
             if problem:
                 data.unread[key] = problem
                 continue

@@ -18,8 +18,9 @@ _offset = 0
 
 
 def _reset() -> None:
-    global _pool, _offset
+    global _pool, _offset, _lock
     _pool, _offset = b"", 0
+    _lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_reset)

@@ -136,12 +136,10 @@ class Mappings:
         except (KeyError, TypeError):  # TypeError: an unhashable code from a malformed resource
             pass
         found = tuple(self._match_coding(system_uri, code))
-        if len(self._matched) >= MATCH_CACHE_SIZE:
-            self._matched.clear()
-        try:
+        if isinstance(code, str) and len(code) <= 64 and short_system(system_uri):  # what a record repeats
+            if len(self._matched) >= MATCH_CACHE_SIZE:
+                self._matched.clear()
             self._matched[key] = found
-        except TypeError:
-            pass
         return found
 
     def _match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
@@ -173,17 +171,6 @@ class Mappings:
         for range_system, low, high, rule in self._ranges:
             if range_system in ICD_SYSTEMS and low <= category <= high and rule.accepts(coded_in, normalised):
                 found.append(rule.match)
-        return _unique(found)
-
-    def match_codeable_concept(self, concept: dict | None) -> list[CodeMatch]:
-        if not isinstance(concept, dict):
-            return []
-        found: list[CodeMatch] = []
-        codings = concept.get("coding")
-        if isinstance(codings, list):
-            for coding in codings:
-                if isinstance(coding, dict):
-                    found.extend(self.match_coding(coding.get("system"), coding.get("code")))
         return _unique(found)
 
     @cached_property

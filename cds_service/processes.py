@@ -50,3 +50,4 @@ def stop_process(process, seconds: float = 10) -> None:
             process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()

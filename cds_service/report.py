@@ -78,10 +78,12 @@ def build_report(engine: sa.Engine, window: Window, top: int = 10) -> dict:
             .where(evaluations.c.order_key.in_(in_window))
             .order_by(feedback.c.received_at)
         ).all()
-        latencies = [value for (value,) in connection.execute(
-            sa.select(evaluations.c.latency_ms).where(evaluations.c.evaluated_at >= window.start,
-                                                      evaluations.c.evaluated_at < window.end,
-                                                      evaluations.c.latency_ms.is_not(None)))]
+        # a call that rated several orders has one card each but one latency: count calls, not cards
+        calls = connection.execute(
+            sa.select(sa.func.max(evaluations.c.latency_ms))
+            .where(evaluations.c.evaluated_at >= window.start, evaluations.c.evaluated_at < window.end)
+            .group_by(evaluations.c.hook_instance)).all()
+        latencies = [value for (value,) in calls if value is not None]
 
     # The clinician's answer per order: accepted if any card of it had a suggestion accepted,
     # else the latest override.
@@ -139,7 +141,7 @@ def build_report(engine: sa.Engine, window: Window, top: int = 10) -> dict:
     return {
         "window": {"since": window.since.isoformat(), "until": window.until.isoformat()},
         "orders": total,
-        "hook_calls": sum(row.evaluations for row in order_rows),
+        "hook_calls": len(calls),
         "synthetic_orders": sum(1 for row in order_rows if row.synthetic),
         "shadow_orders": sum(1 for row in order_rows if row.mode == "shadow"),
         "verdicts": {v: verdicts[v] for v in VERDICT_ORDER if verdicts[v]},

@@ -224,7 +224,7 @@ def _bounded(value: str, limit: int = 512) -> str:
 
 
 def _key_hash(key: bytes, value: str) -> str:
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass
@@ -262,21 +262,21 @@ class Store:
     def __init__(self, url: str, patient_hash_key: str | None = None, migrate_schema: bool = True):
         self.url = url
         self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         try:
             if migrate_schema:
                 migrate(self.engine, url)
             self.patient_key = (patient_hash_key or self._stored_patient_key()).encode()
-        except sa.exc.OperationalError as error:
+        except sa.exc.DBAPIError as error:  # unreachable, refused, no permission, not a database
             raise StoreError(f"cannot use the database {describe_url(url)}: "
-                             f"{str(error.orig or error).strip().splitlines()[0]}") from None
-        self.dialect = self.engine.dialect.name
-        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+                             f"{(str(error.orig or error).strip().splitlines() or ['?'])[0]}") from None
         self._pruned_at = 0.0
         self.writer = EvaluationWriter(self)
 
     @classmethod
-    def from_settings(cls, settings) -> "Store":
-        return cls(database_url(settings), settings.patient_hash_key)
+    def from_settings(cls, settings, migrate: bool = True) -> "Store":
+        return cls(database_url(settings), settings.patient_hash_key, migrate_schema=migrate)
 
     def _stored_patient_key(self) -> str:
         """CDS_PATIENT_HASH_KEY when unset: a random key kept in the database, so every instance
@@ -288,8 +288,7 @@ class Store:
                 service_settings.c.name == "patient_hash_key")).scalar_one()
 
     def _insert_ignore(self, table, keys):
-        insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
-        return insert.on_conflict_do_nothing(index_elements=keys)
+        return self._insert(table).on_conflict_do_nothing(index_elements=keys)
 
     # ------------------------------------------------------------------ evaluations
     def patient_hash(self, patient_id: str | None) -> str | None:
@@ -307,7 +306,8 @@ class Store:
             "service_id": record.service_id, "hook": record.hook, "hook_instance": record.hook_instance[:128],
             "user_id": (record.user_id or None) and record.user_id[:256],
             "patient_hash": self.patient_hash(record.patient_id),
-            "order_reference": record.order_reference[:256], "order_code": record.order_code,
+            "order_reference": record.order_reference[:256], "order_code": (record.order_code or None) and
+            record.order_code[:256],
             "region": record.region, "contrast": record.contrast, "verdict": record.verdict,
             "variant": record.variant, "rating": record.rating,
             "red_flags": json.dumps(sorted(set(record.red_flags))),
@@ -351,28 +351,24 @@ class Store:
         self.writer.put(records)
 
     # ------------------------------------------------------------------ feedback
-    def _card(self, connection, card_uuid: str):
-        return connection.execute(sa.select(evaluations.c.card_uuid, evaluations.c.suggestion_kinds, evaluations.c.verdict)
-                                  .where(evaluations.c.card_uuid == card_uuid)).first()
+    def _cards(self, card_uuids: set[str]) -> dict:
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(evaluations.c.card_uuid, evaluations.c.suggestion_kinds)
+                                      .where(evaluations.c.card_uuid.in_(sorted(card_uuids)))).all()
+        return {row.card_uuid: row for row in rows}
 
     def _wait_for_cards(self, card_uuids: set[str]) -> dict:
-        """The cards by uuid, waiting briefly for ones still in a writer's queue (this or another instance)."""
+        """The cards by uuid, waiting briefly for ones still in a writer's queue: this process's is
+        flushed at once; another instance's writes within its batch interval."""
         deadline = time.monotonic() + FEEDBACK_WAIT_SECONDS
-        found: dict = {}
-        flushed = False
-        while True:
-            with self.engine.connect() as connection:
-                for card_uuid in card_uuids - set(found):
-                    row = self._card(connection, card_uuid)
-                    if row is not None:
-                        found[card_uuid] = row
-            if len(found) == len(card_uuids) or time.monotonic() > deadline:
-                return found
-            if not flushed:
-                self.writer.flush()
-                flushed = True
-            else:
-                time.sleep(0.1)
+        found = self._cards(card_uuids)
+        if len(found) < len(card_uuids):
+            self.writer.flush(timeout=FEEDBACK_WAIT_SECONDS)
+        while len(found) < len(card_uuids) and time.monotonic() < deadline:
+            found.update(self._cards(card_uuids - set(found)))
+            if len(found) < len(card_uuids):
+                time.sleep(BATCH_SECONDS / 2)
+        return found
 
     def record_feedback(self, service_id: str, body) -> int:
         """Store every item of a feedback POST; returns how many were new. FeedbackError names what is wrong."""
@@ -505,20 +501,32 @@ class EvaluationWriter:
                         return
 
     def _write(self, batch: list[OrderRecord]) -> None:
-        for attempt in range(5):
-            try:
-                self.store.write_evaluations(batch)
-                break
-            except sa.exc.SQLAlchemyError as error:
-                log.warning(json.dumps({"event": "evaluation-log-retry", "rows": len(batch), "attempt": attempt + 1,
-                                        "error": type(error).__name__}))
-                time.sleep(0.2 * (attempt + 1))
-        else:
+        try:
+            for attempt in range(5):
+                try:
+                    self.store.write_evaluations(batch)
+                    return
+                except sa.exc.OperationalError as error:  # locked, unreachable: worth another try
+                    log.warning(json.dumps({"event": "evaluation-log-retry", "rows": len(batch),
+                                            "attempt": attempt + 1, "error": type(error).__name__}))
+                    time.sleep(0.2 * (attempt + 1))
+                except Exception:  # a row the database refuses must not take the batch with it
+                    self._write_one_by_one(batch)
+                    return
             log.error(json.dumps({"event": "evaluation-log-failed", "rows": len(batch),
                                   "cards": [r.card_uuid for r in batch][:20]}))
-        with self._written:
-            self._pending -= len(batch)
-            self._written.notify_all()
+        finally:
+            with self._written:
+                self._pending -= len(batch)
+                self._written.notify_all()
+
+    def _write_one_by_one(self, batch: list[OrderRecord]) -> None:
+        for record in batch:
+            try:
+                self.store.write_evaluations([record])
+            except Exception as error:
+                log.error(json.dumps({"event": "evaluation-log-row-refused", "card": record.card_uuid,
+                                      "error": type(error).__name__}))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, now; False if that took longer than `timeout`."""

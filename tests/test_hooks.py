@@ -248,7 +248,8 @@ def test_suggested_resources_are_valid_fhir(client):
 
 def test_record_text_cannot_put_links_or_html_in_a_card(client):
     body = fixtures.hook_request("lbp-cauda-equina", "order-select")
-    hostile = "[click](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**\n# heading"
+    hostile = ("[click](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold** https://evil.example/login "
+               "www.evil.example help@evil.example\n# heading")
     for entry in body["prefetch"]["conditions"]["entry"]:
         for coding in entry["resource"]["code"].get("coding", []):
             coding["display"] = hostile

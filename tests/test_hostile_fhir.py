@@ -21,7 +21,7 @@ from cds_service import fixtures
 from cds_service.data_sources import from_prefetch
 from cds_service.discovery import prefetch_templates
 from cds_service.fhir_client import FhirFetcher, FhirSettings
-from cds_service.hooks import HookRequestError, evaluate_hook
+from cds_service.hooks import evaluate_hook
 from cds_service.outbound import describe_host, within
 
 SELECT = "spine-mri-order-select"
@@ -356,3 +356,14 @@ def test_an_allowlist_entry_that_is_not_a_base_url_stops_the_service_in_one_line
     message = str(stopped.value)
     assert message.startswith("setting CDS_FHIR_ALLOWED_SERVERS:") and "\n" not in message
     assert "secret-pw" not in message
+
+
+@pytest.mark.parametrize("malformed", [
+    {"resourceType": "Bundle", "type": "searchset", "link": 5},
+    {"resourceType": "Bundle", "type": "searchset", "entry": "not-a-list"},
+    {"resourceType": "OperationOutcome", "issue": 5},
+])
+def test_a_malformed_answer_is_that_source_unread_never_a_500(hostile, mappings, malformed):
+    server = hostile(lambda handler: answer(handler, 200, malformed))
+    resources, unread = read_one(fetcher_for(server.url), request_reading(server.url), "conditions", mappings)
+    assert resources == [] and unread

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -230,3 +229,14 @@ def test_every_answer_leaves_one_log_line_without_credentials(client, caplog, ca
     assert lines[2]["path"] == SELECT + "/feedback"
     assert all(line["reason"] for line in lines[3:]) and all(line["duration_ms"] >= 0 for line in lines)
     assert "SECRET" not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_lone_surrogate_in_the_order_and_patient_id_is_answered_not_a_500(client):
+    # json reads it, orjson neither reads nor writes it, and the order is copied into the answer
+    body = copy.deepcopy(BASE_REQUEST)
+    body["context"]["patientId"] = "p\ud800"
+    raw = json.dumps(body).replace('"text": "', '"text": "\\ud800', 1).encode()
+    assert raw.count(b"\\ud800") == 2
+    reply = client.post(SELECT, data=raw, content_type="application/json")
+    assert reply.status_code == 200
+    assert json.loads(reply.get_data())["cards"]

@@ -7,7 +7,6 @@ to each connection that has started a request): `bench/slow_clients.py` shows bo
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time

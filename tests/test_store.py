@@ -1,19 +1,17 @@
 """The evaluation log, feedback and replay guard on a real SQLite file and a real PostgreSQL."""
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from cds_service import fixtures
-from cds_service.config import Settings
 from cds_service.report import Window, build_report, render_csv, render_html, render_json, render_text
-from cds_service.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, orders, utcnow
+from cds_service.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, utcnow
 
 SELECT = "/cds-services/spine-mri-order-select"
 SIGN = "/cds-services/spine-mri-order-sign"
@@ -238,7 +236,8 @@ def test_the_dashboard_is_off_by_default_and_needs_its_credential(app_for):
     basic = client.get("/dashboard", auth=("analyst", "s3cret-dash"))
     assert basic.status_code == 200
     assert "/dashboard/plotly.min.js" in basic.get_data(as_text=True)
-    assert client.get("/dashboard/plotly.min.js").status_code == 200
+    assert client.get("/dashboard/plotly.min.js").status_code == 401  # the script is behind the credential too
+    assert client.get("/dashboard/plotly.min.js", auth=("analyst", "s3cret-dash")).status_code == 200
 
 
 def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
@@ -261,7 +260,7 @@ def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
         now = utcnow().isoformat() + "+00:00"
         for card in ("old-1", "old-2"):
             old.execute("INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (card, "urn:uuid:x", "spine-mri-order-select", "hi", "raw-patient", "ServiceRequest/o",
+                        (card, "urn:uuid:x", "spine-mri-order-select", f"hi-{card}", "raw-patient", "ServiceRequest/o",
                          "lumbar", "without", "low-value", "LBP-V1", "not-appropriate", now))
         old.execute("INSERT INTO feedback (service_id, card_uuid, outcome, override_code, override_display, "
                     "user_comment, accepted_suggestions, outcome_timestamp, received_at, raw) VALUES "
@@ -277,3 +276,15 @@ def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
         assert "raw-patient" not in dumped
     finally:
         store.close()
+
+
+def test_a_row_the_database_refuses_does_not_take_its_batch_or_the_writer_with_it(store):
+    good = [record(f"ok{i}", order=f"ServiceRequest/ok{i}") for i in range(3)]
+    bad = record("bad", order="ServiceRequest/bad", evaluated_at=None)  # NOT NULL: refused
+    store.record(good[:2] + [bad] + good[2:])
+    assert store.writer.flush(timeout=10)
+    store.record([record("later", order="ServiceRequest/later")])  # the writer still runs
+    assert store.writer.flush(timeout=10)
+    with store.engine.connect() as connection:
+        cards = {row.card_uuid for row in connection.execute(sa.select(evaluations.c.card_uuid))}
+    assert cards == {"ok0", "ok1", "ok2", "later"}
