@@ -75,13 +75,18 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
         return
     resources, failed = [], []
     entries = value.get("entry") if isinstance(value.get("entry"), list) else []
+    append = resources.append
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             data.notes.append(f"{key}: a Bundle entry without a resource was skipped")
             continue
         kind = resource.get("resourceType")
-        search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+        search = entry.get("search")
+        if kind == expected and not (isinstance(search, dict) and search.get("mode") == "include"):
+            append(resource)  # the usual entry, decided in as few steps as the rules below allow
+            continue
+        search = search if isinstance(search, dict) else {}
         if kind == "OperationOutcome":
             failed.append(operation_outcome_text(resource))
         elif search.get("mode") == "include" or (kind != expected and kind in ("Medication", "Patient")):

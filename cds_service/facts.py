@@ -160,18 +160,39 @@ def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     facts = Facts(as_of=as_of, order=None, unread_sources=dict(data.unread), skipped=list(data.notes))
     facts.concept_labels = mappings.concept_labels
     _patient_facts(facts, data.patient)
+    # Most of a record means nothing to the rules: a resource is read only when one of its codings
+    # is known (one cached lookup each), before any status, date or evidence work.
+    knows = mappings.knows
     for condition in data.of("conditions"):
-        _guarded(facts, condition, _condition_facts, mappings)
+        if not isinstance(condition, dict) or _any_known(condition.get("code"), knows):
+            _guarded(facts, condition, _condition_facts, mappings)
     for observation in data.of("observations"):
-        _guarded(facts, observation, _observation_facts, mappings)
-    for request in data.of("medications"):
+        if not isinstance(observation, dict) or _any_known(observation.get("code"), knows):
+            _guarded(facts, observation, _observation_facts, mappings)
+    for request in data.of("medications"):  # also matched by ingredient name: each one is read
         _guarded(facts, request, _medication_facts, mappings, data.included)
     for procedure in data.of("procedures"):
-        _guarded(facts, procedure, _procedure_facts, mappings)
+        if not isinstance(procedure, dict) or _any_known(procedure.get("code"), knows):
+            _guarded(facts, procedure, _procedure_facts, mappings)
     for key in ("imagingStudies", "diagnosticReports", "serviceRequests"):
         for resource in data.of(key):
-            _guarded(facts, resource, _imaging_facts, mappings)
+            if not isinstance(resource, dict) or resource.get("resourceType") == "ImagingStudy" or _any_known(
+                    resource.get("code"), knows):
+                _guarded(facts, resource, _imaging_facts, mappings)
     return facts
+
+
+def _any_known(concept, knows) -> bool:
+    """Whether any coding of a CodeableConcept is known to the mappings (`Mappings.knows`)."""
+    if not isinstance(concept, dict):
+        return False
+    codings = concept.get("coding")
+    if not isinstance(codings, list):
+        return False
+    for coding in codings:
+        if isinstance(coding, dict) and knows(coding.get("system"), coding.get("code")):
+            return True
+    return False
 
 
 def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date,

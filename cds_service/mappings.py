@@ -127,6 +127,9 @@ class Mappings:
     # Answers already worked out, by (system URI, code): a record's codes repeat across patients
     # and ICD-10 codes walk their ancestors and ranges. Bounded; the lists are never mutated.
     _matched: dict[tuple, tuple[CodeMatch, ...]] = field(default_factory=dict)
+    # Whether a (system URI, code) means anything here at all: the one question asked of every
+    # coding in a record, most of which mean nothing. Bounded like `_matched`.
+    _known: dict[tuple, bool] = field(default_factory=dict)
 
     # ---- codes -> concepts -------------------------------------------------
     def match_coding(self, system_uri: str | None, code: str | None) -> tuple[CodeMatch, ...]:
@@ -141,6 +144,22 @@ class Mappings:
                 self._matched.clear()
             self._matched[key] = found
         return found
+
+    def knows(self, system_uri: str | None, code: str | None) -> bool:
+        """True when the coding names a concept, a spine imaging study or a measurement with a
+        threshold: the extractors read a resource only when one of its codings is known."""
+        key = (system_uri, code)
+        try:
+            return self._known[key]
+        except (KeyError, TypeError):
+            pass
+        known = bool(self.match_coding(system_uri, code) or self.order_for_coding(system_uri, code)
+                     or (short_system(system_uri) == "loinc" and str(code).strip() in self.thresholds))
+        if isinstance(code, str) and len(code) <= 64 and short_system(system_uri):
+            if len(self._known) >= MATCH_CACHE_SIZE:
+                self._known.clear()
+            self._known[key] = known
+        return known
 
     def _match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
         system = short_system(system_uri) if system_uri else None
