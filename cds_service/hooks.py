@@ -10,6 +10,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import fastjsonschema
 import jsonschema
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -70,12 +71,29 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 
 @lru_cache(maxsize=None)
+def _schema(name: str) -> dict:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
 def _validator(name: str) -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(_schema(name))
+
+
+@lru_cache(maxsize=None)
+def _fast_check(name: str):
+    """The same schema compiled to Python code (fastjsonschema): about 2 us instead of 50 per request.
+    Formats stay unchecked, as jsonschema leaves them by default."""
+    return fastjsonschema.compile(_schema(name), formats={"uri": lambda _value: True})
 
 
 def _schema_error(name: str, instance, prefix: str) -> str | None:
+    try:
+        _fast_check(name)(instance)
+        return None
+    except Exception:  # noqa: BLE001 - any refusal (or a crash on odd input) goes to the reference validator
+        pass
+    # jsonschema decides what is wrong and says it (fastjsonschema only waves through what it accepts)
     error = next(iter(sorted(_validator(name).iter_errors(instance), key=lambda e: len(e.absolute_path))), None)
     if error is None:
         return None

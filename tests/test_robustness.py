@@ -66,6 +66,34 @@ def test_malformed_requests_get_200_or_400_never_500(client, response_validator,
         assert reply.get_json()["error"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(schema=st.sampled_from(["cds-hooks-request", "order-select-context", "order-sign-context"]),
+       path=st.sampled_from([(), ("hook",), ("hookInstance",), ("context",), ("prefetch",), ("fhirServer",),
+                             ("fhirAuthorization",), ("fhirAuthorization", "token_type"), ("patientId",),
+                             ("selections",), ("draftOrders",), ("draftOrders", "resourceType"),
+                             ("draftOrders", "entry")]),
+       value=json_value)
+def test_the_fast_schema_check_accepts_only_what_the_reference_validator_accepts(schema, path, value):
+    """check_request trusts fastjsonschema's yes and asks jsonschema after its no: a yes that jsonschema
+    would refuse would let a malformed request through."""
+    from cds_service.hooks import _fast_check, _validator
+
+    base = BASE_REQUEST if schema == "cds-hooks-request" else BASE_REQUEST["context"]
+    instance = copy.deepcopy(base)
+    if path:
+        target = instance
+        for part in path[:-1]:
+            target = target.setdefault(part, {}) if isinstance(target.get(part), dict) else target
+        target[path[-1]] = value
+    else:
+        instance = value
+    try:
+        _fast_check(schema)(instance)
+    except Exception:  # noqa: BLE001 - a refusal: the reference validator decides
+        return
+    assert not list(_validator(schema).iter_errors(instance)), instance
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_arbitrary_bytes_never_500(client, raw):
