@@ -5,7 +5,6 @@ mappings/orders.yaml.
 """
 from __future__ import annotations
 
-import copy
 import re
 from .ids import new_uuid
 from dataclasses import dataclass
@@ -83,7 +82,30 @@ def _clean(text, limit: int = MAX_TEXT_CHARS) -> str:
 
 def md(text, limit: int = MAX_TEXT_CHARS * 2) -> str:
     """A string as literal markdown text: one line, markup characters escaped."""
-    return _WWW.sub(r"\1\\.", _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit)))
+    key = (text, limit) if isinstance(text, str) else None
+    escaped = _ESCAPED.get(key)
+    if escaped is None:
+        escaped = _WWW.sub(r"\1\\.", _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit)))
+        if key is not None:
+            if len(_ESCAPED) >= ESCAPED_CACHE_SIZE:
+                _ESCAPED.clear()
+            _ESCAPED[key] = escaped
+    return escaped
+
+
+# Most of a card's text is the same from card to card (labels, reasons, guideline names): escaped
+# once. Bounded: record text varies without end.
+ESCAPED_CACHE_SIZE = 20_000
+_ESCAPED: dict[tuple[str, int], str] = {}
+
+
+def _json_copy(value):
+    """A copy of a JSON tree (dicts, lists, scalars): what copy.deepcopy does, without its memo."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
 
 
 def plain(text) -> str:
@@ -208,7 +230,7 @@ def pama_extensions(rating: str, verdict_code: str | None, consult_id: str, auc_
                                 "display": VERDICT_DISPLAY[verdict_code]})
     extensions = []
     for url in PAMA_URLS["rating"]:
-        extensions.append({"url": url, "valueCodeableConcept": copy.deepcopy(value)})
+        extensions.append({"url": url, "valueCodeableConcept": _json_copy(value)})
     for url in PAMA_URLS["consult-id"]:
         extensions.append({"url": url, "valueUri": consult_id})
     if auc_url:
@@ -219,7 +241,7 @@ def pama_extensions(rating: str, verdict_code: str | None, consult_id: str, auc_
 
 def with_rating(resource: dict, extensions: list[dict]) -> dict:
     """A copy of the order carrying `extensions` as its only PAMA rating (none: the rating is removed)."""
-    rated = copy.deepcopy(resource)
+    rated = _json_copy(resource)
     kept = [e for e in rated.get("extension") or [] if isinstance(e, dict) and e.get("url") not in ALL_PAMA_URLS]
     if kept or extensions:
         rated["extension"] = kept + extensions

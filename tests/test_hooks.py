@@ -397,3 +397,23 @@ def test_orders_of_one_call_share_the_record_but_not_each_others_reasons(client)
     cards = client.post(SIGN, json=body).get_json()["cards"]
     by_order = {("urgent-mri" in card["detail"]): card["indicator"] for card in cards}
     assert by_order == {True: "critical", False: "warning"}
+
+
+def test_answer_resources_are_copies_that_leave_the_draft_order_alone(mappings):
+    """The rating action and the suggestions carry the order with new extensions and codes: each is
+    its own copy, so the request's draft order (and the other actions) keep what they had."""
+    from cds_service.hooks import evaluate_hook
+
+    request = fixtures.hook_request("lbp-osteoporosis", "order-select")  # radiographs first: rating + update
+    original = copy.deepcopy(request["context"]["draftOrders"])
+    response = evaluate_hook("spine-mri-order-select", request, mappings, as_of=ANCHOR).response
+    assert request["context"]["draftOrders"] == original
+    resources = [action["resource"] for action in response["systemActions"]]
+    resources += [action["resource"] for card in response["cards"] for suggestion in card.get("suggestions", [])
+                  for action in suggestion["actions"] if "resource" in action]
+    assert len(resources) >= 2
+    for resource in resources:
+        resource.setdefault("extension", []).append({"url": "urn:test", "valueString": "changed"})
+        resource["subject"]["reference"] = "Patient/changed"
+    assert request["context"]["draftOrders"] == original
+    assert all(r["extension"].count({"url": "urn:test", "valueString": "changed"}) == 1 for r in resources)
