@@ -19,6 +19,7 @@ from .discovery import SERVICE_HOOKS, discovery_document
 from .store import FeedbackError, Store
 from .fhir_client import FhirFetcher
 from .hooks import HookRequestError, evaluate_hook, order_records
+from .logs import LogEntry
 from .mappings import get_mappings
 
 log = logging.getLogger("cds_service.http")
@@ -185,9 +186,9 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
     @app.after_request
     def log_answer(response: Response) -> Response:
         # One line per answer, whatever its status; never a token or a credential.
-        entry = {"event": "answer", "method": request.method, "path": request.path[:200],
+        entry = LogEntry({"event": "answer", "method": request.method, "path": request.path[:200],
                  "status": response.status_code,
-                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
+                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)})
         body = g.get("body")
         if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
             entry["hookInstance"] = body["hookInstance"][:100]
@@ -197,7 +198,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
             for secret in _credentials(body):
                 reason = reason.replace(secret, "[redacted]")
             entry["reason"] = reason
-        log.log(logging.WARNING if response.status_code >= 500 else logging.INFO, json.dumps(entry))
+        log.log(logging.WARNING if response.status_code >= 500 else logging.INFO, entry)
         return response
 
     @app.get("/healthz")

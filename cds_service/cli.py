@@ -17,6 +17,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from .discovery import SERVICE_HOOKS
+from .logs import JsonLogFormatter
 
 
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
@@ -28,20 +29,6 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
-        try:
-            parsed = json.loads(message)
-            entry.update(parsed if isinstance(parsed, dict) else {"message": message})
-        except ValueError:
-            entry["message"] = message
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def configure_logging(level: str = "INFO") -> None:
