@@ -389,12 +389,14 @@ def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included:
         facts.skipped.append(f"{_ref(request)}: no medication code or name")
         return
     matched: dict[str, str] = {}
-    for coding in _codes(concept):
+    codings = _codes(concept)
+    for coding in codings:
         for match in mappings.match_coding(coding.get("system"), coding.get("code")):
             matched.setdefault(match.concept.id, _describe_coding(coding, match))
-    text = " ".join(
-        str(part) for part in [concept.get("text")] + [c.get("display") for c in _codes(concept)] if part
-    )
+    names = [concept.get("text"), *(coding.get("display") for coding in codings)]
+    text = " ".join(str(part) for part in names if part) if len(names) > 1 else names[0]
+    if text and not isinstance(text, str):
+        text = str(text)
     if text:
         for found in mappings.match_medication_name(text):
             matched.setdefault(found.id, text)

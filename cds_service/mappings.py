@@ -130,6 +130,7 @@ class Mappings:
     # Whether a (system URI, code) means anything here at all: the one question asked of every
     # coding in a record, most of which mean nothing. Bounded like `_matched`.
     _known: dict[tuple, bool] = field(default_factory=dict)
+    _named: dict[str, tuple[Concept, ...]] = field(default_factory=dict)  # medication text -> concepts
 
     # ---- codes -> concepts -------------------------------------------------
     def match_coding(self, system_uri: str | None, code: str | None) -> tuple[CodeMatch, ...]:
@@ -198,16 +199,24 @@ class Mappings:
         names = sorted({name for name, _ in self.medication_names}, key=len, reverse=True)
         return re.compile("|".join(re.escape(name) for name in names) or r"(?!)")
 
-    def match_medication_name(self, text: str) -> list[Concept]:
+    def match_medication_name(self, text: str) -> tuple[Concept, ...]:
         """Ingredient-name fallback for medications coded at product level or not at all."""
+        try:
+            return self._named[text]  # a record's medication names repeat, within and across patients
+        except KeyError:
+            pass
         lowered = text.lower()
-        if not self._medication_name_pattern.search(lowered):
-            return []  # the usual case: no ingredient the rules read
         hits = []
-        for name, concept in self.medication_names:
-            if name in lowered and not any(word in lowered for word in concept.excluded_name_words):
-                hits.append(concept)
-        return list(dict.fromkeys(hits))
+        if self._medication_name_pattern.search(lowered):  # usually not: no ingredient the rules read
+            for name, concept in self.medication_names:
+                if name in lowered and not any(word in lowered for word in concept.excluded_name_words):
+                    hits.append(concept)
+        found = tuple(dict.fromkeys(hits))
+        if len(text) <= 200:
+            if len(self._named) >= MATCH_CACHE_SIZE:
+                self._named.clear()
+            self._named[text] = found
+        return found
 
     # ---- orders ------------------------------------------------------------
     def order_for_coding(self, system_uri: str | None, code: str | None) -> OrderCode | None:
