@@ -162,37 +162,45 @@ def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     _patient_facts(facts, data.patient)
     # Most of a record means nothing to the rules: a resource is read only when one of its codings
     # is known (one cached lookup each), before any status, date or evidence work.
-    knows = mappings.knows
-    for condition in data.of("conditions"):
-        if not isinstance(condition, dict) or _any_known(condition.get("code"), knows):
-            _guarded(facts, condition, _condition_facts, mappings)
-    for observation in data.of("observations"):
-        if not isinstance(observation, dict) or _any_known(observation.get("code"), knows):
-            _guarded(facts, observation, _observation_facts, mappings)
+    for condition in _with_known_coding(data.of("conditions"), "code", mappings):
+        _guarded(facts, condition, _condition_facts, mappings)
+    for observation in _with_known_coding(data.of("observations"), "code", mappings):
+        _guarded(facts, observation, _observation_facts, mappings)
     for request in data.of("medications"):  # also matched by ingredient name: each one is read
         _guarded(facts, request, _medication_facts, mappings, data.included)
-    for procedure in data.of("procedures"):
-        if not isinstance(procedure, dict) or _any_known(procedure.get("code"), knows):
-            _guarded(facts, procedure, _procedure_facts, mappings)
+    for procedure in _with_known_coding(data.of("procedures"), "code", mappings):
+        _guarded(facts, procedure, _procedure_facts, mappings)
     for key in ("imagingStudies", "diagnosticReports", "serviceRequests"):
-        for resource in data.of(key):
-            if not isinstance(resource, dict) or resource.get("resourceType") == "ImagingStudy" or _any_known(
-                    resource.get("code"), knows):
-                _guarded(facts, resource, _imaging_facts, mappings)
+        for resource in _with_known_coding(data.of(key), "code", mappings, always="ImagingStudy"):
+            _guarded(facts, resource, _imaging_facts, mappings)
     return facts
 
 
-def _any_known(concept, knows) -> bool:
-    """Whether any coding of a CodeableConcept is known to the mappings (`Mappings.knows`)."""
-    if not isinstance(concept, dict):
-        return False
-    codings = concept.get("coding")
-    if not isinstance(codings, list):
-        return False
-    for coding in codings:
-        if isinstance(coding, dict) and knows(coding.get("system"), coding.get("code")):
-            return True
-    return False
+def _with_known_coding(resources: list, field: str, mappings: Mappings, always: str | None = None) -> list:
+    """The resources whose `field` CodeableConcept has a coding the mappings know (`Mappings.knows`),
+    plus any that is not a JSON object (its extractor notes it) or of type `always`. One loop over
+    the list, not a call per resource: this runs for every resource of every record."""
+    known, knows = mappings._known, mappings.knows
+    worth = []
+    for resource in resources:
+        if type(resource) is not dict or (always and resource.get("resourceType") == always):
+            worth.append(resource)
+            continue
+        concept = resource.get(field)
+        codings = concept.get("coding") if type(concept) is dict else None
+        if type(codings) is not list:
+            continue
+        for coding in codings:
+            if type(coding) is dict:
+                system, code = coding.get("system"), coding.get("code")
+                try:
+                    hit = known[(system, code)]
+                except (KeyError, TypeError):  # not asked yet, or a code that cannot be a key
+                    hit = knows(system, code)
+                if hit:
+                    worth.append(resource)
+                    break
+    return worth
 
 
 def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date,

@@ -214,3 +214,31 @@ def test_a_procedure_carrying_an_imaging_code_is_prior_imaging_not_a_finding(map
     assert [(s.modality, s.region, s.reference, s.date) for s in facts.prior_imaging] == [
         ("radiograph", "lumbar", "Procedure/xr", date(2026, 11, 1))]
     assert not facts.findings and not facts.therapy_procedures
+
+
+def test_a_record_resource_is_read_when_any_of_its_codings_is_known(mappings):
+    """record_facts skips a resource before any date or status work unless one of its codings is known
+    (a concept, a spine study or a measured threshold): the skip must not hide a second coding, a
+    threshold-only LOINC code, nor a resource that is not an object (that one gets a note)."""
+    from datetime import date
+
+    from cds_service.data_sources import ClinicalData
+    from cds_service.facts import record_facts
+
+    icd, loinc = "http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org"
+    active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+    pain = {"resourceType": "Condition", "id": "pain", "clinicalStatus": active, "onsetDateTime": "2026-10-01",
+            "code": {"coding": [{"system": icd, "code": "I10"}, {"system": "urn:local", "code": "x"},
+                                {"system": icd, "code": "M54.50", "display": "Low back pain"}]}}
+    unknown = {"resourceType": "Condition", "id": "bp", "clinicalStatus": active,
+               "code": {"coding": [{"system": icd, "code": "I10"}, {"code": "M54.50"}]}}  # no system: not ICD-10
+    fever = {"resourceType": "Observation", "id": "t", "status": "final", "effectiveDateTime": "2026-11-20",
+             "code": {"coding": [{"system": loinc, "code": "8310-5"}]},
+             "valueQuantity": {"value": 39.2, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    data = ClinicalData(resources={"conditions": [unknown, pain, "not a resource"], "observations": [fever]})
+    facts = record_facts(data, mappings, date(2026, 11, 22))
+    found = {(item.concept_id, item.reference) for item in facts.findings}
+    assert ("fever", "Observation/t") in found
+    assert any(reference == "Condition/pain" for _, reference in found)
+    assert not any(reference == "Condition/bp" for _, reference in found)
+    assert any("not a JSON object" in note for note in facts.skipped)
