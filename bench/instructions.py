@@ -58,6 +58,9 @@ def inner(side: str, size: int, calls: int) -> None:
         app = create_app(Settings.from_env())
     else:
         from bare_app import app
+    from cds_service.cli import tune_gc_for_serving
+
+    tune_gc_for_serving()  # as `serve` does in each worker (and bare_app.py at import)
     payload = json.dumps(request_with_size(size)).encode()
     environs = [EnvironBuilder(path=HOOK_PATH, method="POST", data=payload, content_type="application/json")
                 .get_environ() for _ in range(WARMUP_CALLS + calls)]

@@ -23,6 +23,18 @@ from .logs import JsonLogFormatter
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 
 
+def tune_gc_for_serving() -> None:
+    """Once the app is built: the mappings, schemas and code caches live as long as the worker, so
+    they are kept out of every collection, and young objects are collected less often (a
+    1,000-resource body makes hundreds of thousands of containers, each collection walking them).
+    Measured with bench/bench.py (see README, Speed), whose bare app is tuned the same way."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
 class CliError(Exception):
     """A problem the user can fix; `str()` is the one line to print."""
 
@@ -134,16 +146,8 @@ def cmd_serve(args) -> int:
             self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            import gc
-
             app = create_app(settings, base_urls, migrate=False)  # migrated above, once
-            # The mappings, schemas and code caches live as long as the worker: keep them out of
-            # every collection, and collect young objects less often (a 1,000-resource body makes
-            # hundreds of thousands of containers, each collection walking them). Measured with
-            # bench/bench.py: see README, Speed.
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+            tune_gc_for_serving()
             return app
 
     print(f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services "
