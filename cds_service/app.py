@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 
 from flask import Flask, Response, abort, g, request
-from flask_cors import CORS
 
 from .auth import AuthError, Authenticator, forwarded_base, load_trusted_issuers
 from .config import Settings
@@ -106,9 +105,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()] or ["*"]
-    CORS(app, origins=origins if origins != ["*"] else "*", allow_headers=["Authorization", "Content-Type"],
-         methods=["GET", "POST", "OPTIONS"])
+    origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()} or {"*"}
 
     def read_json():
         if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
@@ -163,11 +160,8 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         return [base + request.path for base in bases]
 
     @app.before_request
-    def start_clock():
+    def start_clock_and_authenticate():
         g.started = time.perf_counter()
-
-    @app.before_request
-    def authenticate():
         if request.method == "OPTIONS" or not request.path.startswith("/cds-services/"):
             return None  # discovery, health and CORS preflight stay open, as the spec allows
         if authenticator is None:
@@ -182,6 +176,24 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
                                                     'Bearer realm="cds-services"')
             return response
         return None
+
+    @app.after_request
+    def allow_cross_origin(response: Response) -> Response:
+        # Browser-based EHRs (the CDS Hooks sandbox among them) call from another origin. A call
+        # without an Origin header comes from no browser: nothing to allow.
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return response
+        if "*" not in origins:
+            response.vary.add("Origin")
+            if origin not in origins:
+                return response
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+        if request.method == "OPTIONS":  # the preflight: what the real request may carry
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     @app.after_request
     def log_answer(response: Response) -> Response:

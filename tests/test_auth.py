@@ -227,6 +227,7 @@ def test_cors_allows_configured_origins(tmp_path):
         assert reply.headers.get("Access-Control-Allow-Origin") == origin
     other = client.options(SELECT, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert other.headers.get("Access-Control-Allow-Origin") is None
+    assert "Origin" in other.headers.get("Vary", "")  # a cache must not hand one origin's answer to another
 
 
 # ------------------------------------------------------------------ which aud is accepted

@@ -60,7 +60,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "PAMA rating: appropriate (indicated-urgent)" in run.stdout
     # cards on the terminal, the service's JSON log lines in its log file
     assert '"level"' not in run.stdout + run.stderr
-    assert '"verdicts": ["' in (tmp_path / "var" / "demo" / "service.log").read_text()
+    log_text = (tmp_path / "var" / "demo" / "service.log").read_text()
+    assert "Logging error" not in log_text
+    answers = [json.loads(line) for line in log_text.splitlines() if line.startswith("{") and '"answer"' in line]
+    assert any(entry.get("verdicts") for entry in answers if entry["event"] == "answer")
 
 
 def test_evaluate_prints_the_response(capsys):

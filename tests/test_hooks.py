@@ -107,6 +107,14 @@ def test_cors_headers_for_browser_clients(client):
     reply = client.options(SELECT, headers={"Origin": "https://sandbox.cds-hooks.org",
                                             "Access-Control-Request-Method": "POST"})
     assert reply.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
+    assert "authorization" in reply.headers.get("Access-Control-Allow-Headers", "").lower()
+    assert "POST" in reply.headers.get("Access-Control-Allow-Methods", "")
+    # the call itself, from the browser, may be read by the page; a call from no browser gets no CORS headers
+    body = fixtures.hook_request("lbp-acute-simple", "order-select")
+    posted = client.post(SELECT, json=body, headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert posted.status_code == 200 and posted.headers.get("Access-Control-Allow-Origin")
+    failed = client.post(SELECT, json={"hook": "order-select"}, headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert failed.status_code == 400 and failed.headers.get("Access-Control-Allow-Origin")
 
 
 # ------------------------------------------------------------------ the real CDS Hooks sandbox
