@@ -180,8 +180,9 @@ class Authenticator:
             raise AuthError("the Authorization header must be 'Bearer <JWT>'")
         token = token.strip()
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            # one parse for the header and the issuer; the signature is checked below with its key
+            unverified_token = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = unverified_token["header"], unverified_token["payload"]
         except jwt.PyJWTError:
             raise AuthError("the bearer token is not a JWT") from None
         except (RecursionError, UnicodeError, TypeError):

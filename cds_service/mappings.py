@@ -156,7 +156,9 @@ class Mappings:
             pass
         known = bool(self.match_coding(system_uri, code) or self.order_for_coding(system_uri, code)
                      or (short_system(system_uri) == "loinc" and str(code).strip() in self.thresholds))
-        if isinstance(code, str) and len(code) <= 64 and short_system(system_uri):
+        # EHRs add codings in their own systems (e.g. Epic's urn:oid:1.2.840.114350...) beside the
+        # standard ones: those are remembered as unknown too.
+        if isinstance(code, str) and len(code) <= 64 and isinstance(system_uri, str) and len(system_uri) <= 200:
             if len(self._known) >= MATCH_CACHE_SIZE:
                 self._known.clear()
             self._known[key] = known
