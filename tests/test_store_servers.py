@@ -174,3 +174,33 @@ def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
     region = image.crop((0, 250, image.width, min(image.height, 1000)))
     colours = region.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200
+
+
+def test_a_browser_page_on_another_origin_can_call_the_service(live_server):
+    """What the CDS Hooks sandbox does from its own origin: discovery, then a POST with a bearer token
+    and a JSON body, which makes the browser send a CORS preflight first."""
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{page_server.server_address[1]}"
+    script = """async ([base, body]) => {
+        const services = await (await fetch(base + "/cds-services")).json();
+        const reply = await fetch(base + "/cds-services/spine-mri-order-select", {method: "POST",
+            headers: {"Authorization": "Bearer x.y.z", "Content-Type": "application/json"}, body: body});
+        return {services: services.services.length, status: reply.status, cards: (await reply.json()).cards.length};
+    }"""
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_page()
+            page.goto(origin + "/")
+            result = page.evaluate(script, [live_server["base"], json.dumps(fixtures.hook_request("lbp-osteoporosis"))])
+            browser.close()
+    finally:
+        page_server.shutdown()
+    assert result == {"services": 2, "status": 200, "cards": 1}
