@@ -180,7 +180,7 @@ def _with_known_coding(resources: list, field: str, mappings: Mappings, always: 
     """The resources whose `field` CodeableConcept has a coding the mappings know (`Mappings.knows`),
     plus any that is not a JSON object (its extractor notes it) or of type `always`. One loop over
     the list, not a call per resource: this runs for every resource of every record."""
-    known, knows = mappings._known, mappings.knows
+    known, knows = mappings.known_codings, mappings.knows  # the cache read inline: one call less per coding
     worth = []
     for resource in resources:
         if type(resource) is not dict or (always and resource.get("resourceType") == always):

@@ -128,8 +128,9 @@ class Mappings:
     # and ICD-10 codes walk their ancestors and ranges. Bounded; the lists are never mutated.
     _matched: dict[tuple, tuple[CodeMatch, ...]] = field(default_factory=dict)
     # Whether a (system URI, code) means anything here at all: the one question asked of every
-    # coding in a record, most of which mean nothing. Bounded like `_matched`.
-    _known: dict[tuple, bool] = field(default_factory=dict)
+    # coding in a record, most of which mean nothing. Filled by `knows`; the record's screen in
+    # facts reads it inline. Bounded like `_matched`.
+    known_codings: dict[tuple, bool] = field(default_factory=dict)
     _named: dict[str, tuple[Concept, ...]] = field(default_factory=dict)  # medication text -> concepts
 
     # ---- codes -> concepts -------------------------------------------------
@@ -151,7 +152,7 @@ class Mappings:
         threshold: the extractors read a resource only when one of its codings is known."""
         key = (system_uri, code)
         try:
-            return self._known[key]
+            return self.known_codings[key]
         except (KeyError, TypeError):
             pass
         known = bool(self.match_coding(system_uri, code) or self.order_for_coding(system_uri, code)
@@ -159,9 +160,9 @@ class Mappings:
         # EHRs add codings in their own systems (e.g. Epic's urn:oid:1.2.840.114350...) beside the
         # standard ones: those are remembered as unknown too.
         if isinstance(code, str) and len(code) <= 64 and isinstance(system_uri, str) and len(system_uri) <= 200:
-            if len(self._known) >= MATCH_CACHE_SIZE:
-                self._known.clear()
-            self._known[key] = known
+            if len(self.known_codings) >= MATCH_CACHE_SIZE:
+                self.known_codings.clear()
+            self.known_codings[key] = known
         return known
 
     def _match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
