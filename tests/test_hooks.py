@@ -301,19 +301,26 @@ def test_order_select_rates_only_selected_orders(client):
     assert client.post(SELECT, json=body).get_json() == {"cards": []}
 
 
-def test_order_sign_rates_every_mri_and_ignores_other_orders(client):
+def sign_request_with_a_second_mri(second_id: str) -> tuple[dict, dict]:
+    """An order-sign request whose draft orders hold a copy of its MRI under `second_id`: (body, copy's entry)."""
     body = fixtures.hook_request("lbp-acute-simple", "order-sign")
     entries = body["context"]["draftOrders"]["entry"]
-    mri = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
-    second = copy.deepcopy(mri)
-    second["resource"]["id"] = "second-mri"
+    second = copy.deepcopy(next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest"))
+    second["resource"]["id"] = second_id
     entries.append(second)
+    return body, second
+
+
+def test_order_sign_rates_every_mri_and_ignores_other_orders(client):
+    body, _ = sign_request_with_a_second_mri("second-mri")
+    entries = body["context"]["draftOrders"]["entry"]
     entries.append({"resource": {"resourceType": "MedicationRequest", "id": "med", "status": "draft",
                                  "intent": "order", "subject": {"reference": "Patient/x"},
                                  "medicationCodeableConcept": {"text": "ibuprofen"}}})
     response = client.post(SIGN, json=body).get_json()
     assert len(response["cards"]) == 2
-    assert {a["resource"]["id"] for a in response["systemActions"]} == {mri["resource"]["id"], "second-mri"}
+    first = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
+    assert {a["resource"]["id"] for a in response["systemActions"]} == {first["resource"]["id"], "second-mri"}
 
 
 # ------------------------------------------------------------------ bad input
@@ -394,14 +401,9 @@ def test_long_summaries_are_cut_under_140_characters():
 
 def test_orders_of_one_call_share_the_record_but_not_each_others_reasons(client):
     # two MRIs signed together: one states cauda equina as its reason, the other states nothing
-    body = fixtures.hook_request("lbp-acute-simple", "order-sign")
-    entries = body["context"]["draftOrders"]["entry"]
-    mri = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
-    urgent = copy.deepcopy(mri)
-    urgent["resource"]["id"] = "urgent-mri"
+    body, urgent = sign_request_with_a_second_mri("urgent-mri")
     urgent["resource"]["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "192970008",
                                                      "display": "Cauda equina syndrome"}]}]
-    entries.append(urgent)
     cards = client.post(SIGN, json=body).get_json()["cards"]
     by_order = {("urgent-mri" in card["detail"]): card["indicator"] for card in cards}
     assert by_order == {True: "critical", False: "warning"}
