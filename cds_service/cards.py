@@ -9,7 +9,7 @@ import re
 from .ids import new_uuid
 from dataclasses import dataclass
 
-from .mappings import Mappings
+from .mappings import Mappings, bounded_put
 from .model import FROM_ORDER, MriOrder, Verdict
 from .rules import format_weeks
 
@@ -87,9 +87,7 @@ def md(text, limit: int = MAX_TEXT_CHARS * 2) -> str:
     if escaped is None:
         escaped = _WWW.sub(r"\1\\.", _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit)))
         if key is not None:
-            if len(_ESCAPED) >= ESCAPED_CACHE_SIZE:
-                _ESCAPED.clear()
-            _ESCAPED[key] = escaped
+            bounded_put(_ESCAPED, key, escaped, ESCAPED_CACHE_SIZE)
     return escaped
 
 

@@ -25,6 +25,14 @@ from .codesystems import normalise_icd10, short_system
 ICD_SYSTEMS = ("icd10cm", "icd10")
 REQUIRED_KINDS = ("concepts", "orders", "guidelines")
 MATCH_CACHE_SIZE = 100_000
+
+
+def bounded_put(cache: dict, key, value, limit: int = MATCH_CACHE_SIZE) -> None:
+    """Remember `value` under `key`, emptying the cache first when it holds `limit` entries: the
+    caches' keys come from records, whose variety has no end."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
 PACKAGED_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
 
@@ -142,9 +150,7 @@ class Mappings:
             pass
         found = tuple(self._match_coding(system_uri, code))
         if isinstance(code, str) and len(code) <= 64 and short_system(system_uri):  # what a record repeats
-            if len(self._matched) >= MATCH_CACHE_SIZE:
-                self._matched.clear()
-            self._matched[key] = found
+            bounded_put(self._matched, key, found)
         return found
 
     def knows(self, system_uri: str | None, code: str | None) -> bool:
@@ -160,9 +166,7 @@ class Mappings:
         # EHRs add codings in their own systems (e.g. Epic's urn:oid:1.2.840.114350...) beside the
         # standard ones: those are remembered as unknown too.
         if isinstance(code, str) and len(code) <= 64 and isinstance(system_uri, str) and len(system_uri) <= 200:
-            if len(self.known_codings) >= MATCH_CACHE_SIZE:
-                self.known_codings.clear()
-            self.known_codings[key] = known
+            bounded_put(self.known_codings, key, known)
         return known
 
     def _match_coding(self, system_uri: str | None, code: str | None) -> list[CodeMatch]:
@@ -216,9 +220,7 @@ class Mappings:
                     hits.append(concept)
         found = tuple(dict.fromkeys(hits))
         if len(text) <= 200:
-            if len(self._named) >= MATCH_CACHE_SIZE:
-                self._named.clear()
-            self._named[text] = found
+            bounded_put(self._named, text, found)
         return found
 
     # ---- orders ------------------------------------------------------------
