@@ -82,8 +82,10 @@ def test_the_fast_schema_check_accepts_only_what_the_reference_validator_accepts
     instance = copy.deepcopy(base)
     if path:
         target = instance
-        for part in path[:-1]:
-            target = target.setdefault(part, {}) if isinstance(target.get(part), dict) else target
+        for part in path[:-1]:  # e.g. fhirAuthorization, absent from the base request: made an object
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
         target[path[-1]] = value
     else:
         instance = value
