@@ -15,7 +15,7 @@ import orjson
 
 from flask import Flask, Response, request
 
-from cds_service.cli import tune_gc_for_serving
+from cds_service.cli.main import tune_gc_for_serving
 
 app = Flask(__name__)
 tune_gc_for_serving()  # the runtime settings `cds-service serve` gives its workers: only the work differs

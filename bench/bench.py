@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from cds_service import fixtures  # noqa: E402
-from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli import fixtures  # noqa: E402
+from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 BASE_PATIENT = "lbp-radic-failed-pt"
 FILLER_KEYS = ("observations", "conditions", "procedures", "medications")
@@ -290,7 +290,7 @@ class TokenMint:
     """A client key pair the auth server trusts, and single-use tokens for each wrk thread."""
 
     def __init__(self, directory: Path):
-        from cds_service.auth import generate_key_pair
+        from cds_service.web.auth import generate_key_pair
 
         self.directory = directory
         self.pem, jwk = generate_key_pair(TOKEN_KID)
@@ -300,7 +300,7 @@ class TokenMint:
 
     def write(self, audience: str, count: int, threads: int) -> Path:
         """`count` fresh tokens split over `threads` files PREFIX.1 .. PREFIX.N; returns PREFIX."""
-        from cds_service.auth import sign_token
+        from cds_service.web.auth import sign_token
 
         self.batches += 1
         prefix = self.directory / f"tokens-{self.batches}"
@@ -424,7 +424,7 @@ BASE_TITLE = ("hook (recording on, no auth) vs bare app; medians of the rounds; 
 
 
 def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
-    from cds_service.fhir_server import seed_bundle
+    from cds_service.cli.local_fhir import seed_bundle
 
     seed_bundle(fhir_base, fixtures.patient_bundle(BASE_PATIENT))
     full = fixtures.hook_request(BASE_PATIENT, "order-select")
@@ -449,9 +449,9 @@ def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
 
 def fallback_concurrency(fhir_base: str) -> None:
     """How concurrent the 8 queries of one hook are, in-process, one hook at a time."""
-    from cds_service.fhir_client import FhirFetcher, FhirSettings
-    from cds_service.hooks import evaluate_hook
-    from cds_service.mappings import get_mappings
+    from cds_service.fhir.client import FhirFetcher, FhirSettings
+    from cds_service.hooks.evaluation import evaluate_hook
+    from cds_service.clinical.mappings import get_mappings
 
     body = fixtures.hook_request(BASE_PATIENT, "order-select")
     body.update(fhirServer=fhir_base, prefetch={})
@@ -554,7 +554,7 @@ def main(argv=None) -> int:
                     print("\nhook p50 growth with the resource count (exponent <= 1: no worse than linear):")
                     print("\n".join(growth_lines(rows)))
                 if "fallback" in args.variants:
-                    from cds_service.fhir_server import LocalFhirServer
+                    from cds_service.cli.local_fhir import LocalFhirServer
 
                     fhir = LocalFhirServer(fhir_port)
                     try:

@@ -24,8 +24,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cds_service import fixtures  # noqa: E402
-from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli import fixtures  # noqa: E402
+from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 
 def padded_body(megabytes: float) -> bytes:

@@ -45,9 +45,9 @@ def inner(side: str, size: int, calls: int) -> None:
     from bench import HOOK_PATH, request_with_size
 
     if side == "hook":
-        from cds_service.app import create_app
-        from cds_service.cli import configure_logging
-        from cds_service.config import Settings
+        from cds_service.web.app import create_app
+        from cds_service.cli.main import configure_logging
+        from cds_service.web.config import Settings
 
         for key in [key for key in os.environ if key.startswith("CDS_")]:
             del os.environ[key]  # not the shell's database, trust or mode
@@ -58,7 +58,7 @@ def inner(side: str, size: int, calls: int) -> None:
         app = create_app(Settings.from_env())
     else:
         from bare_app import app
-    from cds_service.cli import tune_gc_for_serving
+    from cds_service.cli.main import tune_gc_for_serving
 
     tune_gc_for_serving()  # as `serve` does in each worker (and bare_app.py at import)
     payload = json.dumps(request_with_size(size)).encode()

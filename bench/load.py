@@ -30,9 +30,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cds_service import fixtures  # noqa: E402
-from cds_service.processes import free_port, wait_for_http  # noqa: E402
-from cds_service.fhir_server import LocalFhirServer, seed_bundle  # noqa: E402
+from cds_service.cli import fixtures  # noqa: E402
+from cds_service.cli.processes import free_port, wait_for_http  # noqa: E402
+from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle  # noqa: E402
 
 BUDGET_SECONDS = 1.0
 ANSWER_LIMIT_SECONDS = BUDGET_SECONDS + 2.0  # budget plus the service's own work and queueing

@@ -35,9 +35,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cds_service import fixtures  # noqa: E402
-from cds_service.auth import generate_key_pair, sign_token  # noqa: E402
-from cds_service.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli import fixtures  # noqa: E402
+from cds_service.web.auth import generate_key_pair, sign_token  # noqa: E402
+from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
 
 DEPLOY = ROOT / "deploy" / "nginx"
 SELECT = "/cds-services/spine-mri-order-select"

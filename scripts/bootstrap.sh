@@ -9,7 +9,7 @@ PIP=(--quiet --disable-pip-version-check)
 stamp=.venv/.installed-pyproject.sha256
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
-   && .venv/bin/python -c 'import cds_service.cli' 2>/dev/null; then
+   && .venv/bin/python -c 'import cds_service.cli.main' 2>/dev/null; then
     :
 else
     echo "bootstrap: installing the service and its test tools into .venv (needs the package index once)" >&2

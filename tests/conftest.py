@@ -10,13 +10,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from cds_service.app import create_app
-from cds_service.config import Settings
-from cds_service.mappings import get_mappings
+from cds_service.web.app import create_app
+from cds_service.web.config import Settings
+from cds_service.clinical.mappings import get_mappings
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_CAPTURES = ROOT / "fixtures" / "sandbox"
-SCHEMAS = ROOT / "cds_service" / "schemas"
+SCHEMAS = ROOT / "cds_service" / "hooks" / "schemas"
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def captured_sandbox():
 @contextlib.contextmanager
 def running_service(env: dict, workers: int = 2, threads: int = 8):
     """`cds-service serve` on a free loopback port with `env` added; yields {"base", "port", "process"}."""
-    from cds_service.processes import free_port, wait_for_http
+    from cds_service.cli.processes import free_port, wait_for_http
 
     port = free_port()
     environment = {key: value for key, value in os.environ.items()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cds_service.processes import free_port
+from cds_service.cli.processes import free_port
 
 
 def _bin_dir() -> Path:

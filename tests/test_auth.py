@@ -8,10 +8,10 @@ import uuid
 import jwt
 import pytest
 
-from cds_service import fixtures
-from cds_service.app import create_app
-from cds_service.auth import generate_key_pair, load_trusted_issuers, sign_token, TrustConfigError
-from cds_service.config import Settings
+from cds_service.cli import fixtures
+from cds_service.web.app import create_app
+from cds_service.web.auth import generate_key_pair, load_trusted_issuers, sign_token, TrustConfigError
+from cds_service.web.config import Settings
 
 SELECT = "/cds-services/spine-mri-order-select"
 BASE = "http://localhost"  # where Flask's test client sends requests; passed to create_app as serve would
@@ -142,7 +142,7 @@ def test_refused_request_changes_nothing(client, keys, tmp_path):
 
 
 def test_jku_on_the_allowlist_is_fetched_and_cached(tmp_path, keys):
-    from cds_service.auth import Authenticator
+    from cds_service.web.auth import Authenticator
 
     jku = "https://ehr.example.org/jwks.json"
     path = tmp_path / "t.json"
@@ -169,7 +169,7 @@ def test_trust_file_errors_are_clear(tmp_path):
 
 
 def test_serve_refuses_to_start_without_trust_or_switch(monkeypatch, capsys):
-    from cds_service.cli import main
+    from cds_service.cli.main import main
 
     monkeypatch.delenv("CDS_TRUSTED_ISSUERS", raising=False)
     monkeypatch.delenv("CDS_ALLOW_UNAUTHENTICATED", raising=False)
@@ -178,7 +178,7 @@ def test_serve_refuses_to_start_without_trust_or_switch(monkeypatch, capsys):
 
 
 def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monkeypatch):
-    from cds_service.cli import main
+    from cds_service.cli.main import main
 
     assert main(["keygen", "--issuer", "https://ehr.example.org", "--out", str(tmp_path), "--kid", "k1"]) == 0
     capsys.readouterr()
@@ -192,8 +192,8 @@ def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monke
 
 
 def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys):
-    from cds_service import auth as auth_module
-    from cds_service.auth import Authenticator
+    from cds_service.web import auth as auth_module
+    from cds_service.web.auth import Authenticator
 
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"https://ehr.example.org": {"jwks_url": "https://ehr.example.org/jwks.json"}}))
@@ -268,7 +268,7 @@ def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy
 
 
 def test_no_known_base_url_refuses_to_start(tmp_path, trust_file, monkeypatch, capsys):
-    from cds_service.cli import main
+    from cds_service.cli.main import main
 
     settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
@@ -418,7 +418,7 @@ def key_server(keys):
 
 
 def authenticator_for(tmp_path, url):
-    from cds_service.auth import Authenticator
+    from cds_service.web.auth import Authenticator
 
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"https://ehr.example.org": {"jwks_url": url}}))
@@ -428,8 +428,8 @@ def authenticator_for(tmp_path, url):
 
 @pytest.mark.parametrize("mode", ["fail", "slow", "empty"])
 def test_unusable_key_server_is_not_asked_again_for_every_request(tmp_path, keys, key_server, monkeypatch, mode):
-    from cds_service import auth as auth_module
-    from cds_service.auth import AuthError
+    from cds_service.web import auth as auth_module
+    from cds_service.web.auth import AuthError
 
     monkeypatch.setattr(auth_module, "JWKS_FETCH_SECONDS", 0.5)
     key_server.mode = mode
@@ -441,8 +441,8 @@ def test_unusable_key_server_is_not_asked_again_for_every_request(tmp_path, keys
 
 
 def test_key_server_is_asked_again_after_its_back_off(tmp_path, keys, key_server, monkeypatch):
-    from cds_service import auth as auth_module
-    from cds_service.auth import AuthError
+    from cds_service.web import auth as auth_module
+    from cds_service.web.auth import AuthError
 
     monkeypatch.setattr(auth_module, "JWKS_BACKOFF_SECONDS", (0.2, 1))
     key_server.mode = "fail"
@@ -456,7 +456,7 @@ def test_key_server_is_asked_again_after_its_back_off(tmp_path, keys, key_server
 
 
 def test_key_server_redirect_is_not_followed(tmp_path, keys, key_server):
-    from cds_service.auth import AuthError
+    from cds_service.web.auth import AuthError
 
     elsewhere = KeyServer({"keys": keys["jwks"]})
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.hooks import evaluate_hook
+from cds_service.hooks.evaluation import evaluate_hook
 from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent

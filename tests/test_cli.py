@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from cds_service import fixtures
-from cds_service.cli import main
-from cds_service.processes import free_port
-from cds_service.fhir_server import LocalFhirServer
+from cds_service.cli import fixtures
+from cds_service.cli.main import main
+from cds_service.cli.processes import free_port
+from cds_service.cli.local_fhir import LocalFhirServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from cds_service.cli import build_parser
-from cds_service.config import Settings
+from cds_service.cli.main import build_parser
+from cds_service.web.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

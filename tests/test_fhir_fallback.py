@@ -14,12 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from cds_service import fixtures
-from cds_service.data_sources import EXPECTED_TYPES
-from cds_service.fhir_client import FhirFetcher, FhirSettings
-from cds_service.processes import free_port
-from cds_service.fhir_server import LocalFhirServer, seed_bundle
-from cds_service.hooks import HookRequestError, evaluate_hook
+from cds_service.cli import fixtures
+from cds_service.clinical.record import EXPECTED_TYPES
+from cds_service.fhir.client import FhirFetcher, FhirSettings
+from cds_service.cli.processes import free_port
+from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle
+from cds_service.hooks.evaluation import evaluate_hook
+from cds_service.hooks.request import HookRequestError
 
 MANIFEST = fixtures.manifest()
 
@@ -55,7 +56,7 @@ def without_prefetch(patient_id: str, base: str, hook: str = "order-select", kee
 
 def test_fhir_server_contract(fhir_server, mappings):
     """The searches the service relies on behave as on HAPI: a failure here is the package, not us."""
-    from cds_service.discovery import prefetch_templates
+    from cds_service.hooks.discovery import prefetch_templates
 
     base = fhir_server.base_url
     session = requests.Session()
@@ -140,8 +141,8 @@ def test_412_says_why_the_fhir_server_was_not_read(client, server, why):
 
 
 def test_http_hook_with_allowed_server(fhir_server, tmp_path):
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.web.app import create_app
+    from cds_service.web.config import Settings
 
     settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True,
@@ -289,8 +290,8 @@ def test_a_3000_entry_result_is_paged_through(fhir_server, mappings):
     seed_bundle(fhir_server.base_url, {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     body = without_prefetch(patient, fhir_server.base_url)
     fetcher = fetcher_for(fhir_server.base_url, budget=20)
-    from cds_service.data_sources import from_prefetch
-    from cds_service.discovery import prefetch_templates
+    from cds_service.fhir.prefetch import from_prefetch
+    from cds_service.hooks.discovery import prefetch_templates
 
     data = from_prefetch(body["prefetch"])
     fetcher.fill(data, body, prefetch_templates(mappings), ["observations"])

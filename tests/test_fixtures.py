@@ -10,8 +10,8 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cds_service import fixtures
-from cds_service.fixtures import shift_dates
+from cds_service.cli import fixtures
+from cds_service.cli.fixtures import shift_dates
 
 FIXTURES = fixtures.FIXTURES_DIR
 MANIFEST = fixtures.manifest()

@@ -7,12 +7,12 @@ import json
 import pytest
 from markdown_it import MarkdownIt
 
-from cds_service import fixtures
-from cds_service.cards import ALL_PAMA_URLS, PAMA_URLS, VERDICT_SYSTEM
-from cds_service.data_sources import from_prefetch
-from cds_service.facts import extract_facts, find_mri_orders
-from cds_service.fixtures import ANCHOR
-from cds_service.rules import decide
+from cds_service.cli import fixtures
+from cds_service.hooks.cards import ALL_PAMA_URLS, PAMA_URLS, VERDICT_SYSTEM
+from cds_service.fhir.prefetch import from_prefetch
+from cds_service.clinical.facts import extract_facts, find_mri_orders
+from cds_service.cli.fixtures import ANCHOR
+from cds_service.clinical.rules import decide
 
 MANIFEST = fixtures.manifest()
 SELECT = "/cds-services/spine-mri-order-select"
@@ -392,8 +392,8 @@ def test_healthz(client):
 
 
 def test_long_summaries_are_cut_under_140_characters():
-    from cds_service.cards import _summary
-    from cds_service.model import Verdict
+    from cds_service.hooks.cards import _summary
+    from cds_service.clinical.model import Verdict
 
     summary = _summary(Verdict(code="low-value", variant_id=None, decisive_reason="x" * 300))
     assert len(summary) < 140 and summary.endswith("…")
@@ -412,7 +412,7 @@ def test_orders_of_one_call_share_the_record_but_not_each_others_reasons(client)
 def test_answer_resources_are_copies_that_leave_the_draft_order_alone(mappings):
     """The rating action and the suggestions carry the order with new extensions and codes: each is
     its own copy, so the request's draft order (and the other actions) keep what they had."""
-    from cds_service.hooks import evaluate_hook
+    from cds_service.hooks.evaluation import evaluate_hook
 
     request = fixtures.hook_request("lbp-osteoporosis", "order-select")  # radiographs first: rating + update
     original = copy.deepcopy(request["context"]["draftOrders"])

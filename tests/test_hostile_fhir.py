@@ -17,12 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cds_service import fixtures
-from cds_service.data_sources import from_prefetch
-from cds_service.discovery import prefetch_templates
-from cds_service.fhir_client import FhirFetcher, FhirSettings
-from cds_service.hooks import evaluate_hook
-from cds_service.outbound import describe_host, within
+from cds_service.cli import fixtures
+from cds_service.fhir.prefetch import from_prefetch
+from cds_service.hooks.discovery import prefetch_templates
+from cds_service.fhir.client import FhirFetcher, FhirSettings
+from cds_service.hooks.evaluation import evaluate_hook
+from cds_service.fhir.outbound import describe_host, within
 
 SELECT = "spine-mri-order-select"
 EMPTY_BUNDLE = {"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -329,8 +329,8 @@ def test_a_byte_at_a_time_is_cut_at_the_budget_and_frees_the_worker(hostile, map
 @pytest.mark.parametrize("token", ["\u65e5\u672c\u8a9e-token", "t\u00f6ken-latin-1", "line\r\nX-Injected: 1",
                                    "nul\x00byte", "with space", ["a", "list"]])
 def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, tmp_path, token):
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.web.app import create_app
+    from cds_service.web.config import Settings
 
     server = hostile(fhir_answer)
     settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
@@ -348,7 +348,7 @@ def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, 
 @pytest.mark.parametrize("entry", ["https://clinician:secret-pw@ehr.example.org/fhir", "ftp://ehr.example.org/fhir",
                                    "https://ehr.example.org/fhir?tenant=1", "ehr.example.org/fhir"])
 def test_an_allowlist_entry_that_is_not_a_base_url_stops_the_service_in_one_line(monkeypatch, entry):
-    from cds_service.config import Settings
+    from cds_service.web.config import Settings
 
     monkeypatch.setenv("CDS_FHIR_ALLOWED_SERVERS", f"https://good.example.org/fhir,{entry}")
     with pytest.raises(SystemExit) as stopped:

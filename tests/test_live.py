@@ -14,10 +14,10 @@ import uuid
 import pytest
 import requests
 
-from cds_service import fixtures
-from cds_service.fhir_client import FhirFetcher, FhirSettings
-from cds_service.fhir_server import seed_bundle
-from cds_service.hooks import evaluate_hook
+from cds_service.cli import fixtures
+from cds_service.fhir.client import FhirFetcher, FhirSettings
+from cds_service.cli.local_fhir import seed_bundle
+from cds_service.hooks.evaluation import evaluate_hook
 
 LIVE_BASE = os.environ.get("CDS_LIVE_FHIR_BASE", "").rstrip("/")
 PATIENTS = ["lbp-acute-simple", "lbp-cauda-equina", "lbp-osteoporosis", "neck-radic-persistent", "thx-myelopathy"]

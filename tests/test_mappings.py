@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service.codesystems import icd10cm_exists, loinc_check_digit_valid, normalise_icd10, verhoeff_valid
-from cds_service.mapping_validation import validate_mappings
+from cds_service.clinical.codesystems import icd10cm_exists, loinc_check_digit_valid, normalise_icd10, verhoeff_valid
+from cds_service.clinical.validation import validate_mappings
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
@@ -102,7 +102,7 @@ def test_catches_duplicate_concept_ids(broken):
 
 
 def test_validate_mappings_command_exit_codes(tmp_path, broken, capsys):
-    from cds_service.cli import main
+    from cds_service.cli.main import main
 
     assert main(["validate-mappings", "--dir", str(MAPPINGS)]) == 0
     broken("episode.yaml", lambda d: _first_code(d, "icd10cm").update(code="M54.99"))
@@ -198,9 +198,9 @@ def test_catches_a_malformed_seventh_character(broken):
 def test_a_procedure_carrying_an_imaging_code_is_prior_imaging_not_a_finding(mappings):
     from datetime import date
 
-    from cds_service.data_sources import from_prefetch
-    from cds_service.facts import extract_facts
-    from cds_service.model import MriOrder
+    from cds_service.fhir.prefetch import from_prefetch
+    from cds_service.clinical.facts import extract_facts
+    from cds_service.clinical.model import MriOrder
 
     procedure = {"resourceType": "Procedure", "id": "xr", "status": "completed", "performedDateTime": "2026-11-01",
                  "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72100"}]}}
@@ -222,8 +222,8 @@ def test_a_record_resource_is_read_when_any_of_its_codings_is_known(mappings):
     threshold-only LOINC code, nor a resource that is not an object (that one gets a note)."""
     from datetime import date
 
-    from cds_service.data_sources import ClinicalData
-    from cds_service.facts import record_facts
+    from cds_service.clinical.record import ClinicalData
+    from cds_service.clinical.facts import record_facts
 
     icd, loinc = "http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org"
     active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}

@@ -10,7 +10,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cds_service import fixtures
+from cds_service.cli import fixtures
 
 SELECT = "/cds-services/spine-mri-order-select"
 BASE_REQUEST = fixtures.hook_request("lbp-radic-failed-pt", "order-select")
@@ -76,7 +76,7 @@ def test_malformed_requests_get_200_or_400_never_500(client, response_validator,
 def test_the_fast_schema_check_accepts_only_what_the_reference_validator_accepts(schema, path, value):
     """check_request trusts fastjsonschema's yes and asks jsonschema after its no: a yes that jsonschema
     would refuse would let a malformed request through."""
-    from cds_service.hooks import _fast_check, _validator
+    from cds_service.hooks.request import _fast_check, _validator
 
     base = BASE_REQUEST if schema == "cds-hooks-request" else BASE_REQUEST["context"]
     instance = copy.deepcopy(base)
@@ -137,8 +137,8 @@ def test_live_server_answers_every_fixture(live_server, response_validator):
 def test_logs_carry_no_token_and_no_patient_name(tmp_path, caplog, captured_sandbox):
     import logging
 
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.web.app import create_app
+    from cds_service.web.config import Settings
 
     settings_ = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
                          cors_origins="*", bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True)
@@ -158,7 +158,7 @@ def test_ids_are_unique_version_4_uuids_and_differ_after_fork():
     import os
     import uuid as uuid_module
 
-    from cds_service.ids import new_uuid
+    from cds_service.hooks.ids import new_uuid
 
     made = [new_uuid() for _ in range(5000)]  # more than one pool of kernel randomness
     assert len(set(made)) == len(made)

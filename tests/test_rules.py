@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.model import FROM_ORDER, FROM_RECORD, Evidence, Facts, MedicationCourse, MriOrder, PriorImaging
-from cds_service.rules import decide, steroid_days
+from cds_service.clinical.model import FROM_ORDER, FROM_RECORD, Evidence, Facts, MedicationCourse, MriOrder, PriorImaging
+from cds_service.clinical.rules import decide, steroid_days
 
 TODAY = date(2026, 11, 22)
 LABELS = {
@@ -522,14 +522,14 @@ def test_old_fever_is_found_not_relevant_never_absent():
 
 @pytest.mark.parametrize("weeks,words", [(1, "1 week"), (1 / 7, "1 day"), (3, "3 weeks"), (0.3, "2 days")])
 def test_durations_are_singular_or_plural(weeks, words):
-    from cds_service.rules import format_weeks
+    from cds_service.clinical.rules import format_weeks
 
     assert format_weeks(weeks) == words
 
 
 def test_card_detail_says_one_week_and_found_not_relevant():
-    from cds_service.cards import build_card
-    from cds_service.mappings import get_mappings
+    from cds_service.hooks.cards import build_card
+    from cds_service.clinical.mappings import get_mappings
 
     facts = make_facts(region="cervical", pain_weeks=False,
                        findings=[finding("neck_pain", weeks_ago(1), region="cervical"),
@@ -556,7 +556,7 @@ def test_the_rules_name_only_knowledge_the_mappings_define(mappings):
     import inspect
     import re
 
-    from cds_service import rules
+    from cds_service.clinical import rules
 
     assert rules.knowledge_gaps(mappings) == []
     # every variant and guideline the rules' source names literally is in the lists checked at start-up
@@ -573,8 +573,8 @@ def test_a_mappings_folder_missing_a_concept_the_rules_read_is_a_gap(tmp_path):
 
     import yaml
 
-    from cds_service.mappings import load_mappings
-    from cds_service.rules import knowledge_gaps
+    from cds_service.clinical.mappings import load_mappings
+    from cds_service.clinical.rules import knowledge_gaps
 
     target = tmp_path / "mappings"
     shutil.copytree(Path(__file__).resolve().parent.parent / "mappings", target)

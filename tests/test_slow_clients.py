@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cds_service.processes import free_port
+from cds_service.cli.processes import free_port
 from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from cds_service import fixtures
-from cds_service.report import Window, build_report, render_csv, render_html, render_json, render_text
-from cds_service.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, utcnow
+from cds_service.cli import fixtures
+from cds_service.utilization.report import Window, build_report, render_csv, render_html, render_json, render_text
+from cds_service.utilization.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, utcnow
 
 SELECT = "/cds-services/spine-mri-order-select"
 SIGN = "/cds-services/spine-mri-order-sign"
@@ -98,8 +98,9 @@ def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display
     store.record([record("c2", order="ServiceRequest/mri-2")])
     override = {"card": "c2", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:01:00Z",
                 "overrideReason": {"reason": {"code": "surgical-candidate"}, "userComment": "seen by spine"}}
-    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 1
-    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 0  # a retry
+    displays = {"surgical-candidate": "Surgical or interventional candidate (planning)"}
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 1
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 0  # a retry
     with store.engine.connect() as connection:
         rows = {r.card_uuid: r for r in connection.execute(sa.select(feedback))}
     assert json.loads(rows["c1"].accepted_kinds) == ["cancel"]
@@ -163,7 +164,7 @@ def test_the_html_report_is_one_offline_file_with_charts(store):
 
 
 def test_bad_database_urls_and_unreachable_servers_are_one_line(tmp_path):
-    from cds_service.store import StoreError
+    from cds_service.utilization.store import StoreError
 
     with pytest.raises(StoreError, match="SQLite or PostgreSQL"):
         Store("mysql://x@localhost/db")
@@ -176,7 +177,7 @@ def test_bad_database_urls_and_unreachable_servers_are_one_line(tmp_path):
 
 @pytest.fixture
 def app_for(tmp_path, settings):
-    from cds_service.app import create_app
+    from cds_service.web.app import create_app
 
     def make(**changes):
         return create_app(replace(settings, **changes)).test_client()

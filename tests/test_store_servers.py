@@ -15,11 +15,11 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from cds_service import fixtures
-from cds_service.auth import generate_key_pair, sign_token
-from cds_service.cli import main
-from cds_service.processes import free_port, wait_for_http
-from cds_service.store import evaluations
+from cds_service.cli import fixtures
+from cds_service.web.auth import generate_key_pair, sign_token
+from cds_service.cli.main import main
+from cds_service.cli.processes import free_port, wait_for_http
+from cds_service.utilization.store import evaluations
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECT = "/cds-services/spine-mri-order-select"
@@ -133,9 +133,9 @@ def test_report_refuses_a_file_that_is_not_its_database_and_never_writes_to_it(t
 def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from cds_service.history import fill_demo_history
-    from cds_service.mappings import get_mappings
-    from cds_service.store import Store
+    from cds_service.cli.demo_history import fill_demo_history
+    from cds_service.clinical.mappings import get_mappings
+    from cds_service.utilization.store import Store
 
     db = tmp_path / "cds.sqlite3"
     store = Store(f"sqlite:///{db}")

@@ -370,17 +370,16 @@ class Store:
                 time.sleep(BATCH_SECONDS / 2)
         return found
 
-    def record_feedback(self, service_id: str, body) -> int:
-        """Store every item of a feedback POST; returns how many were new. FeedbackError names what is wrong."""
-        from .cards import CONTRAST_OVERRIDE_REASONS, OVERRIDE_REASONS
-
+    def record_feedback(self, service_id: str, body, override_displays: dict[str, str] | None = None) -> int:
+        """Store every item of a feedback POST; returns how many were new. FeedbackError names what is wrong.
+        `override_displays`: the service's own words for its override reason codes (a client may send codes only)."""
         items = parse_feedback(body)
         cards = self._wait_for_cards({item["card"] for item in items})
         unknown = sorted({item["card"] for item in items} - set(cards))
         if unknown:
             raise FeedbackError(f"no card with uuid {unknown[0]!r} was issued by this service"
                                 + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-        displays = dict(OVERRIDE_REASONS + CONTRAST_OVERRIDE_REASONS)
+        displays = override_displays or {}
         now = utcnow()
         rows = []
         for item in items:

@@ -9,9 +9,9 @@ import re
 from .ids import new_uuid
 from dataclasses import dataclass
 
-from .mappings import Mappings, bounded_put
-from .model import FROM_ORDER, MriOrder, Verdict
-from .rules import format_weeks
+from ..clinical.mappings import Mappings, bounded_put
+from ..clinical.model import FROM_ORDER, MriOrder, Verdict
+from ..clinical.rules import format_weeks
 
 VERDICT_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/mri-verdict"
 OVERRIDE_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/override-reason"

@@ -14,7 +14,8 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from .store import OrderRecord, Store, evaluations, utcnow
+from ..hooks.cards import OVERRIDE_REASONS
+from ..utilization.store import OrderRecord, Store, evaluations, utcnow
 
 CLINICIANS = [f"Practitioner/demo-{name}" for name in
               ("adams", "baker", "chen", "diaz", "evans", "fischer", "garcia", "hughes")]
@@ -26,7 +27,7 @@ OVERRIDE_SHARE = 0.3
 
 def _rated_fixtures(mappings) -> list[tuple[str, object]]:
     from . import fixtures
-    from .hooks import HookRequestError, evaluate_hook
+    from ..hooks.evaluation import HookRequestError, evaluate_hook
 
     rated = []
     for case in fixtures.manifest():
@@ -80,12 +81,11 @@ def fill_demo_history(store: Store, mappings, weeks: int = 6, orders_per_week: i
             feedback_items.append({"card": last.card_uuid, "outcome": "accepted", "outcomeTimestamp": stamp,
                                    "acceptedSuggestions": [{"id": suggestion}]})
         elif chance.random() < OVERRIDE_SHARE / (1 - ADVICE_TAKEN_SHARE):
-            from .cards import OVERRIDE_REASONS
-
             code = chance.choices([c for c, _ in OVERRIDE_REASONS], weights=[5, 3, 4, 2, 2])[0]
             feedback_items.append({"card": last.card_uuid, "outcome": "overridden", "outcomeTimestamp": stamp,
                                    "overrideReason": {"reason": {"code": code}}})
     store.write_evaluations(records)
     for start in range(0, len(feedback_items), 100):
-        store.record_feedback("spine-mri-order-select", {"feedback": feedback_items[start:start + 100]})
+        store.record_feedback("spine-mri-order-select", {"feedback": feedback_items[start:start + 100]},
+                              dict(OVERRIDE_REASONS))
     return total

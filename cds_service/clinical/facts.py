@@ -11,8 +11,8 @@ from dataclasses import replace
 from datetime import date, datetime
 
 from .codesystems import short_system
-from .data_sources import ClinicalData
 from .mappings import CodeMatch, Mappings
+from .record import ClinicalData
 from .model import (
     FROM_ORDER,
     FROM_RECORD,

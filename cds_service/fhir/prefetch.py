@@ -7,40 +7,7 @@ A later data source (the EHR's FHIR server) fills in the keys this one leaves un
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-# prefetch key -> the resource type its template asks for
-EXPECTED_TYPES = {
-    "patient": "Patient",
-    "conditions": "Condition",
-    "observations": "Observation",
-    "medications": "MedicationRequest",
-    "procedures": "Procedure",
-    "imagingStudies": "ImagingStudy",
-    "diagnosticReports": "DiagnosticReport",
-    "serviceRequests": "ServiceRequest",
-}
-
-
-@dataclass
-class ClinicalData:
-    """The patient's resources by prefetch key, plus what could not be read and why."""
-
-    resources: dict[str, list[dict]] = field(default_factory=dict)
-    # Resources a search returned with search.mode = include (e.g. Medication for
-    # MedicationRequest.medicationReference), by "Type/id".
-    included: dict[str, dict] = field(default_factory=dict)
-    unread: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def patient(self) -> dict | None:
-        patients = self.resources.get("patient") or []
-        return patients[0] if patients else None
-
-    def of(self, key: str) -> list[dict]:
-        return self.resources.get(key, [])
-
+from ..clinical.record import EXPECTED_TYPES, ClinicalData
 
 def operation_outcome_text(outcome: dict) -> str:
     issues = outcome.get("issue") if isinstance(outcome.get("issue"), list) else []

@@ -33,7 +33,7 @@ def bounded_put(cache: dict, key, value, limit: int = MATCH_CACHE_SIZE) -> None:
     if len(cache) >= limit:
         cache.clear()
     cache[key] = value
-PACKAGED_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+PACKAGED_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
 class MappingsError(ValueError):
@@ -44,7 +44,7 @@ def default_mappings_dir() -> Path:
     configured = os.environ.get("CDS_MAPPINGS_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "mappings"
+    return PACKAGED_MAPPINGS
 
 
 @dataclass(frozen=True)

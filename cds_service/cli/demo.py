@@ -20,7 +20,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from .cli import CliError, check_fhir_base, checked_mappings, ensure_port_free
+from .checks import CliError, check_fhir_base, checked_mappings, ensure_port_free
 
 DEMO_DIR = Path("var/demo")
 DEFAULT_PATIENTS = ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",
@@ -56,7 +56,7 @@ def _check_patients(requested: list[str]) -> list[str]:
 
 
 def _rating(action: dict) -> str | None:
-    from .cards import PAMA_RATING_SYSTEM, PAMA_URLS, VERDICT_SYSTEM
+    from ..hooks.cards import PAMA_RATING_SYSTEM, PAMA_URLS, VERDICT_SYSTEM
 
     for extension in action.get("resource", {}).get("extension", []):
         if extension.get("url") == PAMA_URLS["rating"][0]:
@@ -80,7 +80,7 @@ def render_card(card: dict) -> str:
 
 
 def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path, dashboard_token: str) -> subprocess.Popen:
-    from .auth import generate_key_pair
+    from ..web.auth import generate_key_pair
     from .processes import die_with_parent
 
     pem, jwk = generate_key_pair(KID)
@@ -103,7 +103,7 @@ def _fire(base: str, fhir_base: str, patients: list[str], key_path: Path, always
     import requests
 
     from . import fixtures
-    from .auth import sign_token
+    from ..web.auth import sign_token
 
     pem = key_path.read_bytes()
     url = f"{base}/cds-services/{SERVICE_ID}"
@@ -135,9 +135,9 @@ def _fire(base: str, fhir_base: str, patients: list[str], key_path: Path, always
 
 def _fill_history() -> str:
     """A few weeks of synthetic orders and feedback in the service's database (once); its description."""
-    from .config import Settings
-    from .history import fill_demo_history
-    from .store import Store, database_url, describe_url
+    from ..web.config import Settings
+    from .demo_history import fill_demo_history
+    from ..utilization.store import Store, database_url, describe_url
 
     settings = Settings.from_env()
     store = Store.from_settings(settings)
@@ -155,7 +155,7 @@ def run_demo(args) -> int:
     import requests
 
     from . import fixtures
-    from .fhir_server import LocalFhirServer, seed_bundle
+    from .local_fhir import LocalFhirServer, seed_bundle
     from .processes import stop_process, wait_for_http
 
     patients = _check_patients(args.patients)

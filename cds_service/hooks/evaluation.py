@@ -1,5 +1,5 @@
 """One hook call, end to end: check the request, find the spine MRI orders, read the data,
-decide, and build the CDS Hooks response. HTTP lives in `app`; this module is called by the
+decide, and build the CDS Hooks response. HTTP lives in `web`; this module is called by the
 server and by `cds-service evaluate` alike.
 """
 from __future__ import annotations
@@ -10,31 +10,21 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-import fastjsonschema
-import jsonschema
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from .cards import build_card
 from .ids import new_uuid
-from .data_sources import ClinicalData, from_prefetch
+from ..clinical.record import ClinicalData
+from ..fhir.prefetch import from_prefetch
 from .discovery import SERVICE_HOOKS, prefetch_templates
-from .fhir_client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
-from .facts import extract_facts, find_mri_orders, record_facts
-from .mappings import Mappings
-from .rules import decide
+from .request import HookRequestError, check_request
+from ..fhir.client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
+from ..clinical.facts import extract_facts, find_mri_orders, record_facts
+from ..clinical.mappings import Mappings
+from ..clinical.rules import decide
 
 log = logging.getLogger(__name__)
-
-
-class HookRequestError(Exception):
-    """A request the service cannot evaluate; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details or {}
 
 
 @dataclass
@@ -60,60 +50,6 @@ class HookResult:
     response: dict
     evaluations: list[Evaluation] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def _require(condition: bool, message: str, status: int = 400) -> None:
-    if not condition:
-        raise HookRequestError(status, message)
-
-
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
-
-
-@lru_cache(maxsize=None)
-def _schema(name: str) -> dict:
-    return json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
-
-
-@lru_cache(maxsize=None)
-def _validator(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_schema(name))
-
-
-@lru_cache(maxsize=None)
-def _fast_check(name: str):
-    """The same schema compiled to Python code (fastjsonschema): about 2 us instead of 50 per request.
-    Formats stay unchecked, as jsonschema leaves them by default."""
-    return fastjsonschema.compile(_schema(name), formats={"uri": lambda _value: True})
-
-
-def _schema_error(name: str, instance, prefix: str) -> str | None:
-    try:
-        _fast_check(name)(instance)
-        return None
-    except Exception:  # noqa: BLE001 - any refusal (or a crash on odd input) goes to the reference validator
-        pass
-    # jsonschema decides what is wrong and says it (fastjsonschema only waves through what it accepts)
-    error = next(iter(sorted(_validator(name).iter_errors(instance), key=lambda e: len(e.absolute_path))), None)
-    if error is None:
-        return None
-    path = ".".join(str(part) for part in error.absolute_path)
-    field = f"{prefix}.{path}" if prefix and path else (path or prefix)
-    if error.validator == "required":
-        return f"{error.message.split(' is a ')[0]} is required" + (f" in '{field}'" if field else "")
-    return f"'{field or '(body)'}': {error.message}"
-
-
-def check_request(service_id: str, body) -> None:
-    """The request against the CDS Hooks 2.0 request schema and the hook's context schema."""
-    _require(service_id in SERVICE_HOOKS, f"unknown CDS service '{service_id}'", 404)
-    _require(isinstance(body, dict), "the request body must be a JSON object")
-    problem = _schema_error("cds-hooks-request", body, "")
-    _require(problem is None, problem or "")
-    expected = SERVICE_HOOKS[service_id]
-    _require(body["hook"] == expected, f"service '{service_id}' answers the '{expected}' hook, not '{body['hook']}'")
-    problem = _schema_error(f"{expected}-context", body["context"], "context")
-    _require(problem is None, problem or "")
 
 
 CLINICAL_SOURCES = ("conditions", "observations", "medications", "procedures")
@@ -198,21 +134,3 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
         result.response["extension"] = {"systemActions": rating_actions}
     result.timings_ms["total"] = (time.perf_counter() - started) * 1000
     return result
-
-
-def order_records(service_id: str, body: dict, result: HookResult, mappings: Mappings, mode: str) -> list:
-    """The evaluation log's rows for one answered hook call (store.OrderRecord per order)."""
-    from .store import OrderRecord, utcnow
-
-    context = body.get("context") or {}
-    now = utcnow()
-    return [OrderRecord(
-        card_uuid=e.card_uuid, evaluated_at=now, service_id=service_id, hook=SERVICE_HOOKS[service_id],
-        hook_instance=str(body.get("hookInstance")), user_id=context.get("userId"),
-        patient_id=context.get("patientId"), encounter_id=context.get("encounterId"),
-        order_reference=e.order_reference, order_code=e.order_code, region=e.region, contrast=e.contrast,
-        verdict=e.verdict, variant=e.variant, rating=e.rating, red_flags=e.red_flags,
-        unread_sources=e.unread_sources, suggestion_kinds=e.suggestion_kinds,
-        latency_ms=round(result.timings_ms.get("total", 0.0), 3), mappings_version=mappings.version,
-        consult_id=e.consult_id, mode=mode,
-    ) for e in result.evaluations]

@@ -16,8 +16,9 @@ import time
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from .discovery import SERVICE_HOOKS
-from .logs import JsonLogFormatter
+from ..hooks.discovery import SERVICE_HOOKS
+from ..web.logs import JsonLogFormatter
+from .checks import CliError, check_fhir_base, checked_mappings, ensure_port_free
 
 
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
@@ -35,51 +36,12 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
-class CliError(Exception):
-    """A problem the user can fix; `str()` is the one line to print."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-# ----------------------------------------------------------------------------- checks shared by commands
-
-def checked_mappings(directory: Path | None = None):
-    """The mappings, or CliError naming the folder and what is wrong with it."""
-    from .mappings import MappingsError, default_mappings_dir, get_mappings
-    from .rules import knowledge_gaps
-
-    try:
-        mappings = get_mappings(directory)
-    except MappingsError as error:
-        raise CliError(f"cannot use the mappings: {error}") from None
-    gaps = knowledge_gaps(mappings)
-    if gaps:
-        raise CliError(f"cannot use the mappings in {directory or default_mappings_dir()}: the rules read "
-                       f"{', '.join(gaps[:5])}{' and more' if len(gaps) > 5 else ''}, which they do not define")
-    return mappings
-
-
-def ensure_port_free(host: str, port: int, how_to_change: str) -> None:
-    """CliError when something already listens on host:port (say which and how to choose another)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise CliError(f"port {port} on {host} is already in use (another cds-service, demo or FHIR "
-                               f"server?): stop it, or choose another port with {how_to_change}") from None
-            raise CliError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 def _load_json_file(path: Path, what: str):
@@ -98,9 +60,9 @@ def _load_json_file(path: Path, what: str):
 def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from .app import create_app
-    from .auth import bound_base_urls
-    from .config import Settings
+    from ..web.app import create_app
+    from ..web.auth import bound_base_urls
+    from ..web.config import Settings
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
@@ -113,7 +75,7 @@ def cmd_serve(args) -> int:
         print("\n*** WARNING: AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1). Any caller can use this "
               "service and send it patient data. Development only. ***\n", file=sys.stderr, flush=True)
     else:
-        from .auth import TrustConfigError, load_trusted_issuers
+        from ..web.auth import TrustConfigError, load_trusted_issuers
 
         try:
             issuers = load_trusted_issuers(settings.trusted_issuers)
@@ -121,7 +83,7 @@ def cmd_serve(args) -> int:
             raise CliError(f"refusing to start: {error}") from None
         print(f"trusted CDS clients: {', '.join(sorted(issuers))}", file=sys.stderr)
     ensure_port_free(args.host, args.port, "--port or CDS_PORT")
-    from .store import Store, StoreError, database_url, describe_url
+    from ..utilization.store import Store, StoreError, database_url, describe_url
 
     try:  # migrate once here, before gunicorn forks its workers
         Store.from_settings(settings).close()
@@ -174,7 +136,7 @@ def _service_for(body, path: Path, explicit: str | None) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .hooks import HookRequestError, evaluate_hook
+    from ..hooks.evaluation import HookRequestError, evaluate_hook
 
     path = Path(args.request)
     body = _load_json_file(path, "the request")
@@ -191,8 +153,8 @@ def cmd_evaluate(args) -> int:
 # ----------------------------------------------------------------------------- mappings
 
 def cmd_validate_mappings(args) -> int:
-    from .mapping_validation import validate_mappings
-    from .mappings import default_mappings_dir
+    from ..clinical.validation import validate_mappings
+    from ..clinical.mappings import default_mappings_dir
 
     directory = Path(args.dir) if args.dir else default_mappings_dir()
     errors = validate_mappings(directory)
@@ -209,8 +171,8 @@ def report_engine(db: str | None):
     """A read-only engine on the evaluation database (`--db` file, else the configured one), or CliError."""
     import sqlalchemy as sa
 
-    from .config import Settings
-    from .store import describe_url, schema_problem
+    from ..web.config import Settings
+    from ..utilization.store import describe_url, schema_problem
 
     settings = Settings.from_env()
     if db or not settings.database_url:
@@ -235,7 +197,7 @@ def report_engine(db: str | None):
 def cmd_report(args) -> int:
     from datetime import timedelta
 
-    from .report import RENDERERS, Window, build_report, render_html
+    from ..utilization.report import RENDERERS, Window, build_report, render_html
 
     if args.format == "html" and not args.out:
         raise CliError("--format html writes a file: add --out report.html")
@@ -259,7 +221,7 @@ def cmd_report(args) -> int:
 # ----------------------------------------------------------------------------- keys and tokens
 
 def cmd_keygen(args) -> int:
-    from .auth import generate_key_pair
+    from ..web.auth import generate_key_pair
 
     out = Path(args.out)
     kid = args.kid or f"{args.alg.lower()}-{int(time.time())}"
@@ -308,7 +270,7 @@ def signing_algorithm(pem: bytes, requested: str | None, where: str) -> str:
 
 
 def cmd_token(args) -> int:
-    from .auth import sign_token
+    from ..web.auth import sign_token
 
     key_path = Path(args.key)
     try:
@@ -323,43 +285,11 @@ def cmd_token(args) -> int:
 
 # ----------------------------------------------------------------------------- FHIR servers
 
-def check_fhir_base(url: str, session, wait_seconds: float = 0) -> str:
-    """The base URL without a trailing slash, once GET {base}/metadata answers a CapabilityStatement."""
-    import requests
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(f"--fhir-base must be an http(s) URL such as http://127.0.0.1:8080/fhir, got {url!r}")
-    base = url.rstrip("/")
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            reply = session.get(f"{base}/metadata", timeout=10, headers={"Accept": "application/fhir+json"})
-            problem = None if reply.ok else f"GET /metadata answered HTTP {reply.status_code}"
-            if problem is None:
-                try:
-                    kind = reply.json().get("resourceType")
-                except (ValueError, AttributeError):
-                    kind = None
-                if kind != "CapabilityStatement":
-                    raise CliError(f"{base} does not look like a FHIR server (GET /metadata is not a "
-                                   "CapabilityStatement)", 1)
-                return base
-        except requests.RequestException as error:
-            problem = f"cannot be reached ({type(error).__name__})"
-        if time.monotonic() >= deadline:
-            waited = f" within {wait_seconds:g} s" if wait_seconds else ""
-            raise CliError(f"the FHIR server at {base} {problem}{waited}: is it running, and is the base URL "
-                           "right (it usually ends in /fhir)?", 1)
-        time.sleep(2)
-
-
 def cmd_seed(args) -> int:
     import requests
 
     from . import fixtures
-    from .fhir_server import seed_bundle
+    from .local_fhir import seed_bundle
 
     paths = [Path(p) for p in args.files] or sorted((fixtures.FIXTURES_DIR / "patients").glob("*.json"))
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None

@@ -18,7 +18,7 @@ import requests
 
 from .processes import die_with_parent, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FHIR_JSON = "application/fhir+json"
 
 

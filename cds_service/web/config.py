@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fhir_client import FhirSettings, checked_allowed_server
-from .outbound import describe_host, is_base_url
+from ..fhir.client import FhirSettings, checked_allowed_server
+from ..fhir.outbound import describe_host, is_base_url
 
 
 def _number(name: str, default, kind=int, minimum=None):

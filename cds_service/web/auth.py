@@ -27,7 +27,7 @@ from pathlib import Path
 import jwt
 from jwt import PyJWK
 
-from .outbound import Outbound, OutboundError, describe_host, is_base_url
+from ..fhir.outbound import Outbound, OutboundError, describe_host, is_base_url
 
 ACCEPTED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 JWKS_REFRESH_MIN_SECONDS = 30  # an unknown kid refetches a JWKS at most this often

@@ -14,12 +14,15 @@ from flask import Flask, Response, abort, g, request
 
 from .auth import AuthError, Authenticator, forwarded_base, load_trusted_issuers
 from .config import Settings
-from .discovery import SERVICE_HOOKS, discovery_document
-from .store import FeedbackError, Store
-from .fhir_client import FhirFetcher
-from .hooks import HookRequestError, evaluate_hook, order_records
+from ..hooks.discovery import SERVICE_HOOKS, discovery_document
+from ..utilization.store import FeedbackError, Store
+from ..fhir.client import FhirFetcher
+from ..hooks.cards import CONTRAST_OVERRIDE_REASONS, OVERRIDE_REASONS
+from ..hooks.evaluation import evaluate_hook
+from ..hooks.request import HookRequestError
+from .recording import order_records
 from .logs import LogEntry
-from .mappings import get_mappings
+from ..clinical.mappings import get_mappings
 
 log = logging.getLogger("cds_service.http")
 
@@ -105,6 +108,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    override_displays = dict(OVERRIDE_REASONS + CONTRAST_OVERRIDE_REASONS)  # the sandbox sends codes only
     origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()} or {"*"}
 
     def read_json():
@@ -249,7 +253,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
         try:
-            stored = store.record_feedback(service_id, body)
+            stored = store.record_feedback(service_id, body, override_displays)
         except FeedbackError as error:
             return _error(400, str(error))
         return _json({"stored": stored})
@@ -273,7 +277,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         refusal = dashboard_refusal()
         if refusal is not None:
             return refusal
-        from .report import Window, build_report, render_html
+        from ..utilization.report import Window, build_report, render_html
 
         report = build_report(store.engine, Window.last_days(90), top=10)
         page = render_html(report, plotly_script="/dashboard/plotly.min.js",

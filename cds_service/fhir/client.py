@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin
 
-from .data_sources import EXPECTED_TYPES, ClinicalData, operation_outcome_text, read_prefetch_value
+from ..clinical.record import EXPECTED_TYPES, ClinicalData
+from .prefetch import operation_outcome_text, read_prefetch_value
 from .outbound import Outbound, OutboundError, describe_host, is_base_url, within
 
 log = logging.getLogger(__name__)

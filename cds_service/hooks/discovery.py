@@ -1,7 +1,7 @@
 """CDS Hooks discovery: the two services and the prefetch templates the rules read."""
 from __future__ import annotations
 
-from .mappings import Mappings
+from ..clinical.mappings import Mappings
 
 SERVICE_HOOKS = {
     "spine-mri-order-select": "order-select",

@@ -11,7 +11,7 @@ import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
 ANCHOR = date(2026, 11, 22)
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?$")
 
