@@ -9,10 +9,10 @@ changes how it reads a body or writes a response (e.g. another JSON library), ch
 
     .venv/bin/python -m gunicorn --chdir bench --worker-class gthread --workers 2 --threads 8 bare_app:app
 """
+
 from __future__ import annotations
 
 import orjson
-
 from flask import Flask, Response, request
 
 from cds_service.cli.main import tune_gc_for_serving

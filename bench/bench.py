@@ -17,9 +17,11 @@ client, which on a small machine is itself the bottleneck and flatters the ratio
 Bounded: every run lasts --duration seconds (after one --warmup per size and side); every
 server is stopped at the end.
 """
+
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -33,7 +35,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,30 +63,72 @@ def filler(kind: str, patient_id: str, index: int) -> dict:
     subject = {"reference": f"Patient/{patient_id}"}
     day = f"2026-{1 + index % 10:02d}-{1 + index % 27:02d}"
     if kind == "observations":
-        return {"resourceType": "Observation", "id": f"fill-obs-{index}", "status": "final", "subject": subject,
-                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                          "code": "vital-signs"}]}],
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                "effectiveDateTime": day, "valueQuantity": {"value": 60 + index % 40, "unit": "/min",
-                                                            "system": "http://unitsofmeasure.org", "code": "/min"}}
+        return {
+            "resourceType": "Observation",
+            "id": f"fill-obs-{index}",
+            "status": "final",
+            "subject": subject,
+            "category": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
+                    ]
+                }
+            ],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "effectiveDateTime": day,
+            "valueQuantity": {
+                "value": 60 + index % 40,
+                "unit": "/min",
+                "system": "http://unitsofmeasure.org",
+                "code": "/min",
+            },
+        }
     if kind == "conditions":
-        return {"resourceType": "Condition", "id": f"fill-cond-{index}", "subject": subject,
-                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                               "code": "active"}]},
-                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10",
-                                     "display": "Essential (primary) hypertension"}]},
-                "onsetDateTime": day}
+        return {
+            "resourceType": "Condition",
+            "id": f"fill-cond-{index}",
+            "subject": subject,
+            "clinicalStatus": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+            },
+            "code": {
+                "coding": [
+                    {
+                        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+                        "code": "I10",
+                        "display": "Essential (primary) hypertension",
+                    }
+                ]
+            },
+            "onsetDateTime": day,
+        }
     if kind == "procedures":
-        return {"resourceType": "Procedure", "id": f"fill-proc-{index}", "status": "completed", "subject": subject,
-                "code": {"text": "Dental cleaning"}, "performedDateTime": day}
-    return {"resourceType": "MedicationRequest", "id": f"fill-med-{index}", "status": "completed",
-            "intent": "order", "subject": subject, "authoredOn": day,
-            "medicationCodeableConcept": {"text": "amlodipine 5 mg tablet"}}
+        return {
+            "resourceType": "Procedure",
+            "id": f"fill-proc-{index}",
+            "status": "completed",
+            "subject": subject,
+            "code": {"text": "Dental cleaning"},
+            "performedDateTime": day,
+        }
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"fill-med-{index}",
+        "status": "completed",
+        "intent": "order",
+        "subject": subject,
+        "authoredOn": day,
+        "medicationCodeableConcept": {"text": "amlodipine 5 mg tablet"},
+    }
 
 
 def count_resources(prefetch: dict) -> int:
-    return sum(len(value.get("entry", [])) if value.get("resourceType") == "Bundle" else 1
-               for value in prefetch.values() if isinstance(value, dict))
+    return sum(
+        len(value.get("entry", [])) if value.get("resourceType") == "Bundle" else 1
+        for value in prefetch.values()
+        if isinstance(value, dict)
+    )
 
 
 def request_with_size(total: int) -> dict:
@@ -96,12 +140,14 @@ def request_with_size(total: int) -> dict:
         kind = FILLER_KEYS[index % len(FILLER_KEYS)]
         bundle = prefetch.get(kind) or {"resourceType": "Bundle", "type": "searchset"}
         prefetch[kind] = bundle
-        bundle.setdefault("entry", []).append({"resource": filler(kind, patient_id, index),
-                                               "search": {"mode": "match"}})
+        bundle.setdefault("entry", []).append(
+            {"resource": filler(kind, patient_id, index), "search": {"mode": "match"}}
+        )
     return body
 
 
 # --- load generators ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Load:
@@ -119,7 +165,7 @@ def parse_wrk_output(text: str) -> dict:
     line = next((line for line in text.splitlines() if line.startswith("BENCH-RESULT ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result line:\n{text[-2000:]}")
-    raw = json.loads(line[len("BENCH-RESULT "):])
+    raw = json.loads(line[len("BENCH-RESULT ") :])
     seconds = raw["duration_us"] / 1e6
     return {
         "requests": raw["requests"],
@@ -140,14 +186,26 @@ class Wrk:
 
     def describe(self) -> str:
         load = self.load
-        return (f"wrk ({self.executable}): {load.threads} threads, {load.connections} connections, "
-                f"{load.duration:g} s per run after a {load.warmup:g} s warm-up per size and side, "
-                f"timeout {load.timeout:g} s, script bench/post.lua")
+        return (
+            f"wrk ({self.executable}): {load.threads} threads, {load.connections} connections, "
+            f"{load.duration:g} s per run after a {load.warmup:g} s warm-up per size and side, "
+            f"timeout {load.timeout:g} s, script bench/post.lua"
+        )
 
     def run(self, url: str, body_path: Path, seconds: float, token_prefix: Path | None = None) -> dict:
         load = self.load
-        command = [self.executable, f"-t{load.threads}", f"-c{load.connections}", f"-d{seconds:g}s",
-                   f"--timeout={load.timeout:g}s", "-s", str(WRK_SCRIPT), url, "--", str(body_path)]
+        command = [
+            self.executable,
+            f"-t{load.threads}",
+            f"-c{load.connections}",
+            f"-d{seconds:g}s",
+            f"--timeout={load.timeout:g}s",
+            "-s",
+            str(WRK_SCRIPT),
+            url,
+            "--",
+            str(body_path),
+        ]
         if token_prefix is not None:
             command.append(str(token_prefix))
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + load.timeout + 30)
@@ -164,8 +222,10 @@ class PythonClient:
         self.load = load
 
     def describe(self) -> str:
-        return (f"Python thread-pool client (requests): {self.load.connections} concurrent, "
-                f"{self.load.duration:g} s per run; FLATTERS THE RATIO (the client is the bottleneck)")
+        return (
+            f"Python thread-pool client (requests): {self.load.connections} concurrent, "
+            f"{self.load.duration:g} s per run; FLATTERS THE RATIO (the client is the bottleneck)"
+        )
 
     def run(self, url: str, body_path: Path, seconds: float, token_prefix: Path | None = None) -> dict:
         payload = body_path.read_bytes()
@@ -203,15 +263,26 @@ class PythonClient:
         wall = time.perf_counter() - started
         latencies = sorted(latency for result in results for latency in result[0])
         if not latencies:
-            return {"requests": 0, "throughput": 0.0, "p50_ms": math.nan, "p99_ms": math.nan,
-                    "errors": 0, "out_of_tokens": out_of_tokens.is_set()}
-        return {"requests": len(latencies), "throughput": len(latencies) / wall,
-                "p50_ms": statistics.median(latencies) * 1000,
-                "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-                "errors": sum(result[1] for result in results), "out_of_tokens": out_of_tokens.is_set()}
+            return {
+                "requests": 0,
+                "throughput": 0.0,
+                "p50_ms": math.nan,
+                "p99_ms": math.nan,
+                "errors": 0,
+                "out_of_tokens": out_of_tokens.is_set(),
+            }
+        return {
+            "requests": len(latencies),
+            "throughput": len(latencies) / wall,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            "errors": sum(result[1] for result in results),
+            "out_of_tokens": out_of_tokens.is_set(),
+        }
 
 
 # --- servers -----------------------------------------------------------------------------------
+
 
 class Server:
     """A gunicorn server on a free loopback port; its stderr goes to a log file (tail shown on failure)."""
@@ -222,10 +293,11 @@ class Server:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.workdir,
-                                            stdout=subprocess.DEVNULL, stderr=log)
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=log
+            )
         if not wait_for_http(f"{self.base}/healthz", self.process, seconds=60):
             self.__exit__()
             raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
@@ -237,9 +309,10 @@ class Server:
     def cpu_seconds(self) -> float:
         """User + system CPU of the gunicorn master and its workers so far (NaN without /proc)."""
         try:
-            pids = [self.process.pid] + [int(child) for child in
-                                         Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-                                         .read_text().split()]
+            pids = [self.process.pid] + [
+                int(child)
+                for child in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            ]
             ticks = 0
             for pid in pids:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -263,16 +336,41 @@ def clean_environment() -> dict:
 def service_server(name: str, args, tmp: Path, settings: dict) -> Server:
     port = free_port()
     env = dict(clean_environment(), CDS_FEEDBACK_DB=str(tmp / f"{name}.sqlite3"), **settings)
-    command = [sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(args.workers), "--threads", str(args.server_threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "cds_service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.server_threads),
+    ]
     return Server(name, command, env, ROOT, tmp, port)
 
 
 def bare_server(args, tmp: Path) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "--chdir", str(BENCH_DIR), "--bind", f"127.0.0.1:{port}",
-               "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(args.server_threads),
-               "bare_app:app"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(BENCH_DIR),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.server_threads),
+        "bare_app:app",
+    ]
     return Server("bare", command, clean_environment(), ROOT, tmp, port)
 
 
@@ -285,6 +383,7 @@ def recording_reported(health: dict) -> str | None:
 
 
 # --- tokens for the auth variant ---------------------------------------------------------------
+
 
 class TokenMint:
     """A client key pair the auth server trusts, and single-use tokens for each wrk thread."""
@@ -306,29 +405,40 @@ class TokenMint:
         prefix = self.directory / f"tokens-{self.batches}"
         per_thread = math.ceil(count / threads)
         for thread in range(1, threads + 1):
-            tokens = (sign_token(TOKEN_ISSUER, self.pem, audience, TOKEN_KID, lifetime_seconds=300)
-                      for _ in range(per_thread))
+            tokens = (
+                sign_token(TOKEN_ISSUER, self.pem, audience, TOKEN_KID, lifetime_seconds=300) for _ in range(per_thread)
+            )
             Path(f"{prefix}.{thread}").write_text("\n".join(tokens) + "\n")
         return prefix
 
 
 # --- the runs ----------------------------------------------------------------------------------
 
+
 def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
 def summarise(hook_runs: list[dict], bare_runs: list[dict]) -> dict:
-    ratios = [hook["throughput"] / bare["throughput"] for hook, bare in zip(hook_runs, bare_runs)
-              if bare["throughput"]]
-    return {"hook": hook_runs, "bare": bare_runs, "ratio": statistics.median(ratios) if ratios else math.nan,
-            "ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan),
-            "cpu_ratio": median_of(bare_runs, "cpu_ms") / median_of(hook_runs, "cpu_ms")}
+    ratios = [
+        hook["throughput"] / bare["throughput"]
+        for hook, bare in zip(hook_runs, bare_runs, strict=True)  # runs come in pairs
+        if bare["throughput"]
+    ]
+    return {
+        "hook": hook_runs,
+        "bare": bare_runs,
+        "ratio": statistics.median(ratios) if ratios else math.nan,
+        "ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan),
+        "cpu_ratio": median_of(bare_runs, "cpu_ms") / median_of(hook_runs, "cpu_ms"),
+    }
 
 
 def side_columns(runs: list[dict]) -> str:
-    return (f"{median_of(runs, 'throughput'):>10.1f} {median_of(runs, 'p50_ms'):>8.1f} {median_of(runs, 'p99_ms'):>8.1f}"
-            f" {median_of(runs, 'cpu_ms'):>7.2f}")
+    return (
+        f"{median_of(runs, 'throughput'):>10.1f} {median_of(runs, 'p50_ms'):>8.1f} {median_of(runs, 'p99_ms'):>8.1f}"
+        f" {median_of(runs, 'cpu_ms'):>7.2f}"
+    )
 
 
 def problems(runs: list[dict]) -> str:
@@ -339,27 +449,32 @@ def problems(runs: list[dict]) -> str:
     return f"  ({'; '.join(notes)})" if notes else ""
 
 
-TABLE_HEADER = (f"{'resources':>9} {'body KB':>8} | {'hook req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | "
-                f"{'bare req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | {'ratio':>5} {'(range)':>11} "
-                f"{'cpu ratio':>9}")
+TABLE_HEADER = (
+    f"{'resources':>9} {'body KB':>8} | {'hook req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | "
+    f"{'bare req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | {'ratio':>5} {'(range)':>11} "
+    f"{'cpu ratio':>9}"
+)
 
 
 def format_row(size: int, body_bytes: int, summary: dict, extra: str = "") -> str:
     low, high = summary["ratio_range"]
-    return (f"{size:>9} {body_bytes / 1024:>8.0f} | {side_columns(summary['hook'])} | "
-            f"{side_columns(summary['bare'])} | {summary['ratio']:>5.2f} {f'({low:.2f}-{high:.2f})':>11} "
-            f"{summary['cpu_ratio']:>9.2f}{extra}"
-            + problems(summary["hook"] + summary["bare"]))
+    return (
+        f"{size:>9} {body_bytes / 1024:>8.0f} | {side_columns(summary['hook'])} | "
+        f"{side_columns(summary['bare'])} | {summary['ratio']:>5.2f} {f'({low:.2f}-{high:.2f})':>11} "
+        f"{summary['cpu_ratio']:>9.2f}{extra}" + problems(summary["hook"] + summary["bare"])
+    )
 
 
 def growth_lines(rows: list[tuple[int, dict]]) -> list[str]:
     """Hook p50 vs resource count between neighbouring sizes, as the exponent k in p50 ~ n^k."""
     lines = []
-    for (small, low), (large, high) in zip(rows, rows[1:]):
+    for (small, low), (large, high) in itertools.pairwise(rows):
         p50_low, p50_high = median_of(low["hook"], "p50_ms"), median_of(high["hook"], "p50_ms")
         exponent = math.log(p50_high / p50_low) / math.log(large / small)
-        lines.append(f"  {small:>6} -> {large:>6} resources: p50 x{p50_high / p50_low:.2f} for x{large / small:g} "
-                     f"resources, exponent {exponent:.2f}")
+        lines.append(
+            f"  {small:>6} -> {large:>6} resources: p50 x{p50_high / p50_low:.2f} for x{large / small:g} "
+            f"resources, exponent {exponent:.2f}"
+        )
     return lines
 
 
@@ -400,8 +515,9 @@ class Bench:
         runs = self.alternate([("hook", hook, tokens), ("bare", bare, None)], self.body_file(size))
         return summarise(runs["hook"], runs["bare"])
 
-    def table(self, title: str, hook: Server, bare: Server, sizes: list[int], tokens_for=None,
-              versus_base: bool = False) -> list[tuple]:
+    def table(
+        self, title: str, hook: Server, bare: Server, sizes: list[int], tokens_for=None, versus_base: bool = False
+    ) -> list[tuple]:
         """One row per size; `versus_base` adds the hook's req/s over the base table's at that size."""
         print(f"\n{title}")
         print(TABLE_HEADER + ("  vs base hook" if versus_base else ""))
@@ -419,8 +535,10 @@ class Bench:
         return rows
 
 
-BASE_TITLE = ("hook (recording on, no auth) vs bare app; medians of the rounds; ratio = hook/bare req/s per round; "
-              "cpu ms = server CPU per request (all gunicorn processes); cpu ratio = bare/hook cpu ms")
+BASE_TITLE = (
+    "hook (recording on, no auth) vs bare app; medians of the rounds; ratio = hook/bare req/s per round; "
+    "cpu ms = server CPU per request (all gunicorn processes); cpu ratio = bare/hook cpu ms"
+)
 
 
 def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
@@ -438,82 +556,147 @@ def fallback_rows(bench: Bench, service: Server, fhir_base: str) -> list[dict]:
     for round_index in range(bench.args.repeats):
         for name, path in paths.items():
             runs[name].append(bench.measure(service, path, warm=round_index == 0))
-    print(f"\nFHIR-server fallback (local FHIR server on loopback, same patient, allowlisted; {bench.client.name}; "
-          "cpu ms: the service's, not the FHIR server's):")
+    print(
+        f"\nFHIR-server fallback (local FHIR server on loopback, same patient, allowlisted; {bench.client.name}; "
+        "cpu ms: the service's, not the FHIR server's):"
+    )
     print(f"{'request':>24} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7}")
     for name, results in runs.items():
-        print(f"{name:>24} | {median_of(results, 'throughput'):>7.1f} {median_of(results, 'p50_ms'):>8.1f} "
-              f"{median_of(results, 'p99_ms'):>8.1f} {median_of(results, 'cpu_ms'):>7.2f}" + problems(results))
+        print(
+            f"{name:>24} | {median_of(results, 'throughput'):>7.1f} {median_of(results, 'p50_ms'):>8.1f} "
+            f"{median_of(results, 'p99_ms'):>8.1f} {median_of(results, 'cpu_ms'):>7.2f}" + problems(results)
+        )
     return [run for results in runs.values() for run in results]
 
 
 def fallback_concurrency(fhir_base: str) -> None:
     """How concurrent the 8 queries of one hook are, in-process, one hook at a time."""
+    from cds_service.clinical.mappings import get_mappings
     from cds_service.fhir.client import FhirFetcher, FhirSettings
     from cds_service.hooks.evaluation import evaluate_hook
-    from cds_service.clinical.mappings import get_mappings
 
     body = fixtures.hook_request(BASE_PATIENT, "order-select")
     body.update(fhirServer=fhir_base, prefetch={})
     fetcher = FhirFetcher(FhirSettings(allowed_servers=frozenset({fhir_base}), budget_seconds=5))
     sums, slowest, totals = [], [], []
     for _ in range(30):
-        timings = evaluate_hook("spine-mri-order-select", json.loads(json.dumps(body)), get_mappings(),
-                                fetcher=fetcher).timings_ms
+        timings = evaluate_hook(
+            "spine-mri-order-select", json.loads(json.dumps(body)), get_mappings(), fetcher=fetcher
+        ).timings_ms
         sums.append(timings["fhir_sum"])
         slowest.append(timings["fhir_slowest"])
         totals.append(timings["fhir"])
-    print(f"queries, one hook at a time in-process (median of 30): sum of the 8 queries "
-          f"{statistics.median(sums):.1f} ms, slowest query {statistics.median(slowest):.1f} ms, "
-          f"all 8 concurrently {statistics.median(totals):.1f} ms")
+    print(
+        f"queries, one hook at a time in-process (median of 30): sum of the 8 queries "
+        f"{statistics.median(sums):.1f} ms, slowest query {statistics.median(slowest):.1f} ms, "
+        f"all 8 concurrently {statistics.median(totals):.1f} ms"
+    )
 
 
 def machine_line() -> str:
     model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
+    with suppress(OSError):
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (f"machine: {os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()}, "
-            f"Python {platform.python_version()}; load average at start {load}")
+    return (
+        f"machine: {os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()}, "
+        f"Python {platform.python_version()}; load average at start {load}"
+    )
 
 
 def reproduce_command(args) -> str:
-    parts = [".venv/bin/python", "bench/bench.py", "--sizes", *map(str, args.sizes), "--repeats", str(args.repeats),
-             "--duration", f"{args.duration:g}", "--warmup", f"{args.warmup:g}", "--threads", str(args.threads),
-             "--connections", str(args.connections), "--workers", str(args.workers),
-             "--server-threads", str(args.server_threads), "--variants", *args.variants,
-             "--variant-sizes", *map(str, args.variant_sizes)]
+    parts = [
+        ".venv/bin/python",
+        "bench/bench.py",
+        "--sizes",
+        *map(str, args.sizes),
+        "--repeats",
+        str(args.repeats),
+        "--duration",
+        f"{args.duration:g}",
+        "--warmup",
+        f"{args.warmup:g}",
+        "--threads",
+        str(args.threads),
+        "--connections",
+        str(args.connections),
+        "--workers",
+        str(args.workers),
+        "--server-threads",
+        str(args.server_threads),
+        "--variants",
+        *args.variants,
+        "--variant-sizes",
+        *map(str, args.variant_sizes),
+    ]
     if args.python_client:
         parts.append("--python-client")
     return shlex.join(parts)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000],
-                        help="prefetch sizes (resources) of the main table")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[50, 200, 1000, 10000],
+        help="prefetch sizes (resources) of the main table",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds per size; hook and bare alternate in each")
-    parser.add_argument("--duration", type=int, default=8, help="seconds per measured run (whole seconds: wrk takes no fractions)")
+    parser.add_argument(
+        "--duration", type=int, default=8, help="seconds per measured run (whole seconds: wrk takes no fractions)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per size and side (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (Python client: concurrency)")
     parser.add_argument("--timeout", type=int, default=30, help="seconds before a request counts as timed out")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("CDS_WORKERS", "4")),
-                        help="gunicorn workers, both servers (default: CDS_WORKERS or the service's 4)")
-    parser.add_argument("--server-threads", type=int, default=int(os.environ.get("CDS_THREADS", "2")),
-                        help="gunicorn threads per worker, both servers (default: CDS_THREADS or the service's 2)")
-    parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS),
-                        help="extra row sets; give the flag alone for none")
-    parser.add_argument("--variant-sizes", type=int, nargs="+", default=[200],
-                        help="prefetch sizes of the recording-off and auth row sets")
-    parser.add_argument("--token-margin", type=float, default=2.0,
-                        help="auth: tokens signed per run = margin x the base hook's req/s x seconds")
-    parser.add_argument("--python-client", action="store_true",
-                        help="use the Python client even if wrk is installed (to compare; flatters the ratio)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("CDS_WORKERS", "4")),
+        help="gunicorn workers, both servers (default: CDS_WORKERS or the service's 4)",
+    )
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=int(os.environ.get("CDS_THREADS", "2")),
+        help="gunicorn threads per worker, both servers (default: CDS_THREADS or the service's 2)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="extra row sets; give the flag alone for none",
+    )
+    parser.add_argument(
+        "--variant-sizes",
+        type=int,
+        nargs="+",
+        default=[200],
+        help="prefetch sizes of the recording-off and auth row sets",
+    )
+    parser.add_argument(
+        "--token-margin",
+        type=float,
+        default=2.0,
+        help="auth: tokens signed per run = margin x the base hook's req/s x seconds",
+    )
+    parser.add_argument(
+        "--python-client",
+        action="store_true",
+        help="use the Python client even if wrk is installed (to compare; flatters the ratio)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.duration <= 0 or args.connections < args.threads or args.threads < 1:
         parser.error("need --repeats >= 1, --duration > 0, --threads >= 1 and --connections >= --threads")
@@ -528,18 +711,26 @@ def main(argv=None) -> int:
         client = Wrk(wrk, load)
     else:
         if not wrk:
-            print(f"*** {WRK_INSTALL_HINT}. Falling back to the Python client: it shares the cores with the "
-                  "server and caps both sides, so the ratios below are FLATTERED. ***", file=sys.stderr)
+            print(
+                f"*** {WRK_INSTALL_HINT}. Falling back to the Python client: it shares the cores with the "
+                "server and caps both sides, so the ratios below are FLATTERED. ***",
+                file=sys.stderr,
+            )
         client = PythonClient(load)
     tmp = Path(tempfile.mkdtemp(prefix="cds-bench-"))
     fhir_port = free_port()
     fhir_base = f"http://127.0.0.1:{fhir_port}/fhir"
     # No auth in the base rows: they measure the clinical path; the auth row set adds the JWT check.
-    base_settings = {"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_RECORD_EVALUATIONS": "1",
-                     "CDS_FHIR_ALLOWED_SERVERS": fhir_base}
+    base_settings = {
+        "CDS_ALLOW_UNAUTHENTICATED": "1",
+        "CDS_RECORD_EVALUATIONS": "1",
+        "CDS_FHIR_ALLOWED_SERVERS": fhir_base,
+    }
     print(machine_line())
-    print(f"servers: gunicorn gthread, {args.workers} workers x {args.server_threads} threads, each "
-          f"(service: cds-service serve, log level INFO to a file; bare: bench/bare_app.py)")
+    print(
+        f"servers: gunicorn gthread, {args.workers} workers x {args.server_threads} threads, each "
+        f"(service: cds-service serve, log level INFO to a file; bare: bench/bare_app.py)"
+    )
     print(f"load: {client.describe()}; {args.repeats} rounds per size, hook and bare alternating")
     print(f"reproduce: {reproduce_command(args)}", flush=True)
     all_runs = []
@@ -569,20 +760,30 @@ def main(argv=None) -> int:
                             fhir.stop()
             all_runs += [run for _, summary in rows for run in summary["hook"] + summary["bare"]]
             if "recording-off" in args.variants:
-                with service_server("hook-recording-off", args, tmp,
-                                    dict(base_settings, CDS_RECORD_EVALUATIONS="0")) as hook:
+                with service_server(
+                    "hook-recording-off", args, tmp, dict(base_settings, CDS_RECORD_EVALUATIONS="0")
+                ) as hook:
                     reported = recording_reported(hook.health())
-                    note = (f"/healthz reports {reported}" if reported else
-                            "/healthz does not report recording: this version may ignore the setting "
-                            "and still record")
-                    rows = bench.table(f"recording off (CDS_RECORD_EVALUATIONS=0; {note}); last column: hook req/s "
-                                       "over the base table's", hook, bare, args.variant_sizes, versus_base=True)
+                    note = (
+                        f"/healthz reports {reported}"
+                        if reported
+                        else "/healthz does not report recording: this version may ignore the setting and still record"
+                    )
+                    rows = bench.table(
+                        f"recording off (CDS_RECORD_EVALUATIONS=0; {note}); last column: hook req/s "
+                        "over the base table's",
+                        hook,
+                        bare,
+                        args.variant_sizes,
+                        versus_base=True,
+                    )
                     all_runs += [run for _, summary in rows for run in summary["hook"] + summary["bare"]]
             if "auth" in args.variants:
                 mint = TokenMint(tmp)
                 auth_settings = dict(base_settings, CDS_TRUSTED_ISSUERS=str(mint.trusted_issuers))
                 del auth_settings["CDS_ALLOW_UNAUTHENTICATED"]
                 with service_server("hook-auth", args, tmp, auth_settings) as hook:
+
                     def tokens_for(size):
                         base = bench.base_rows.get(size)
                         rate = median_of(base["hook"], "throughput") if base else 2000.0
@@ -590,11 +791,18 @@ def main(argv=None) -> int:
                         def prefix(seconds):
                             count = int(args.token_margin * rate * seconds) + 50 * args.threads
                             return mint.write(hook.base + HOOK_PATH, count, args.threads)
+
                         return prefix
 
-                    rows = bench.table("auth on (ES384 JWT per call, single-use jti, aud = the URL); last column: "
-                                       "hook req/s over the base table's", hook, bare, args.variant_sizes, tokens_for,
-                                       versus_base=True)
+                    rows = bench.table(
+                        "auth on (ES384 JWT per call, single-use jti, aud = the URL); last column: "
+                        "hook req/s over the base table's",
+                        hook,
+                        bare,
+                        args.variant_sizes,
+                        tokens_for,
+                        versus_base=True,
+                    )
                     all_runs += [run for _, summary in rows for run in summary["hook"] + summary["bare"]]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ Starts `cds-service serve` (1 worker, 1 thread, authentication off) on loopback,
 order-select whose prefetch is padded with Observations that match nothing up to the given
 size, and prints the worker's resident memory before the request and its peak (VmHWM) after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,14 @@ from cds_service.cli.processes import free_port, stop_process, wait_for_http  # 
 
 def padded_body(megabytes: float) -> bytes:
     body = fixtures.hook_request("lbp-osteoporosis")
-    filler = {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/x"},
-              "code": {"coding": [{"system": "http://loinc.org", "code": "0000-0", "display": "padding"}]},
-              "effectiveDateTime": "2020-01-01", "valueQuantity": {"value": 1, "unit": "1"}}
+    filler = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "Patient/x"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "0000-0", "display": "padding"}]},
+        "effectiveDateTime": "2020-01-01",
+        "valueQuantity": {"value": 1, "unit": "1"},
+    }
     one = len(json.dumps({"resource": {**filler, "id": "pad-000000"}})) + 2
     count = int(megabytes * 1e6 - len(json.dumps(body))) // one
     entries = body["prefetch"]["observations"].setdefault("entry", [])
@@ -66,28 +72,58 @@ def main() -> int:
         port = free_port()
         directory = tempfile.mkdtemp(prefix="cds-mem-")  # removed below
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-        env.update(CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{directory}/f.sqlite3", CDS_LOG_LEVEL="WARNING",
-                   CDS_MAX_BODY_BYTES=str(len(raw) + 1))
-        service = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--workers", "1", "--threads", "1"], env=env, cwd=ROOT,
-                                   stderr=subprocess.DEVNULL)
+        env.update(
+            CDS_ALLOW_UNAUTHENTICATED="1",
+            CDS_FEEDBACK_DB=f"{directory}/f.sqlite3",
+            CDS_LOG_LEVEL="WARNING",
+            CDS_MAX_BODY_BYTES=str(len(raw) + 1),
+        )
+        service = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cds_service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--threads",
+                "1",
+            ],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             if not wait_for_http(base + "/healthz", service):
                 print("the service did not start", file=sys.stderr)
                 return 1
-            requests.post(base + "/cds-services/spine-mri-order-select", json=fixtures.hook_request("lbp-osteoporosis"),
-                          timeout=30)  # warm: mappings and schemas loaded
+            requests.post(
+                base + "/cds-services/spine-mri-order-select",
+                json=fixtures.hook_request("lbp-osteoporosis"),
+                timeout=30,
+            )  # warm: mappings and schemas loaded
             worker = worker_pid(service.pid)
             before = memory_kb(worker)
             started = time.perf_counter()
-            reply = requests.post(base + "/cds-services/spine-mri-order-select", data=raw,
-                                  headers={"Content-Type": "application/json"}, timeout=300)
+            reply = requests.post(
+                base + "/cds-services/spine-mri-order-select",
+                data=raw,
+                headers={"Content-Type": "application/json"},
+                timeout=300,
+            )
             elapsed = time.perf_counter() - started
             after = memory_kb(worker)
-            print(f"body {len(raw) / 1e6:6.1f} MB -> HTTP {reply.status_code} in {elapsed:5.2f} s; worker RSS before "
-                  f"{before['VmRSS'] / 1024:6.0f} MB, peak {after['VmHWM'] / 1024:6.0f} MB: "
-                  f"{(after['VmHWM'] - before['VmRSS']) / 1024:5.0f} MB for this request", flush=True)
+            print(
+                f"body {len(raw) / 1e6:6.1f} MB -> HTTP {reply.status_code} in {elapsed:5.2f} s; worker RSS before "
+                f"{before['VmRSS'] / 1024:6.0f} MB, peak {after['VmHWM'] / 1024:6.0f} MB: "
+                f"{(after['VmHWM'] - before['VmRSS']) / 1024:5.0f} MB for this request",
+                flush=True,
+            )
         finally:
             stop_process(service, 15)
             shutil.rmtree(directory, ignore_errors=True)

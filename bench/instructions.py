@@ -13,6 +13,7 @@ as `serve` would: recording on, log lines at INFO to /dev/null, authentication o
 bench/bare_app.py), makes three warm-up calls through WSGI, then counts only the measured calls.
 Needs valgrind (`apt-get install valgrind`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,18 @@ def inner(side: str, size: int, calls: int) -> None:
     from bench import HOOK_PATH, request_with_size
 
     if side == "hook":
-        from cds_service.web.app import create_app
         from cds_service.cli.main import configure_logging
+        from cds_service.web.app import create_app
         from cds_service.web.config import Settings
 
         for key in [key for key in os.environ if key.startswith("CDS_")]:
             del os.environ[key]  # not the shell's database, trust or mode
-        os.environ.update(CDS_FEEDBACK_DB=str(Path(tempfile.mkdtemp()) / "instructions.sqlite3"),
-                          CDS_ALLOW_UNAUTHENTICATED="1")
+        os.environ.update(
+            CDS_FEEDBACK_DB=str(Path(tempfile.mkdtemp()) / "instructions.sqlite3"), CDS_ALLOW_UNAUTHENTICATED="1"
+        )
         configure_logging("INFO")
-        logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))
+        # the process ends with the measurement: the file closes with it
+        logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115
         app = create_app(Settings.from_env())
     else:
         from bare_app import app
@@ -62,8 +65,10 @@ def inner(side: str, size: int, calls: int) -> None:
 
     tune_gc_for_serving()  # as `serve` does in each worker (and bare_app.py at import)
     payload = json.dumps(request_with_size(size)).encode()
-    environs = [EnvironBuilder(path=HOOK_PATH, method="POST", data=payload, content_type="application/json")
-                .get_environ() for _ in range(WARMUP_CALLS + calls)]
+    environs = [
+        EnvironBuilder(path=HOOK_PATH, method="POST", data=payload, content_type="application/json").get_environ()
+        for _ in range(WARMUP_CALLS + calls)
+    ]
 
     def start_response(status, headers, exc_info=None):
         if not status.startswith("200"):
@@ -89,9 +94,22 @@ def count(side: str, size: int, calls: int) -> float:
     """Instructions per call."""
     with tempfile.TemporaryDirectory() as tmp:
         finished = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.out",
-             sys.executable, __file__, "--inner", side, str(size), str(calls)],
-            capture_output=True, text=True, cwd=ROOT)
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={tmp}/callgrind.out",
+                sys.executable,
+                __file__,
+                "--inner",
+                side,
+                str(size),
+                str(calls),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if finished.returncode != 0:
             raise RuntimeError(f"the {side} run failed:\n{finished.stderr[-2000:]}")
         return parse_collected(finished.stderr) / calls

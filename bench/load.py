@@ -10,6 +10,7 @@ for the slow-server phase, the most threads and open sockets the service's proce
 In the trickling phase half the hooks name a server that sends a byte every 0.2 s: the other
 half, against the healthy server, must all be answered from it (200), not starved (412).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
-from cds_service.cli.processes import free_port, wait_for_http  # noqa: E402
 from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle  # noqa: E402
+from cds_service.cli.processes import free_port, wait_for_http  # noqa: E402
 
 BUDGET_SECONDS = 1.0
 ANSWER_LIMIT_SECONDS = BUDGET_SECONDS + 2.0  # budget plus the service's own work and queueing
 MAX_REQUESTS_PER_PHASE = 20_000
-
 
 
 class SlowFhir(BaseHTTPRequestHandler):
@@ -95,8 +95,15 @@ def process_tree_usage(pid: int) -> tuple[int, int]:
     return threads, sockets
 
 
-def run_phase(name: str, url: str, bodies: list[tuple[str, bytes]], seconds: float, concurrency: int,
-              during=None, watch_pid: int | None = None) -> dict:
+def run_phase(
+    name: str,
+    url: str,
+    bodies: list[tuple[str, bytes]],
+    seconds: float,
+    concurrency: int,
+    during=None,
+    watch_pid: int | None = None,
+) -> dict:
     """`bodies` are (label, body): statuses are also counted by label."""
     stop_at = time.monotonic() + seconds
     statuses: Counter = Counter()
@@ -119,8 +126,9 @@ def run_phase(name: str, url: str, bodies: list[tuple[str, bytes]], seconds: flo
             n += concurrency
             started = time.monotonic()
             try:
-                reply = session.post(url, data=body, headers={"Content-Type": "application/json"},
-                                     timeout=ANSWER_LIMIT_SECONDS + 5)
+                reply = session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}, timeout=ANSWER_LIMIT_SECONDS + 5
+                )
                 elapsed = time.monotonic() - started
                 with lock:
                     statuses[reply.status_code] += 1
@@ -149,12 +157,24 @@ def run_phase(name: str, url: str, bodies: list[tuple[str, bytes]], seconds: flo
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(worker, range(concurrency)))
     received = sum(statuses.values())
-    result = {"phase": name, "sent": sent, "received": received, "statuses": dict(statuses), "lost": len(lost),
-              "lost_kinds": dict(Counter(lost)), "peak_threads": peak[0], "peak_sockets": peak[1],
-              "by_label": dict(by_label)}
-    print(f"{name:<34} sent {sent:>6}  received {received:>6}  by status {dict(sorted(statuses.items()))}  "
-          f"lost {len(lost)}" + (f" {dict(Counter(lost))}" if lost else "")
-          + (f"  peak threads {peak[0]}, sockets {peak[1]}" if watch_pid else ""), flush=True)
+    result = {
+        "phase": name,
+        "sent": sent,
+        "received": received,
+        "statuses": dict(statuses),
+        "lost": len(lost),
+        "lost_kinds": dict(Counter(lost)),
+        "peak_threads": peak[0],
+        "peak_sockets": peak[1],
+        "by_label": dict(by_label),
+    }
+    print(
+        f"{name:<34} sent {sent:>6}  received {received:>6}  by status {dict(sorted(statuses.items()))}  "
+        f"lost {len(lost)}"
+        + (f" {dict(Counter(lost))}" if lost else "")
+        + (f"  peak threads {peak[0]}, sockets {peak[1]}" if watch_pid else ""),
+        flush=True,
+    )
     labels = sorted({label for label, _ in bodies})
     if len(labels) > 1:
         for label in labels:
@@ -187,12 +207,32 @@ def main() -> int:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cds-load-")
     env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}  # not the shell's settings
-    env.update(CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=f"{tmp}/load.sqlite3",
-               CDS_LOG_LEVEL="WARNING", CDS_FHIR_ALLOWED_SERVERS=f"{fhir_base},{slow_base},{trickling_base}",
-               CDS_FHIR_BUDGET_SECONDS=str(BUDGET_SECONDS))
-    service = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", "2", "--threads", "8"], env=env, cwd=ROOT,
-                               stderr=subprocess.DEVNULL)
+    env.update(
+        CDS_ALLOW_UNAUTHENTICATED="1",
+        CDS_FEEDBACK_DB=f"{tmp}/load.sqlite3",
+        CDS_LOG_LEVEL="WARNING",
+        CDS_FHIR_ALLOWED_SERVERS=f"{fhir_base},{slow_base},{trickling_base}",
+        CDS_FHIR_BUDGET_SECONDS=str(BUDGET_SECONDS),
+    )
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cds_service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--threads",
+            "8",
+        ],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/cds-services/spine-mri-order-select"
     try:
         if not wait_for_http(f"http://127.0.0.1:{port}/healthz", service):
@@ -210,31 +250,62 @@ def main() -> int:
             return out
 
         def alternate(first: list, second: list) -> list:
-            return [b for pair in zip(first, second) for b in pair]
+            return [b for pair in zip(first, second, strict=False) for b in pair]
 
         mixed = alternate(bodies(fhir_base, True), bodies(fhir_base, False))
-        print(f"service: 2 workers x 8 threads, FHIR budget {BUDGET_SECONDS} s; client: {args.concurrency} "
-              f"concurrent; {args.seconds:.0f} s per phase; an answer counts as lost after "
-              f"{ANSWER_LIMIT_SECONDS:.0f} s\n")
+        print(
+            f"service: 2 workers x 8 threads, FHIR budget {BUDGET_SECONDS} s; client: {args.concurrency} "
+            f"concurrent; {args.seconds:.0f} s per phase; an answer counts as lost after "
+            f"{ANSWER_LIMIT_SECONDS:.0f} s\n"
+        )
         results = [run_phase("1. sustained (half without prefetch)", url, mixed, args.seconds, args.concurrency)]
-        results.append(run_phase("2. trickling + healthy FHIR server", url,
-                                 alternate(bodies(trickling_base, False, "against the trickling server"),
-                                           bodies(fhir_base, False, "against the healthy server")),
-                                 args.seconds, args.concurrency))
-        starved = sum(count for (label, status), count in results[-1]["by_label"].items()
-                      if label == "against the healthy server" and status != 200)
+        results.append(
+            run_phase(
+                "2. trickling + healthy FHIR server",
+                url,
+                alternate(
+                    bodies(trickling_base, False, "against the trickling server"),
+                    bodies(fhir_base, False, "against the healthy server"),
+                ),
+                args.seconds,
+                args.concurrency,
+            )
+        )
+        starved = sum(
+            count
+            for (label, status), count in results[-1]["by_label"].items()
+            if label == "against the healthy server" and status != 200
+        )
 
         def kill_fhir():
             time.sleep(args.seconds / 2)
             fhir.process.kill()
 
-        results.append(run_phase("3. FHIR server killed mid-run", url, bodies(fhir_base, False), args.seconds,
-                                 args.concurrency, during=kill_fhir))
-        results.append(run_phase("4. FHIR server answering in 10 s", url, bodies(slow_base, False), args.seconds,
-                                 args.concurrency, watch_pid=service.pid))
+        results.append(
+            run_phase(
+                "3. FHIR server killed mid-run",
+                url,
+                bodies(fhir_base, False),
+                args.seconds,
+                args.concurrency,
+                during=kill_fhir,
+            )
+        )
+        results.append(
+            run_phase(
+                "4. FHIR server answering in 10 s",
+                url,
+                bodies(slow_base, False),
+                args.seconds,
+                args.concurrency,
+                watch_pid=service.pid,
+            )
+        )
         lost = sum(r["lost"] for r in results)
-        print(f"\nlost in all phases: {lost} (must be 0); hooks against the healthy server not answered 200 "
-              f"while the other trickled: {starved} (must be 0)")
+        print(
+            f"\nlost in all phases: {lost} (must be 0); hooks against the healthy server not answered 200 "
+            f"while the other trickled: {starved} (must be 0)"
+        )
         return 0 if lost == 0 and starved == 0 else 1
     finally:
         service.terminate()

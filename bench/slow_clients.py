@@ -12,9 +12,11 @@ so straight against `cds-service serve` the hooks stall; behind nginx
 
 `LocalNginx` and `SlowClients` are also used by tests/test_slow_clients.py.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
-from cds_service.web.auth import generate_key_pair, sign_token  # noqa: E402
 from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.web.auth import generate_key_pair, sign_token  # noqa: E402
 
 DEPLOY = ROOT / "deploy" / "nginx"
 SELECT = "/cds-services/spine-mri-order-select"
@@ -51,8 +53,10 @@ def find_nginx() -> str | None:
 def shipped_limits() -> dict[str, int]:
     """worker_connections and worker_rlimit_nofile of the shipped main config (deploy/nginx/nginx.conf)."""
     text = (DEPLOY / "nginx.conf").read_text()
-    return {name: int(re.search(rf"\b{name}\s+(\d+);", text).group(1))
-            for name in ("worker_connections", "worker_rlimit_nofile")}
+    return {
+        name: int(re.search(rf"\b{name}\s+(\d+);", text).group(1))
+        for name in ("worker_connections", "worker_rlimit_nofile")
+    }
 
 
 def raise_open_files(wanted: int) -> int:
@@ -80,19 +84,27 @@ class LocalNginx:
         if binary is None:
             raise RuntimeError("nginx is not installed (scripts/system-packages.sh installs it)")
         server = Template((DEPLOY / "cds.conf.template").read_text()).safe_substitute(
-            CDS_PROXY_LISTEN=f"127.0.0.1:{self.port}", CDS_UPSTREAM=self.upstream,
-            CDS_MAX_BODY_BYTES=str(self.max_body_bytes))
+            CDS_PROXY_LISTEN=f"127.0.0.1:{self.port}",
+            CDS_UPSTREAM=self.upstream,
+            CDS_MAX_BODY_BYTES=str(self.max_body_bytes),
+        )
         (self.prefix / "cds.conf").write_text(server)
         limits = shipped_limits()
-        temp = "\n".join(f"    {kind}_temp_path {self.prefix / kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "\n".join(
+            f"    {kind}_temp_path {self.prefix / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         (self.prefix / "nginx.conf").write_text(
             f"daemon off;\nworker_processes 1;\nworker_rlimit_nofile {limits['worker_rlimit_nofile']};\n"
             f"pid {self.prefix / 'nginx.pid'};\nerror_log {self.prefix / 'error.log'} warn;\n"
             f"events {{\n    worker_connections {limits['worker_connections']};\n}}\n"
-            f"http {{\n    access_log off;\n{temp}\n    include {self.prefix / 'cds.conf'};\n}}\n")
-        self.process = subprocess.Popen([binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            f"http {{\n    access_log off;\n{temp}\n    include {self.prefix / 'cds.conf'};\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -136,12 +148,14 @@ class SlowClients:
         except OSError:
             return None
 
-    def start(self) -> "SlowClients":
+    def start(self) -> SlowClients:
         request_line = f"POST {SELECT} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
         self.sockets = {
             "slow_headers": [self._connect(request_line) for _ in range(self.slow_headers)],
-            "slow_bodies": [self._connect(request_line + b"Content-Type: application/json\r\n"
-                                          b"Content-Length: 100000\r\n\r\n{") for _ in range(self.slow_bodies)],
+            "slow_bodies": [
+                self._connect(request_line + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+                for _ in range(self.slow_bodies)
+            ],
             "idle": [self._connect() for _ in range(self.idle)],
         }
         self._thread = threading.Thread(target=self._drip, daemon=True)
@@ -154,10 +168,8 @@ class SlowClients:
             for kind, byte in (("slow_headers", b"X"), ("slow_bodies", b" ")):
                 for sock in self.sockets[kind]:
                     if sock is not None:
-                        try:
+                        with contextlib.suppress(OSError):
                             sock.send(byte)
-                        except OSError:
-                            pass
 
     def still_open(self) -> dict[str, int]:
         """How many connections of each kind the server has not closed."""
@@ -184,8 +196,9 @@ class SlowClients:
                     sock.close()
 
 
-def signed_hooks(base: str, key_pem: bytes, kid: str, seconds: float, every: float = 0.25,
-                 timeout: float = 10) -> list[tuple[int | str, float]]:
+def signed_hooks(
+    base: str, key_pem: bytes, kid: str, seconds: float, every: float = 0.25, timeout: float = 10
+) -> list[tuple[int | str, float]]:
     """(status or error name, seconds) of one signed order-select hook every `every` s for `seconds`."""
     body = json.dumps(fixtures.hook_request("lbp-osteoporosis")).encode()
     results = []
@@ -195,8 +208,12 @@ def signed_hooks(base: str, key_pem: bytes, kid: str, seconds: float, every: flo
         started = time.monotonic()
         try:
             # A new connection per hook, as a new EHR client would open.
-            reply = requests.post(base + SELECT, data=body, timeout=timeout,
-                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+            reply = requests.post(
+                base + SELECT,
+                data=body,
+                timeout=timeout,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            )
             outcome: int | str = reply.status_code
         except requests.RequestException as error:
             outcome = type(error).__name__
@@ -214,15 +231,32 @@ def client_identity(directory: Path) -> tuple[bytes, str, Path]:
     return pem, kid, trust
 
 
-def start_service(port: int, public_base: str, trust: Path, directory: Path, auth: bool = True,
-                  workers: int = 2, threads: int = 8) -> subprocess.Popen:
+def start_service(
+    port: int, public_base: str, trust: Path, directory: Path, auth: bool = True, workers: int = 2, threads: int = 8
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env.update(CDS_FEEDBACK_DB=str(directory / "f.sqlite3"), CDS_LOG_LEVEL="WARNING",
-               CDS_PUBLIC_BASE_URL=public_base)
+    env.update(CDS_FEEDBACK_DB=str(directory / "f.sqlite3"), CDS_LOG_LEVEL="WARNING", CDS_PUBLIC_BASE_URL=public_base)
     env.update({"CDS_TRUSTED_ISSUERS": str(trust)} if auth else {"CDS_ALLOW_UNAUTHENTICATED": "1"})
-    process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", str(workers), "--threads", str(threads)],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cds_service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if not wait_for_http(f"http://127.0.0.1:{port}/healthz", process):
         process.kill()
         raise RuntimeError("the service did not start")
@@ -233,8 +267,7 @@ def summary(results: list[tuple[int | str, float]]) -> str:
     answered = [seconds for outcome, seconds in results if outcome == 200]
     failed = len(results) - len(answered)
     slowest = max((seconds for _, seconds in results), default=0.0)
-    return (f"{len(results)} hooks sent, {len(answered)} answered 200, {failed} failed or other; "
-            f"slowest {slowest:.2f} s")
+    return f"{len(results)} hooks sent, {len(answered)} answered 200, {failed} failed or other; slowest {slowest:.2f} s"
 
 
 def wrk_throughput(url: str, body: bytes, seconds: int = 10, connections: int = 16) -> tuple[float, str]:
@@ -243,17 +276,25 @@ def wrk_throughput(url: str, body: bytes, seconds: int = 10, connections: int = 
         script = Path(directory) / "post.lua"
         body_file = Path(directory) / "body.json"
         body_file.write_bytes(body)
-        script.write_text('local f = io.open("%s", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
-                          'f:close()\nwrk.headers["Content-Type"] = "application/json"\n' % body_file)
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                             capture_output=True, text=True, timeout=seconds + 30).stdout
+        script.write_text(
+            f'local f = io.open("{body_file}", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
+            'f:close()\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        ).stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"50%\s+([\d.]+\w+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests_per_second = float(rate.group(1)) if rate else 0.0
-    return requests_per_second, (f"{requests_per_second:8.1f} req/s  p50 {p50.group(1) if p50 else '?':>8}  "
-                                 f"p99 {p99.group(1) if p99 else '?':>8}  non-2xx {errors.group(1) if errors else 0}")
+    return requests_per_second, (
+        f"{requests_per_second:8.1f} req/s  p50 {p50.group(1) if p50 else '?':>8}  "
+        f"p99 {p99.group(1) if p99 else '?':>8}  non-2xx {errors.group(1) if errors else 0}"
+    )
 
 
 def main() -> int:
@@ -294,8 +335,10 @@ def run(args, directory: Path) -> int:
             stop_process(service, 15)
 
     if args.wrk_seconds and shutil.which("wrk"):
-        print(f"\nthroughput, order-select with full prefetch, authentication off, wrk 2 threads x 16 connections, "
-              f"{args.rounds} x {args.wrk_seconds} s alternating; service 2 workers x 8 threads:")
+        print(
+            f"\nthroughput, order-select with full prefetch, authentication off, wrk 2 threads x 16 connections, "
+            f"{args.rounds} x {args.wrk_seconds} s alternating; service 2 workers x 8 threads:"
+        )
         body = json.dumps(fixtures.hook_request("lbp-osteoporosis")).encode()
         service_port, proxy_port = free_port(), free_port()
         service = start_service(service_port, f"http://127.0.0.1:{proxy_port}", trust, directory, auth=False)
@@ -304,8 +347,10 @@ def run(args, directory: Path) -> int:
         try:
             proxy.start()
             for _ in range(args.rounds):
-                for name, base in (("straight to gunicorn", f"http://127.0.0.1:{service_port}"),
-                                   ("behind nginx", proxy.base)):
+                for name, base in (
+                    ("straight to gunicorn", f"http://127.0.0.1:{service_port}"),
+                    ("behind nginx", proxy.base),
+                ):
                     rate, line = wrk_throughput(base + SELECT, body, args.wrk_seconds)
                     rates[name].append(rate)
                     print(f"  {name:<22} {line}", flush=True)
@@ -313,8 +358,11 @@ def run(args, directory: Path) -> int:
             proxy.stop()
             stop_process(service, 15)
         medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
-        print("  medians: " + ", ".join(f"{name} {rate:.0f} req/s" for name, rate in medians.items())
-              + f"; behind nginx / straight = {medians['behind nginx'] / max(medians['straight to gunicorn'], 1):.2f}")
+        print(
+            "  medians: "
+            + ", ".join(f"{name} {rate:.0f} req/s" for name, rate in medians.items())
+            + f"; behind nginx / straight = {medians['behind nginx'] / max(medians['straight to gunicorn'], 1):.2f}"
+        )
     return 0
 
 

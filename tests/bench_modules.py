@@ -1,4 +1,5 @@
 """Load a script of bench/ as a module (bench/ is not a package) for the tests of its helpers."""
+
 from __future__ import annotations
 
 import importlib.util

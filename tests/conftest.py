@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from cds_service.clinical.mappings import get_mappings
 from cds_service.web.app import create_app
 from cds_service.web.config import Settings
-from cds_service.clinical.mappings import get_mappings
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_CAPTURES = ROOT / "fixtures" / "sandbox"
@@ -26,9 +26,15 @@ def mappings():
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(feedback_db=tmp_path / "feedback.sqlite3", mappings_dir=None, max_body_bytes=2 * 1024 * 1024,
-                    cors_origins="*", bench_bare_endpoint=True, log_level="INFO",
-                    allow_unauthenticated=True)
+    return Settings(
+        feedback_db=tmp_path / "feedback.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=2 * 1024 * 1024,
+        cors_origins="*",
+        bench_bare_endpoint=True,
+        log_level="INFO",
+        allow_unauthenticated=True,
+    )
 
 
 @pytest.fixture
@@ -47,19 +53,38 @@ def captured_sandbox():
     return json.loads((SANDBOX_CAPTURES / "captured-requests.json").read_text())
 
 
-
 @contextlib.contextmanager
 def running_service(env: dict, workers: int = 2, threads: int = 8):
     """`cds-service serve` on a free loopback port with `env` added; yields {"base", "port", "process"}."""
     from cds_service.cli.processes import free_port, wait_for_http
 
     port = free_port()
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("CDS_") or key == "CDS_LOCAL_FHIR_SERVER_BIN"}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CDS_") or key == "CDS_LOCAL_FHIR_SERVER_BIN"
+    }
     environment.update(CDS_LOG_LEVEL="WARNING", **env)
-    process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", str(workers), "--threads", str(threads)],
-                               env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cds_service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        env=environment,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         if not wait_for_http(base + "/healthz", process):

@@ -3,8 +3,10 @@
 initdb and the server refuse to run as root, so as root they run as the `postgres` user
 (created by Debian's package) in a directory it owns.
 """
+
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -21,7 +23,9 @@ from cds_service.cli.processes import free_port
 def _bin_dir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL is not installed: scripts/system-packages.sh installs it (apt-get install postgresql)")
+        raise RuntimeError(
+            "PostgreSQL is not installed: scripts/system-packages.sh installs it (apt-get install postgresql)"
+        )
     return Path(found[-1]).parent
 
 
@@ -43,8 +47,19 @@ class LocalPostgres:
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start",
-                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200",
+        )
         return self.url("postgres")
 
     def url(self, database: str) -> str:
@@ -58,10 +73,8 @@ class LocalPostgres:
         return self.url(name)
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        except (subprocess.SubprocessError, OSError):
-            pass
         for _ in range(50):
             if not (self.data / "postmaster.pid").exists():
                 break

@@ -1,6 +1,8 @@
 """Only trusted EHRs get in: CDS Hooks 2.0 JWT client authentication."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -10,7 +12,7 @@ import pytest
 
 from cds_service.cli import fixtures
 from cds_service.web.app import create_app
-from cds_service.web.auth import generate_key_pair, load_trusted_issuers, sign_token, TrustConfigError
+from cds_service.web.auth import TrustConfigError, generate_key_pair, load_trusted_issuers, sign_token
 from cds_service.web.config import Settings
 
 SELECT = "/cds-services/spine-mri-order-select"
@@ -31,19 +33,30 @@ def keys():
 def trust_file(tmp_path, keys, captured_sandbox):
     sandbox_keys = json.loads((fixtures.FIXTURES_DIR / "sandbox" / "jwks.json").read_text())["keys"]
     path = tmp_path / "trusted-issuers.json"
-    path.write_text(json.dumps({
-        "https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}},
-        # the real sandbox's public keys (from its jwks.json) plus one of ours under its issuer,
-        # since its private key is not ours to sign with
-        SANDBOX: {"jwks": {"keys": sandbox_keys + [keys["sandbox_jwk"]]}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}},
+                # the real sandbox's public keys (from its jwks.json) plus one of ours under its issuer,
+                # since its private key is not ours to sign with
+                SANDBOX: {"jwks": {"keys": [*sandbox_keys, keys["sandbox_jwk"]]}},
+            }
+        )
+    )
     return path
 
 
 @pytest.fixture
 def client(tmp_path, trust_file):
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=2 * 1024 * 1024,
-                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=2 * 1024 * 1024,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        trusted_issuers=trust_file,
+    )
     return create_app(settings, [BASE]).test_client()
 
 
@@ -58,8 +71,14 @@ def post(client, token, path=SELECT, payload=None):
 
 def claims(**overrides):
     now = int(time.time())
-    base = {"iss": "https://ehr.example.org", "sub": "ehr", "aud": URL, "iat": now, "exp": now + 300,
-            "jti": str(uuid.uuid4())}
+    base = {
+        "iss": "https://ehr.example.org",
+        "sub": "ehr",
+        "aud": URL,
+        "iat": now,
+        "exp": now + 300,
+        "jti": str(uuid.uuid4()),
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -80,17 +99,20 @@ def test_missing_token_is_401_with_www_authenticate(client):
     assert "Authorization" in reply.get_json()["error"]
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda k: token(k, aud="https://elsewhere.example/cds-services/spine-mri-order-select"), "aud"),
-    (lambda k: token(k, exp=int(time.time()) - 120, iat=int(time.time()) - 400), "expired"),
-    (lambda k: token(k, iss="https://stranger.example"), "not trusted"),
-    (lambda k: token(k, kid="unknown-kid"), "kid"),
-    (lambda k: token(k, jti=None), "jti"),
-    (lambda k: token(k, key="rs", alg="RS384", kid="ehr-es384"), "signature"),
-    (lambda k: jwt.encode(claims(), "shared-secret", algorithm="HS256", headers={"kid": "ehr-es384"}), "HS256"),
-    (lambda k: jwt.encode(claims(), None, algorithm="none", headers={"kid": "ehr-es384"}), "none"),
-    (lambda k: "not-a-jwt", "not a JWT"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda k: token(k, aud="https://elsewhere.example/cds-services/spine-mri-order-select"), "aud"),
+        (lambda k: token(k, exp=int(time.time()) - 120, iat=int(time.time()) - 400), "expired"),
+        (lambda k: token(k, iss="https://stranger.example"), "not trusted"),
+        (lambda k: token(k, kid="unknown-kid"), "kid"),
+        (lambda k: token(k, jti=None), "jti"),
+        (lambda k: token(k, key="rs", alg="RS384", kid="ehr-es384"), "signature"),
+        (lambda k: jwt.encode(claims(), "shared-secret", algorithm="HS256", headers={"kid": "ehr-es384"}), "HS256"),
+        (lambda k: jwt.encode(claims(), None, algorithm="none", headers={"kid": "ehr-es384"}), "none"),
+        (lambda k: "not-a-jwt", "not a JWT"),
+    ],
+)
 def test_bad_tokens_are_refused_with_a_reason(client, keys, make, needle):
     reply = post(client, make(keys))
     assert reply.status_code == 401
@@ -112,8 +134,7 @@ def test_clock_leeway_accepts_iat_half_a_second_ahead(client, keys):
 
 
 def test_sandbox_shaped_token_with_unlisted_jku_uses_configured_keys(client, keys):
-    shaped = sign_token(SANDBOX, keys["sandbox"], URL, "sandbox-like", "ES384",
-                        jku=f"{SANDBOX}/.well-known/jwks.json")
+    shaped = sign_token(SANDBOX, keys["sandbox"], URL, "sandbox-like", "ES384", jku=f"{SANDBOX}/.well-known/jwks.json")
     assert post(client, shaped).status_code == 200
 
 
@@ -133,10 +154,24 @@ def test_discovery_and_health_stay_open(client):
 
 
 def test_refused_request_changes_nothing(client, keys, tmp_path):
-    reply = post(client, None, SELECT + "/feedback", {"feedback": [
-        {"card": "x", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-22T00:00:00Z"}]})
+    reply = post(
+        client,
+        None,
+        SELECT + "/feedback",
+        {
+            "feedback": [
+                {
+                    "card": "x",
+                    "outcome": "accepted",
+                    "acceptedSuggestions": [],
+                    "outcomeTimestamp": "2026-11-22T00:00:00Z",
+                }
+            ]
+        },
+    )
     assert reply.status_code == 401
     import sqlite3
+
     rows = sqlite3.connect(tmp_path / "f.sqlite3").execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
     assert rows == 0
 
@@ -154,8 +189,9 @@ def test_jku_on_the_allowlist_is_fetched_and_cached(tmp_path, keys):
         return {"keys": keys["jwks"]}
 
     seen = set()
-    auth = Authenticator(load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)),
-                         fetch=fetch)
+    auth = Authenticator(
+        load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)), fetch=fetch
+    )
     for _ in range(3):
         auth.verify("Bearer " + token(keys, headers={"jku": jku}), [URL])
     assert fetched == [jku]
@@ -182,12 +218,17 @@ def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monke
 
     assert main(["keygen", "--issuer", "https://ehr.example.org", "--out", str(tmp_path), "--kid", "k1"]) == 0
     capsys.readouterr()
-    assert main(["token", "--issuer", "https://ehr.example.org", "--key", str(tmp_path / "k1.pem"),
-                 "--aud", URL]) == 0
+    assert main(["token", "--issuer", "https://ehr.example.org", "--key", str(tmp_path / "k1.pem"), "--aud", URL]) == 0
     printed = capsys.readouterr().out.strip()
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO",
-                        trusted_issuers=tmp_path / "trusted-issuers.json")
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        trusted_issuers=tmp_path / "trusted-issuers.json",
+    )
     assert post(create_app(settings, [BASE]).test_client(), printed).status_code == 200
 
 
@@ -205,8 +246,9 @@ def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys)
         return served
 
     seen = set()
-    auth = Authenticator(load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)),
-                         fetch=fetch)
+    auth = Authenticator(
+        load_trusted_issuers(path), 5, lambda i, j, e: (i, j) not in seen and not seen.add((i, j)), fetch=fetch
+    )
     auth.verify("Bearer " + token(keys, key="rs", alg="RS384", kid="ehr-rs384"), [URL])
     served = {"keys": keys["jwks"]}
     auth_module.JWKS_REFRESH_MIN_SECONDS, saved = 0, auth_module.JWKS_REFRESH_MIN_SECONDS
@@ -218,9 +260,15 @@ def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys)
 
 
 def test_cors_allows_configured_origins(tmp_path):
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 6,
-                        cors_origins="https://sandbox.cds-hooks.org, https://ehr.example.org",
-                        bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True)
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**6,
+        cors_origins="https://sandbox.cds-hooks.org, https://ehr.example.org",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        allow_unauthenticated=True,
+    )
     client = create_app(settings).test_client()
     for origin in ("https://sandbox.cds-hooks.org", "https://ehr.example.org"):
         reply = client.options(SELECT, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
@@ -231,6 +279,7 @@ def test_cors_allows_configured_origins(tmp_path):
 
 
 # ------------------------------------------------------------------ which aud is accepted
+
 
 def test_401_names_the_audience_expected(client, keys):
     reply = post(client, token(keys, aud="https://elsewhere.example" + SELECT))
@@ -247,9 +296,16 @@ def test_the_host_header_does_not_choose_the_audience(client, keys):
 
 def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy(tmp_path, trust_file, keys):
     def app(**extra):
-        settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                            cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file,
-                            **extra)
+        settings = Settings(
+            feedback_db=tmp_path / "f.sqlite3",
+            mappings_dir=None,
+            max_body_bytes=10**7,
+            cors_origins="*",
+            bench_bare_endpoint=False,
+            log_level="INFO",
+            trusted_issuers=trust_file,
+            **extra,
+        )
         return create_app(settings).test_client()
 
     public = app(public_base_url="https://cds.example.org/spine")
@@ -260,18 +316,29 @@ def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy
     forwarded = {"Forwarded": 'for=10.0.0.1;proto=https;host="proxy.example.org"'}
     for headers in (proxied, forwarded):
         claims_for_proxy = token(keys, aud="https://proxy.example.org" + SELECT)
-        untrusting = public.post(SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers})
+        untrusting = public.post(
+            SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers}
+        )
         assert untrusting.status_code == 401
         trusting = app(public_base_url="https://cds.example.org/spine", trust_proxy=True)
-        accepted = trusting.post(SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers})
+        accepted = trusting.post(
+            SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers}
+        )
         assert accepted.status_code == 200
 
 
 def test_no_known_base_url_refuses_to_start(tmp_path, trust_file, monkeypatch, capsys):
     from cds_service.cli.main import main
 
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", trusted_issuers=trust_file)
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        trusted_issuers=trust_file,
+    )
     with pytest.raises(RuntimeError, match="CDS_PUBLIC_BASE_URL"):
         create_app(settings)
     monkeypatch.setenv("CDS_TRUSTED_ISSUERS", str(trust_file))
@@ -288,16 +355,18 @@ def live(tmp_path_factory, keys):
     directory = tmp_path_factory.mktemp("live-auth")
     trust = directory / "trusted-issuers.json"
     trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": keys["jwks"]}}}))
-    with running_service({"CDS_TRUSTED_ISSUERS": str(trust), "CDS_FEEDBACK_DB": str(directory / "f.sqlite3")},
-                         workers=1, threads=4) as server:
+    with running_service(
+        {"CDS_TRUSTED_ISSUERS": str(trust), "CDS_FEEDBACK_DB": str(directory / "f.sqlite3")}, workers=1, threads=4
+    ) as server:
         yield server
 
 
 def live_post(live, bearer: str, headers=None):
     import requests
 
-    return requests.post(live["base"] + SELECT, json=body(), timeout=10,
-                         headers={"Authorization": f"Bearer {bearer}", **(headers or {})})
+    return requests.post(
+        live["base"] + SELECT, json=body(), timeout=10, headers={"Authorization": f"Bearer {bearer}", **(headers or {})}
+    )
 
 
 def test_served_on_loopback_its_bound_address_is_the_audience(live, keys):
@@ -307,8 +376,9 @@ def test_served_on_loopback_its_bound_address_is_the_audience(live, keys):
 
 def test_served_the_host_header_and_x_forwarded_proto_choose_nothing(live, keys):
     # gunicorn turns X-Forwarded-Proto from loopback into an https request URL: it must not count.
-    https = live_post(live, token(keys, aud=f"https://127.0.0.1:{live['port']}{SELECT}"),
-                      {"X-Forwarded-Proto": "https"})
+    https = live_post(
+        live, token(keys, aud=f"https://127.0.0.1:{live['port']}{SELECT}"), {"X-Forwarded-Proto": "https"}
+    )
     assert https.status_code == 401
     other_host = live_post(live, token(keys, aud=f"http://evil.example{SELECT}"), {"Host": "evil.example"})
     assert other_host.status_code == 401
@@ -317,7 +387,7 @@ def test_served_the_host_header_and_x_forwarded_proto_choose_nothing(live, keys)
 
 # ------------------------------------------------------------------ token fields never break an answer
 
-HOSTILE_VALUES = ["kid\r\nSet-Cookie: stolen=1", "nul\x00kid", "\u65e5\u672c\u8a9e-\u00e9", "q\"uote\\", "x" * 5000]
+HOSTILE_VALUES = ["kid\r\nSet-Cookie: stolen=1", "nul\x00kid", "\u65e5\u672c\u8a9e-\u00e9", 'q"uote\\', "x" * 5000]
 
 
 @pytest.mark.parametrize("value", HOSTILE_VALUES)
@@ -345,20 +415,30 @@ def forged(header: dict, payload: dict | None = None) -> str:
     return f"{part(header)}.{part(payload or claims())}.c2lnbmF0dXJl"
 
 
-@pytest.mark.parametrize("header", [{"kid": ["a", "list"]}, {"kid": {"an": "object"}}, {"kid": 7},
-                                    {"kid": "ehr-es384", "jku": ["x"]}, {"kid": "ehr-es384", "jku": {"u": 1}}])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"kid": ["a", "list"]},
+        {"kid": {"an": "object"}},
+        {"kid": 7},
+        {"kid": "ehr-es384", "jku": ["x"]},
+        {"kid": "ehr-es384", "jku": {"u": 1}},
+    ],
+)
 def test_token_header_fields_of_the_wrong_type_answer_401(client, header):
     reply = post(client, forged({"alg": "ES384", **header}))
     assert reply.status_code == 401
 
 
 def test_exp_beyond_any_clock_answers_401(client, keys):
-    reply = post(client, jwt.encode({**claims(), "exp": 1e400}, keys["es"], algorithm="ES384",
-                                    headers={"kid": "ehr-es384"}))
+    reply = post(
+        client, jwt.encode({**claims(), "exp": 1e400}, keys["es"], algorithm="ES384", headers={"kid": "ehr-es384"})
+    )
     assert reply.status_code == 401
 
 
 # ------------------------------------------------------------------ token lifetime
+
 
 def test_token_lifetime_is_capped(client, keys):
     now = int(time.time())
@@ -370,13 +450,14 @@ def test_token_lifetime_is_capped(client, keys):
 
 # ------------------------------------------------------------------ a slow or failing key server
 
+
 class KeyServer:
     """A JWKS URL on loopback: `mode` is "slow" (answers after 2 s), "fail" (500), "empty" (no keys),
     "redirect" (302 to `target`), or "ok" (our keys)."""
 
     def __init__(self, jwks: dict):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         owner = self
         self.mode, self.hits, self.target = "ok", 0, None
@@ -399,10 +480,8 @@ class KeyServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(OSError):
                     self.wfile.write(payload)
-                except OSError:
-                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -1,5 +1,6 @@
 """The benchmark's own helpers: the padded request body, wrk's result line, and the wrk script's
 single use of each token. No timing is asserted here; bench/bench.py measures."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-
-from cds_service.hooks.evaluation import evaluate_hook
 from bench_modules import load_bench
 
-ROOT = Path(__file__).resolve().parent.parent
+from cds_service.hooks.evaluation import evaluate_hook
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 bench = load_bench("bench")
@@ -42,9 +43,21 @@ WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:40000/cds-services/spine-mri-
     Latency    21.62ms   11.13ms 102.73ms   71.38%
   5000 requests in 8.00s, 1.02MB read
   Non-2xx or 3xx responses: 3
-BENCH-RESULT {"requests": 5000, "duration_us": 8000000, "bytes": 1069000, "errors": {"connect": 0, "read": 1, "write": 0, "status": 3, "timeout": 0}, "latency_us": {"p50": 20100, "p90": 35000, "p99": 61250, "max": 102730, "mean": 21620.5}, "threads_out_of_tokens": 1}
+BENCH-RESULT {RESULT}
 Requests/sec:    625.00
-"""
+""".replace(
+    "{RESULT}",
+    json.dumps(
+        {
+            "requests": 5000,
+            "duration_us": 8000000,
+            "bytes": 1069000,
+            "errors": {"connect": 0, "read": 1, "write": 0, "status": 3, "timeout": 0},
+            "latency_us": {"p50": 20100, "p90": 35000, "p99": 61250, "max": 102730, "mean": 21620.5},
+            "threads_out_of_tokens": 1,
+        }
+    ),
+)
 
 
 def test_wrk_result_line_is_parsed():
@@ -73,7 +86,7 @@ def test_growth_exponent_is_one_for_linear_latency():
 
 class Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn: wrk keeps its connections
-    seen: list[tuple[str, bytes]] = []
+    seen: ClassVar[list[tuple[str, bytes]]] = []
     lock = threading.Lock()
 
     def log_message(self, *args):
@@ -109,9 +122,23 @@ def test_wrk_script_posts_the_body_and_uses_each_token_once(tmp_path):
         for thread_id, lines in tokens.items():
             (tmp_path / f"tokens.{thread_id}").write_text("\n".join(lines) + "\n")
         url = f"http://127.0.0.1:{server.server_address[1]}/cds-services/spine-mri-order-select"
-        finished = subprocess.run(["wrk", "-t2", "-c2", "-d2s", "-s", str(bench.WRK_SCRIPT), url, "--",
-                                   str(tmp_path / "body.json"), str(tmp_path / "tokens")],
-                                  capture_output=True, text=True, timeout=30)
+        finished = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                "-c2",
+                "-d2s",
+                "-s",
+                str(bench.WRK_SCRIPT),
+                url,
+                "--",
+                str(tmp_path / "body.json"),
+                str(tmp_path / "tokens"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         result = bench.parse_wrk_output(finished.stdout)
     finally:
         server.shutdown()
@@ -128,15 +155,22 @@ def test_wrk_script_posts_the_body_and_uses_each_token_once(tmp_path):
 
 def test_bare_app_parses_the_body_and_answers_empty_cards():
     bare = load_bench("bare_app").app.test_client()
-    assert bare.post("/cds-services/spine-mri-order-select", data=b'{"hook": "order-select"}',
-                     content_type="application/json").get_json() == {"cards": []}
-    assert bare.post("/cds-services/spine-mri-order-select", data=b"{not json",
-                     content_type="application/json").status_code == 500
+    assert bare.post(
+        "/cds-services/spine-mri-order-select", data=b'{"hook": "order-select"}', content_type="application/json"
+    ).get_json() == {"cards": []}
+    assert (
+        bare.post(
+            "/cds-services/spine-mri-order-select", data=b"{not json", content_type="application/json"
+        ).status_code
+        == 500
+    )
 
 
 def test_instruction_count_is_read_from_valgrind_output():
     instructions = load_bench("instructions")
-    output = "==2206== Events    : Ir\n==2206== Collected : 328,314,011\n==2206==\n==2206== I   refs:      328,314,011\n"
+    output = (
+        "==2206== Events    : Ir\n==2206== Collected : 328,314,011\n==2206==\n==2206== I   refs:      328,314,011\n"
+    )
     assert instructions.parse_collected(output) == 328_314_011
     with pytest.raises(RuntimeError, match="no count"):
         instructions.parse_collected("valgrind: command not found")

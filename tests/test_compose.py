@@ -1,4 +1,5 @@
 """docker-compose.yml cannot run here (no Docker engine): check it agrees with the code instead."""
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,19 @@ from cds_service.web.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SETTINGS_NAMES = {"CDS_TRUSTED_ISSUERS", "CDS_PUBLIC_BASE_URL", "CDS_FHIR_ALLOWED_SERVERS", "CDS_FHIR_BUDGET_SECONDS",
-                  "CDS_FEEDBACK_DB", "CDS_ALLOW_UNAUTHENTICATED", "CDS_MAPPINGS_DIR", "CDS_DATABASE_URL",
-                  "CDS_PATIENT_HASH_KEY", "CDS_MODE", "CDS_DASHBOARD_TOKEN"}
+SETTINGS_NAMES = {
+    "CDS_TRUSTED_ISSUERS",
+    "CDS_PUBLIC_BASE_URL",
+    "CDS_FHIR_ALLOWED_SERVERS",
+    "CDS_FHIR_BUDGET_SECONDS",
+    "CDS_FEEDBACK_DB",
+    "CDS_ALLOW_UNAUTHENTICATED",
+    "CDS_MAPPINGS_DIR",
+    "CDS_DATABASE_URL",
+    "CDS_PATIENT_HASH_KEY",
+    "CDS_MODE",
+    "CDS_DASHBOARD_TOKEN",
+}
 
 
 def test_services_and_pinned_images():
@@ -66,8 +77,11 @@ def test_environment_names_are_settings_the_code_reads(monkeypatch):
     url = make_url(settings.database_url)
     postgres = COMPOSE["services"]["postgres"]["environment"]
     assert url.drivername == "postgresql+psycopg" and url.host == "postgres"
-    assert (url.username, url.password, url.database) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
-                                                          postgres["POSTGRES_DB"])
+    assert (url.username, url.password, url.database) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
     assert COMPOSE["services"]["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 

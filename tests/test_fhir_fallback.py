@@ -4,26 +4,27 @@ The server is sekmet-fhir (installed by scripts/bootstrap.sh in .venv-fhir), see
 fixture patient. Faults the real server cannot be made to show (slow, 5xx, 401, garbage) come
 from a small stub HTTP server.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 import requests
 
 from cds_service.cli import fixtures
+from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle
+from cds_service.cli.processes import free_port
 from cds_service.clinical.record import EXPECTED_TYPES
 from cds_service.fhir.client import FhirFetcher, FhirSettings
-from cds_service.cli.processes import free_port
-from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle
 from cds_service.hooks.evaluation import evaluate_hook
 from cds_service.hooks.request import HookRequestError
 
 MANIFEST = fixtures.manifest()
-
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,14 @@ def fhir_server():
 
 
 def fetcher_for(*bases, budget=2.0, max_pages=20) -> FhirFetcher:
-    return FhirFetcher(FhirSettings(allowed_servers=frozenset(b.rstrip("/") for b in bases),
-                                    budget_seconds=budget, max_pages=max_pages, concurrency=8))
+    return FhirFetcher(
+        FhirSettings(
+            allowed_servers=frozenset(b.rstrip("/") for b in bases),
+            budget_seconds=budget,
+            max_pages=max_pages,
+            concurrency=8,
+        )
+    )
 
 
 def without_prefetch(patient_id: str, base: str, hook: str = "order-select", keep=()) -> dict:
@@ -54,6 +61,7 @@ def without_prefetch(patient_id: str, base: str, hook: str = "order-select", kee
 
 # ------------------------------------------------------------------ the server we rely on
 
+
 def test_fhir_server_contract(fhir_server, mappings):
     """The searches the service relies on behave as on HAPI: a failure here is the package, not us."""
     from cds_service.hooks.discovery import prefetch_templates
@@ -63,8 +71,11 @@ def test_fhir_server_contract(fhir_server, mappings):
     templates = prefetch_templates(mappings)
     patient = "lbp-radic-failed-pt"
     for key, template in templates.items():
-        reply = session.get(f"{base}/{template.replace('{{context.patientId}}', patient)}",
-                            headers={"Prefer": "handling=strict"}, timeout=10)
+        reply = session.get(
+            f"{base}/{template.replace('{{context.patientId}}', patient)}",
+            headers={"Prefer": "handling=strict"},
+            timeout=10,
+        )
         assert reply.status_code == 200, (key, reply.text[:300])
         body = reply.json()
         expected = "Patient" if key == "patient" else "Bundle"
@@ -72,22 +83,26 @@ def test_fhir_server_contract(fhir_server, mappings):
     procedures = session.get(f"{base}/Procedure?patient={patient}&_count=4", timeout=10).json()
     assert len(procedures["entry"]) == 4
     assert any(link["relation"] == "next" for link in procedures["link"])
-    observations = session.get(f"{base}/Observation?patient=lbp-fever-ivdu&code=http://loinc.org|8310-5",
-                               timeout=10).json()
+    observations = session.get(
+        f"{base}/Observation?patient=lbp-fever-ivdu&code=http://loinc.org|8310-5", timeout=10
+    ).json()
     assert [e["resource"]["code"]["coding"][0]["code"] for e in observations["entry"]] == ["8310-5"]
-    strict = session.get(f"{base}/Condition?patient={patient}&no-such-param=1",
-                         headers={"Prefer": "handling=strict"}, timeout=10)
+    strict = session.get(
+        f"{base}/Condition?patient={patient}&no-such-param=1", headers={"Prefer": "handling=strict"}, timeout=10
+    )
     assert strict.status_code >= 400 or strict.json()["resourceType"] == "OperationOutcome"
 
 
 # ------------------------------------------------------------------ same verdicts without prefetch
 
+
 @pytest.mark.parametrize("case", MANIFEST, ids=[c["patient"] for c in MANIFEST])
 def test_fallback_gives_the_same_verdict_as_full_prefetch(fhir_server, mappings, case):
     fetcher = fetcher_for(fhir_server.base_url)
     full = evaluate_hook("spine-mri-order-select", fixtures.hook_request(case["patient"]), mappings)
-    fetched = evaluate_hook("spine-mri-order-select", without_prefetch(case["patient"], fhir_server.base_url),
-                            mappings, fetcher=fetcher)
+    fetched = evaluate_hook(
+        "spine-mri-order-select", without_prefetch(case["patient"], fhir_server.base_url), mappings, fetcher=fetcher
+    )
     assert [e.verdict for e in fetched.evaluations] == [case["expected_verdict"]]
     assert [e.verdict for e in fetched.evaluations] == [e.verdict for e in full.evaluations]
 
@@ -111,8 +126,10 @@ def test_null_prefetch_means_no_data_and_is_not_fetched(fhir_server, mappings):
 def test_operation_outcome_prefetch_is_refetched(fhir_server, mappings):
     body = fixtures.hook_request("lbp-fever-ivdu")
     body["fhirServer"] = fhir_server.base_url
-    body["prefetch"]["observations"] = {"resourceType": "OperationOutcome",
-                                        "issue": [{"severity": "error", "code": "timeout"}]}
+    body["prefetch"]["observations"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
     result = evaluate_hook("spine-mri-order-select", body, mappings, fetcher=fetcher_for(fhir_server.base_url))
     assert result.evaluations[0].verdict == "indicated-urgent"
 
@@ -125,10 +142,16 @@ def test_server_not_on_the_allowlist_is_never_called(fhir_server, mappings, clie
     assert "not on this service's allowlist" in card["detail"]
 
 
-@pytest.mark.parametrize("server,why", [
-    ("https://not-allowed.example/fhir", "fhirServer is not on this service's allowlist (CDS_FHIR_ALLOWED_SERVERS)"),
-    (None, "names no fhirServer"),
-])
+@pytest.mark.parametrize(
+    "server,why",
+    [
+        (
+            "https://not-allowed.example/fhir",
+            "fhirServer is not on this service's allowlist (CDS_FHIR_ALLOWED_SERVERS)",
+        ),
+        (None, "names no fhirServer"),
+    ],
+)
 def test_412_says_why_the_fhir_server_was_not_read(client, server, why):
     body = without_prefetch("lbp-acute-simple", server, keep=("patient",))
     if server is None:
@@ -144,25 +167,38 @@ def test_http_hook_with_allowed_server(fhir_server, tmp_path):
     from cds_service.web.app import create_app
     from cds_service.web.config import Settings
 
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True,
-                        fhir=FhirSettings(allowed_servers=frozenset({fhir_server.base_url})))
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        allow_unauthenticated=True,
+        fhir=FhirSettings(allowed_servers=frozenset({fhir_server.base_url})),
+    )
     client = create_app(settings).test_client()
     body = without_prefetch("neck-myelopathy-wwo", fhir_server.base_url)
-    body["fhirAuthorization"] = {"access_token": "t0k3n", "token_type": "Bearer", "expires_in": 300,
-                                 "scope": "patient/*.read", "subject": "cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t0k3n",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds",
+    }
     response = client.post("/cds-services/spine-mri-order-select", json=body).get_json()
     assert response["cards"][0]["indicator"] == "critical"
 
 
 # ------------------------------------------------------------------ faults
 
+
 class StubFhir(BaseHTTPRequestHandler):
     """Paths: /slow/fhir/... sleeps, /err/fhir 500, /flaky/fhir 503 then 200, /auth/fhir 401, /junk/fhir not JSON,
     /trickle/fhir sends its headers a byte every 0.1 s (for 20 s at most)."""
 
-    calls: dict[str, int] = {}
-    received_auth: list[str] = []
+    calls: ClassVar[dict[str, int]] = {}
+    received_auth: ClassVar[list[str]] = []
 
     def log_message(self, *args):
         pass
@@ -181,14 +217,22 @@ class StubFhir(BaseHTTPRequestHandler):
         resource = self.path.split("/")[3].split("?")[0]
         empty = json.dumps({"resourceType": "Bundle", "type": "searchset", "entry": []}).encode()
         if resource == "Patient":
-            empty = json.dumps({"resourceType": "Patient", "id": "p", "gender": "male", "birthDate": "1980-01-01"}).encode()
+            empty = json.dumps(
+                {"resourceType": "Patient", "id": "p", "gender": "male", "birthDate": "1980-01-01"}
+            ).encode()
         if mode == "slow":
             time.sleep(3)
             self._send(200, empty)
         elif mode == "err":
-            self._send(500, json.dumps({"resourceType": "OperationOutcome",
-                                        "issue": [{"severity": "error", "code": "exception",
-                                                   "diagnostics": "database down"}]}).encode())
+            self._send(
+                500,
+                json.dumps(
+                    {
+                        "resourceType": "OperationOutcome",
+                        "issue": [{"severity": "error", "code": "exception", "diagnostics": "database down"}],
+                    }
+                ).encode(),
+            )
         elif mode == "flaky":
             if StubFhir.calls[mode] % 2 == 1:
                 self._send(503, b"{}")
@@ -218,9 +262,14 @@ def stub():
     server.shutdown()
 
 
-@pytest.mark.parametrize("mode,needle", [
-    ("err", "database down"), ("auth", "refused access"), ("junk", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "mode,needle",
+    [
+        ("err", "database down"),
+        ("auth", "refused access"),
+        ("junk", "not JSON"),
+    ],
+)
 def test_server_failures_leave_data_unread_with_the_reason(stub, mappings, mode, needle):
     base = f"{stub}/{mode}/fhir"
     body = without_prefetch("lbp-acute-simple", base, keep=("patient", "conditions"))
@@ -258,8 +307,13 @@ def test_retries_on_503(stub, mappings):
 def test_bearer_token_is_sent_to_the_fhir_server(stub, mappings):
     base = f"{stub}/flaky/fhir"
     body = without_prefetch("lbp-acute-simple", base, keep=("patient", "conditions"))
-    body["fhirAuthorization"] = {"access_token": "the-token", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "the-token",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "cds",
+    }
     StubFhir.received_auth.clear()
     evaluate_hook("spine-mri-order-select", body, mappings, fetcher=fetcher_for(base))
     assert StubFhir.received_auth and all(a == "Bearer the-token" for a in StubFhir.received_auth)
@@ -280,12 +334,15 @@ def test_a_3000_entry_result_is_paged_through(fhir_server, mappings):
     patient = "lbp-acute-simple"
     entries = []
     for index in range(3000):
-        resource = {"resourceType": "Observation", "id": f"bulk-temp-{index}", "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
-                    "subject": {"reference": f"Patient/{patient}"},
-                    "effectiveDateTime": "2020-01-01", "valueQuantity": {"value": 36.8, "unit": "Cel",
-                                                                          "system": "http://unitsofmeasure.org",
-                                                                          "code": "Cel"}}
+        resource = {
+            "resourceType": "Observation",
+            "id": f"bulk-temp-{index}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": "2020-01-01",
+            "valueQuantity": {"value": 36.8, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"},
+        }
         entries.append({"resource": resource, "request": {"method": "PUT", "url": f"Observation/bulk-temp-{index}"}})
     seed_bundle(fhir_server.base_url, {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     body = without_prefetch(patient, fhir_server.base_url)
@@ -306,33 +363,39 @@ def test_a_trickling_server_does_not_starve_hooks_against_another(fhir_server, s
     """Hooks against a server that sends a byte every 0.1 s (each socket read succeeds, none ends),
     arriving all the time, must not take the FHIR workers that hooks against a healthy server need."""
     slow_base, healthy_base = f"{stub}/trickle/fhir", fhir_server.base_url
-    fetcher = FhirFetcher(FhirSettings(allowed_servers=frozenset({slow_base, healthy_base}), budget_seconds=1.5,
-                                       concurrency=4))
+    fetcher = FhirFetcher(
+        FhirSettings(allowed_servers=frozenset({slow_base, healthy_base}), budget_seconds=1.5, concurrency=4)
+    )
     slow_statuses = []
     stop_at = time.monotonic() + 5
 
     def slow_traffic():
         while time.monotonic() < stop_at:
             try:
-                evaluate_hook("spine-mri-order-select", without_prefetch("lbp-acute-simple", slow_base), mappings,
-                              fetcher=fetcher)
+                evaluate_hook(
+                    "spine-mri-order-select", without_prefetch("lbp-acute-simple", slow_base), mappings, fetcher=fetcher
+                )
                 slow_statuses.append(200)
             except HookRequestError as error:
                 slow_statuses.append(error.status)
 
-    slow_clients = [threading.Thread(target=slow_traffic) for _ in range(6)]  # 48 queries for 4 workers, again and again
+    slow_clients = [
+        threading.Thread(target=slow_traffic) for _ in range(6)
+    ]  # 48 queries for 4 workers, again and again
     for thread in slow_clients:
         thread.start()
         time.sleep(0.1)
     time.sleep(1)
-    cases = [case for case in MANIFEST if case["patient"] in ("lbp-cauda-equina", "lbp-acute-simple",
-                                                              "neck-myelopathy-wwo")]
+    cases = [
+        case for case in MANIFEST if case["patient"] in ("lbp-cauda-equina", "lbp-acute-simple", "neck-myelopathy-wwo")
+    ]
     healthy = {}
 
     def healthy_hook(case):
         try:
-            result = evaluate_hook("spine-mri-order-select", without_prefetch(case["patient"], healthy_base),
-                                   mappings, fetcher=fetcher)
+            result = evaluate_hook(
+                "spine-mri-order-select", without_prefetch(case["patient"], healthy_base), mappings, fetcher=fetcher
+            )
             healthy[case["patient"]] = [e.verdict for e in result.evaluations]
         except HookRequestError as error:  # starved: nothing read in time
             healthy[case["patient"]] = error.status

@@ -1,4 +1,5 @@
 """The fixtures are valid FHIR, complete, reproducible, and cover every region and verdict."""
+
 from __future__ import annotations
 
 import filecmp
@@ -38,7 +39,7 @@ def test_patient_bundle_and_hooks_are_valid_fhir(case):
     for hook in ("order-select", "order-sign"):
         request = json.loads((FIXTURES / "hooks" / f"{patient_id}.{hook}.json").read_text())
         assert request["hook"] == hook and request["context"]["patientId"] == patient_id
-        for key, value in request["prefetch"].items():
+        for _key, value in request["prefetch"].items():
             if value.get("resourceType") == "Bundle":
                 Bundle.model_validate(value)
         for entry in request["context"]["draftOrders"]["entry"]:
@@ -47,8 +48,9 @@ def test_patient_bundle_and_hooks_are_valid_fhir(case):
 
 
 def test_generator_reproduces_the_committed_files(tmp_path):
-    subprocess.run([sys.executable, str(FIXTURES / "generate.py"), "--out", str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(FIXTURES / "generate.py"), "--out", str(tmp_path)], check=True, capture_output=True
+    )
     comparison = filecmp.dircmp(tmp_path, FIXTURES)
     for sub in ("patients", "hooks"):
         cmp = filecmp.dircmp(tmp_path / sub, FIXTURES / sub)
@@ -62,5 +64,4 @@ def test_generator_reproduces_the_committed_files(tmp_path):
 def test_date_shift_moves_dates_and_leaves_other_strings():
     value = {"a": "2026-11-08", "b": "2026-11-19T08:30:00Z", "c": "M54.50", "d": ["2026-01-31"], "e": "2026"}
     shifted = shift_dates(value, 10)
-    assert shifted == {"a": "2026-11-18", "b": "2026-11-29T08:30:00Z", "c": "M54.50", "d": ["2026-02-10"],
-                       "e": "2026"}
+    assert shifted == {"a": "2026-11-18", "b": "2026-11-29T08:30:00Z", "c": "M54.50", "d": ["2026-02-10"], "e": "2026"}

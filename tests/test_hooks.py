@@ -1,4 +1,5 @@
 """The hook end to end over HTTP (Flask test client) and through the engine, on the fixtures."""
+
 from __future__ import annotations
 
 import copy
@@ -8,20 +9,29 @@ import pytest
 from markdown_it import MarkdownIt
 
 from cds_service.cli import fixtures
-from cds_service.hooks.cards import ALL_PAMA_URLS, PAMA_URLS, VERDICT_SYSTEM
-from cds_service.fhir.prefetch import from_prefetch
-from cds_service.clinical.facts import extract_facts, find_mri_orders
 from cds_service.cli.fixtures import ANCHOR
+from cds_service.clinical.facts import extract_facts, find_mri_orders
 from cds_service.clinical.rules import decide
+from cds_service.fhir.prefetch import from_prefetch
+from cds_service.hooks.cards import ALL_PAMA_URLS, PAMA_URLS, VERDICT_SYSTEM
 
 MANIFEST = fixtures.manifest()
 SELECT = "/cds-services/spine-mri-order-select"
 SIGN = "/cds-services/spine-mri-order-sign"
 PAMA_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
-EXPECTED_RATING = {"indicated-urgent": "appropriate", "indicated-routine": "appropriate",
-                   "radiographs-first": "not-appropriate", "low-value": "not-appropriate"}
-EXPECTED_INDICATOR = {"indicated-urgent": "critical", "low-value": "warning", "radiographs-first": "warning",
-                      "indicated-routine": "info", "insufficient-information": "info"}
+EXPECTED_RATING = {
+    "indicated-urgent": "appropriate",
+    "indicated-routine": "appropriate",
+    "radiographs-first": "not-appropriate",
+    "low-value": "not-appropriate",
+}
+EXPECTED_INDICATOR = {
+    "indicated-urgent": "critical",
+    "low-value": "warning",
+    "radiographs-first": "warning",
+    "indicated-routine": "info",
+    "insufficient-information": "info",
+}
 
 
 def verdict_for(request: dict, mappings):
@@ -95,8 +105,16 @@ def test_discovery_lists_both_services_with_prefetch(client):
     for service in services:
         assert service["title"] and service["description"] and service["usageRequirements"]
         prefetch = service["prefetch"]
-        assert set(prefetch) == {"patient", "conditions", "observations", "medications", "procedures",
-                                 "imagingStudies", "diagnosticReports", "serviceRequests"}
+        assert set(prefetch) == {
+            "patient",
+            "conditions",
+            "observations",
+            "medications",
+            "procedures",
+            "imagingStudies",
+            "diagnosticReports",
+            "serviceRequests",
+        }
         for template in prefetch.values():
             assert "{{context.patientId}}" in template
             assert template.replace("{{context.patientId}}", "").count("{{") == 0
@@ -104,8 +122,9 @@ def test_discovery_lists_both_services_with_prefetch(client):
 
 
 def test_cors_headers_for_browser_clients(client):
-    reply = client.options(SELECT, headers={"Origin": "https://sandbox.cds-hooks.org",
-                                            "Access-Control-Request-Method": "POST"})
+    reply = client.options(
+        SELECT, headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST"}
+    )
     assert reply.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
     assert "authorization" in reply.headers.get("Access-Control-Allow-Headers", "").lower()
     assert "POST" in reply.headers.get("Access-Control-Allow-Methods", "")
@@ -118,6 +137,7 @@ def test_cors_headers_for_browser_clients(client):
 
 
 # ------------------------------------------------------------------ the real CDS Hooks sandbox
+
 
 def test_sandbox_first_call_with_empty_order_gets_no_card(client, captured_sandbox):
     reply = client.post(SELECT, json=captured_sandbox["order_select_empty_order"])
@@ -147,23 +167,26 @@ def test_partial_prefetch_gets_a_card_that_says_what_is_missing(client):
 def test_sandbox_order_with_cauda_equina_reason_is_rated_urgent(client, captured_sandbox, response_validator):
     body = copy.deepcopy(captured_sandbox["order_select"])
     order = body["context"]["draftOrders"]["entry"][0]["resource"]
-    order["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "192970008",
-                                        "display": "Cauda equina syndrome"}]}]
+    order["reasonCode"] = [
+        {"coding": [{"system": "http://snomed.info/sct", "code": "192970008", "display": "Cauda equina syndrome"}]}
+    ]
     response = client.post(SELECT, json=body).get_json()
     response_validator.validate(response)
     card = response["cards"][0]
     assert card["indicator"] == "critical"
     assert "order" in card["summary"]
     assert "from the order's reason" in card["detail"]
-    sandbox_rating = rating_codings(response["extension"]["systemActions"][0]["resource"],
-                                    "http://fhir.org/argonaut/Extension/pama-rating")
+    sandbox_rating = rating_codings(
+        response["extension"]["systemActions"][0]["resource"], "http://fhir.org/argonaut/Extension/pama-rating"
+    )
     assert sandbox_rating[0]["code"] == "appropriate"
 
 
 def test_sandbox_low_back_pain_reason_alone_is_not_enough(client, captured_sandbox):
     body = copy.deepcopy(captured_sandbox["order_select"])
     body["context"]["draftOrders"]["entry"][0]["resource"]["reasonCode"] = [
-        {"coding": [{"system": "http://snomed.info/sct", "code": "279039007", "display": "Low back pain"}]}]
+        {"coding": [{"system": "http://snomed.info/sct", "code": "279039007", "display": "Low back pain"}]}
+    ]
     reply = client.post(SELECT, json=body)
     assert reply.status_code == 412  # red-flag sources were neither sent nor readable
 
@@ -188,9 +211,11 @@ def test_feedback_about_a_card_never_issued_is_refused(client, captured_sandbox)
 
 # ------------------------------------------------------------------ suggestions
 
+
 def card_for(client, patient_id, hook="order-select"):
-    return client.post(SELECT if hook == "order-select" else SIGN,
-                       json=fixtures.hook_request(patient_id, hook)).get_json()
+    return client.post(
+        SELECT if hook == "order-select" else SIGN, json=fixtures.hook_request(patient_id, hook)
+    ).get_json()
 
 
 def actions_of(card):
@@ -256,8 +281,10 @@ def test_suggested_resources_are_valid_fhir(client):
 
 def test_record_text_cannot_put_links_or_html_in_a_card(client):
     body = fixtures.hook_request("lbp-cauda-equina", "order-select")
-    hostile = ("[click](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold** https://evil.example/login "
-               "www.evil.example help@evil.example\n# heading")
+    hostile = (
+        "[click](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold** https://evil.example/login "
+        "www.evil.example help@evil.example\n# heading"
+    )
     for entry in body["prefetch"]["conditions"]["entry"]:
         for coding in entry["resource"]["code"].get("coding", []):
             coding["display"] = hostile
@@ -295,6 +322,7 @@ def test_card_detail_lists_flags_with_their_resource_and_what_was_absent(client)
 
 # ------------------------------------------------------------------ order selection
 
+
 def test_order_select_rates_only_selected_orders(client):
     body = fixtures.hook_request("lbp-acute-simple", "order-select")
     body["context"]["selections"] = ["ServiceRequest/not-this-one"]
@@ -314,9 +342,18 @@ def sign_request_with_a_second_mri(second_id: str) -> tuple[dict, dict]:
 def test_order_sign_rates_every_mri_and_ignores_other_orders(client):
     body, _ = sign_request_with_a_second_mri("second-mri")
     entries = body["context"]["draftOrders"]["entry"]
-    entries.append({"resource": {"resourceType": "MedicationRequest", "id": "med", "status": "draft",
-                                 "intent": "order", "subject": {"reference": "Patient/x"},
-                                 "medicationCodeableConcept": {"text": "ibuprofen"}}})
+    entries.append(
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "med",
+                "status": "draft",
+                "intent": "order",
+                "subject": {"reference": "Patient/x"},
+                "medicationCodeableConcept": {"text": "ibuprofen"},
+            }
+        }
+    )
     response = client.post(SIGN, json=body).get_json()
     assert len(response["cards"]) == 2
     first = next(e for e in entries if e["resource"]["resourceType"] == "ServiceRequest")
@@ -325,13 +362,17 @@ def test_order_sign_rates_every_mri_and_ignores_other_orders(client):
 
 # ------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda b: b.pop("hookInstance"), "hookInstance"),
-    (lambda b: b.pop("context"), "context"),
-    (lambda b: b.update(hook="order-sign"), "order-select"),
-    (lambda b: b["context"].update(draftOrders=[]), "draftOrders"),
-    (lambda b: b["context"].pop("selections"), "selections"),
-])
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda b: b.pop("hookInstance"), "hookInstance"),
+        (lambda b: b.pop("context"), "context"),
+        (lambda b: b.update(hook="order-sign"), "order-select"),
+        (lambda b: b["context"].update(draftOrders=[]), "draftOrders"),
+        (lambda b: b["context"].pop("selections"), "selections"),
+    ],
+)
 def test_malformed_requests_get_400_naming_the_field(client, mutate, needle):
     body = fixtures.hook_request("lbp-acute-simple", "order-select")
     mutate(body)
@@ -356,16 +397,25 @@ def test_oversized_body_is_413(client, settings):
 
 def test_malformed_resources_in_prefetch_are_skipped_not_fatal(client, response_validator):
     body = fixtures.hook_request("lbp-acute-simple", "order-select")
-    body["prefetch"]["conditions"]["entry"].extend([
-        {"resource": {"resourceType": "Condition", "id": "bad-1", "code": "not-a-concept"}},
-        {"resource": {"resourceType": "Condition", "id": "bad-2", "code": {"coding": "nope"}, "onsetDateTime": 5}},
-        {"resource": "a string"},
-        {"resource": {"resourceType": "Observation", "id": "wrong-type"}},
-    ])
-    body["prefetch"]["observations"]["entry"].append({"resource": {
-        "resourceType": "Observation", "id": "bad-temp", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
-        "valueQuantity": {"value": "hot", "unit": "Cel"}}})
+    body["prefetch"]["conditions"]["entry"].extend(
+        [
+            {"resource": {"resourceType": "Condition", "id": "bad-1", "code": "not-a-concept"}},
+            {"resource": {"resourceType": "Condition", "id": "bad-2", "code": {"coding": "nope"}, "onsetDateTime": 5}},
+            {"resource": "a string"},
+            {"resource": {"resourceType": "Observation", "id": "wrong-type"}},
+        ]
+    )
+    body["prefetch"]["observations"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": "bad-temp",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                "valueQuantity": {"value": "hot", "unit": "Cel"},
+            }
+        }
+    )
     reply = client.post(SELECT, json=body)
     assert reply.status_code == 200
     response_validator.validate(reply.get_json())
@@ -374,11 +424,18 @@ def test_malformed_resources_in_prefetch_are_skipped_not_fatal(client, response_
 
 def test_unknown_unit_is_not_guessed(client):
     body = fixtures.hook_request("lbp-acute-simple", "order-select")
-    body["prefetch"]["observations"]["entry"].append({"resource": {
-        "resourceType": "Observation", "id": "kelvin", "status": "final",
-        "effectiveDateTime": body["prefetch"]["patient"].get("meta", {}).get("lastUpdated", "2026-11-20"),
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
-        "valueQuantity": {"value": 312, "unit": "K", "system": "http://unitsofmeasure.org", "code": "K"}}})
+    body["prefetch"]["observations"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": "kelvin",
+                "status": "final",
+                "effectiveDateTime": body["prefetch"]["patient"].get("meta", {}).get("lastUpdated", "2026-11-20"),
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                "valueQuantity": {"value": 312, "unit": "K", "system": "http://unitsofmeasure.org", "code": "K"},
+            }
+        }
+    )
     card = client.post(SELECT, json=body).get_json()["cards"][0]
     assert "not recognised" in card["detail"]
 
@@ -392,8 +449,8 @@ def test_healthz(client):
 
 
 def test_long_summaries_are_cut_under_140_characters():
-    from cds_service.hooks.cards import _summary
     from cds_service.clinical.model import Verdict
+    from cds_service.hooks.cards import _summary
 
     summary = _summary(Verdict(code="low-value", variant_id=None, decisive_reason="x" * 300))
     assert len(summary) < 140 and summary.endswith("…")
@@ -402,8 +459,9 @@ def test_long_summaries_are_cut_under_140_characters():
 def test_orders_of_one_call_share_the_record_but_not_each_others_reasons(client):
     # two MRIs signed together: one states cauda equina as its reason, the other states nothing
     body, urgent = sign_request_with_a_second_mri("urgent-mri")
-    urgent["resource"]["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "192970008",
-                                                     "display": "Cauda equina syndrome"}]}]
+    urgent["resource"]["reasonCode"] = [
+        {"coding": [{"system": "http://snomed.info/sct", "code": "192970008", "display": "Cauda equina syndrome"}]}
+    ]
     cards = client.post(SIGN, json=body).get_json()["cards"]
     by_order = {("urgent-mri" in card["detail"]): card["indicator"] for card in cards}
     assert by_order == {True: "critical", False: "warning"}
@@ -419,8 +477,13 @@ def test_answer_resources_are_copies_that_leave_the_draft_order_alone(mappings):
     response = evaluate_hook("spine-mri-order-select", request, mappings, as_of=ANCHOR).response
     assert request["context"]["draftOrders"] == original
     resources = [action["resource"] for action in response["systemActions"]]
-    resources += [action["resource"] for card in response["cards"] for suggestion in card.get("suggestions", [])
-                  for action in suggestion["actions"] if "resource" in action]
+    resources += [
+        action["resource"]
+        for card in response["cards"]
+        for suggestion in card.get("suggestions", [])
+        for action in suggestion["actions"]
+        if "resource" in action
+    ]
     assert len(resources) >= 2
     for resource in resources:
         resource.setdefault("extension", []).append({"url": "urn:test", "valueString": "changed"})

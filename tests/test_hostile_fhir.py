@@ -5,6 +5,7 @@ run found (redirects to another host, next links that leave the server, endless 
 answers, a byte at a time) and checks what the service did with it. The honest server is
 sekmet (tests/test_fhir_fallback.py); these behaviours are the ones it cannot be made to show.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,11 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cds_service.cli import fixtures
+from cds_service.fhir.client import FhirFetcher, FhirSettings
+from cds_service.fhir.outbound import describe_host, within
 from cds_service.fhir.prefetch import from_prefetch
 from cds_service.hooks.discovery import prefetch_templates
-from cds_service.fhir.client import FhirFetcher, FhirSettings
 from cds_service.hooks.evaluation import evaluate_hook
-from cds_service.fhir.outbound import describe_host, within
 
 SELECT = "spine-mri-order-select"
 EMPTY_BUNDLE = {"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -108,8 +109,14 @@ def hostile():
 
 
 def fetcher_for(*bases, budget=2.0, max_bytes=16 * 1024 * 1024, concurrency=8) -> FhirFetcher:
-    return FhirFetcher(FhirSettings(allowed_servers=frozenset(bases), budget_seconds=budget,
-                                    concurrency=concurrency, max_response_bytes=max_bytes))
+    return FhirFetcher(
+        FhirSettings(
+            allowed_servers=frozenset(bases),
+            budget_seconds=budget,
+            concurrency=concurrency,
+            max_response_bytes=max_bytes,
+        )
+    )
 
 
 def request_reading(base: str, missing=("conditions",), token: str | None = "the-access-token") -> dict:
@@ -119,8 +126,13 @@ def request_reading(base: str, missing=("conditions",), token: str | None = "the
     for key in missing:
         del body["prefetch"][key]
     if token is not None:
-        body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
-                                     "scope": "patient/*.read", "subject": "cds"}
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds",
+        }
     return body
 
 
@@ -132,27 +144,43 @@ def read_one(fetcher: FhirFetcher, body: dict, key: str, mappings) -> tuple[list
 
 # ------------------------------------------------------------------ one check for every URL
 
-@pytest.mark.parametrize("url", [
-    "https://ehr.example.org/fhir", "https://ehr.example.org/fhir/", "https://EHR.example.org/fhir/Condition?x=1",
-    "https://ehr.example.org:443/fhir/Condition", "https://ehr.example.org/fhir?_getpages=abc",
-])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ehr.example.org/fhir",
+        "https://ehr.example.org/fhir/",
+        "https://EHR.example.org/fhir/Condition?x=1",
+        "https://ehr.example.org:443/fhir/Condition",
+        "https://ehr.example.org/fhir?_getpages=abc",
+    ],
+)
 def test_within_accepts_the_same_server_under_the_base(url):
     assert within(url, "https://ehr.example.org/fhir")
 
 
-@pytest.mark.parametrize("url", [
-    "https://ehr.example.org.evil.test/fhir/Condition",  # a longer host
-    "https://ehr.example.org@evil.test/fhir/Condition",  # userinfo: the request goes to evil.test
-    "https://ehr.example.org:8443/fhir/Condition",  # another port
-    "https://ehr.example.org:4430/fhir/Condition",  # a port the base's default 443 is a prefix of
-    "http://ehr.example.org/fhir/Condition",  # another scheme
-    "https://ehr.example.org/fhir2/Condition",  # a path that only starts with the base path's text
-    "https://ehr.example.org/other/Condition",
-    "https://ehr.example.org/fhir/../admin", "https://ehr.example.org/fhir/%2e%2e/admin",
-    "https://ehr.example.org/fhir/a%2F..%2F..%2Fadmin",
-    "https://ehr.example.org\\@evil.test/fhir", "https://ehr.example.org/fhir/\r\nHost: evil",
-    "javascript:alert(1)", "//evil.test/fhir", "", None, 42,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ehr.example.org.evil.test/fhir/Condition",  # a longer host
+        "https://ehr.example.org@evil.test/fhir/Condition",  # userinfo: the request goes to evil.test
+        "https://ehr.example.org:8443/fhir/Condition",  # another port
+        "https://ehr.example.org:4430/fhir/Condition",  # a port the base's default 443 is a prefix of
+        "http://ehr.example.org/fhir/Condition",  # another scheme
+        "https://ehr.example.org/fhir2/Condition",  # a path that only starts with the base path's text
+        "https://ehr.example.org/other/Condition",
+        "https://ehr.example.org/fhir/../admin",
+        "https://ehr.example.org/fhir/%2e%2e/admin",
+        "https://ehr.example.org/fhir/a%2F..%2F..%2Fadmin",
+        "https://ehr.example.org\\@evil.test/fhir",
+        "https://ehr.example.org/fhir/\r\nHost: evil",
+        "javascript:alert(1)",
+        "//evil.test/fhir",
+        "",
+        None,
+        42,
+    ],
+)
 def test_within_refuses_other_servers_and_escapes(url):
     assert not within(url, "https://ehr.example.org/fhir")
 
@@ -167,8 +195,12 @@ def test_fhir_server_under_an_allowed_base_is_allowed_and_lookalikes_are_not():
     settings = FhirSettings(allowed_servers=frozenset({"https://ehr.example.org/fhir"}))
     assert settings.allows("https://ehr.example.org/fhir/")
     assert settings.allows("https://ehr.example.org/fhir/tenant-2")
-    for other in ("https://ehr.example.org/fhir?x=1", "https://user:pw@ehr.example.org/fhir",
-                  "https://ehr.example.org.evil.test/fhir", "https://ehr.example.org/fhirx"):
+    for other in (
+        "https://ehr.example.org/fhir?x=1",
+        "https://user:pw@ehr.example.org/fhir",
+        "https://ehr.example.org.evil.test/fhir",
+        "https://ehr.example.org/fhirx",
+    ):
         assert not settings.allows(other), other
 
 
@@ -184,6 +216,7 @@ def test_credentials_in_a_fhir_server_url_are_never_shown(client, caplog):
 
 
 # ------------------------------------------------------------------ redirects and next links
+
 
 def test_redirect_to_another_host_is_not_followed(hostile, mappings):
     planted = hostile(lambda handler: fhir_answer(handler, planted=CAUDA_EQUINA_CONDITIONS))
@@ -213,10 +246,23 @@ def test_redirect_within_the_base_is_followed(hostile, mappings, status):
 
 def test_next_link_with_userinfo_to_another_host_gets_nothing(hostile, mappings):
     elsewhere = hostile(fhir_answer)
-    origin = hostile(lambda handler: answer(handler, 200, {**EMPTY_BUNDLE, "link": [
-        {"relation": "next", "url": f"http://127.0.0.1:{origin.port}@127.0.0.1:{elsewhere.port}/Condition?p=2"}]}))
+    origin = hostile(
+        lambda handler: answer(
+            handler,
+            200,
+            {
+                **EMPTY_BUNDLE,
+                "link": [
+                    {
+                        "relation": "next",
+                        "url": f"http://127.0.0.1:{origin.port}@127.0.0.1:{elsewhere.port}/Condition?p=2",
+                    }
+                ],
+            },
+        )
+    )
     base = origin.url  # an allowlisted base without a path
-    resources, unread = read_one(fetcher_for(base), request_reading(base), "conditions", mappings)
+    _resources, unread = read_one(fetcher_for(base), request_reading(base), "conditions", mappings)
     assert unread == "a next link points away from the FHIR server; not followed"
     assert elsewhere.requests == []
 
@@ -238,14 +284,21 @@ def _port_pair() -> tuple[int, int]:
 def test_next_link_to_a_port_the_base_port_is_a_prefix_of_gets_nothing(hostile, mappings):
     shorter, longer = _port_pair()
     elsewhere = hostile(fhir_answer, port=longer)
-    origin = hostile(lambda handler: answer(handler, 200, {**EMPTY_BUNDLE, "link": [
-        {"relation": "next", "url": f"http://127.0.0.1:{longer}/Condition?p=2"}]}), port=shorter)
-    resources, unread = read_one(fetcher_for(origin.url), request_reading(origin.url), "conditions", mappings)
+    origin = hostile(
+        lambda handler: answer(
+            handler,
+            200,
+            {**EMPTY_BUNDLE, "link": [{"relation": "next", "url": f"http://127.0.0.1:{longer}/Condition?p=2"}]},
+        ),
+        port=shorter,
+    )
+    _resources, unread = read_one(fetcher_for(origin.url), request_reading(origin.url), "conditions", mappings)
     assert unread == "a next link points away from the FHIR server; not followed"
     assert elsewhere.requests == []
 
 
 # ------------------------------------------------------------------ size and time of one answer
+
 
 def endless(server: Hostile):
     def behaviour(handler):
@@ -258,13 +311,14 @@ def endless(server: Hostile):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # bounded: a minute at most, far past any budget
             server.send(handler, entry * 64)
+
     return behaviour
 
 
 def test_endless_answer_is_cut_at_the_size_limit(hostile, mappings):
     server = hostile(lambda handler: endless(server)(handler))
     fetcher = fetcher_for(server.url, budget=20, max_bytes=1024 * 1024)
-    resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
+    _resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
     assert unread == ("the FHIR server sent an answer larger than 1048576 bytes (CDS_FHIR_MAX_RESPONSE_BYTES)")
     assert server.hung_up.wait(10), "the service kept reading an endless answer"
     assert server.bytes_sent < 64 * 1024 * 1024
@@ -274,14 +328,15 @@ def test_endless_answer_is_cut_at_the_size_limit(hostile, mappings):
 def gzip_bomb() -> bytes:
     """200 MB of valid FHIR JSON (a Bundle padded with spaces), about 200 KB gzipped."""
     padding = b" " * (200 * 1024 * 1024)
-    return gzip.compress(b'{"resourceType": "Bundle", "type": "searchset", "entry": [' + padding + b"]}",
-                         compresslevel=9)
+    return gzip.compress(
+        b'{"resourceType": "Bundle", "type": "searchset", "entry": [' + padding + b"]}", compresslevel=9
+    )
 
 
 def test_gzip_bomb_is_refused_at_the_size_limit_of_the_decoded_answer(hostile, mappings, gzip_bomb):
     server = hostile(lambda handler: answer(handler, 200, gzip_bomb, {"Content-Encoding": "gzip"}))
     fetcher = fetcher_for(server.url, budget=20, max_bytes=1024 * 1024)
-    resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
+    _resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
     # Inflated whole, the 200 MB would parse as an empty Bundle and the key would count as read.
     assert unread == "the FHIR server sent an answer larger than 1048576 bytes (CDS_FHIR_MAX_RESPONSE_BYTES)"
 
@@ -295,14 +350,16 @@ def test_gzip_answers_within_the_limit_are_read(hostile, mappings):
 
 def trickle(server: Hostile, head: bytes, then: bytes):
     """Send `head` at once, then `then` a byte every 0.1 s (each read well inside any socket timeout)."""
+
     def behaviour(handler):
         server.send(handler, head)
         deadline = time.monotonic() + 30
         for index in range(len(then)):
             if time.monotonic() > deadline:
                 return
-            server.send(handler, then[index:index + 1])
+            server.send(handler, then[index : index + 1])
             time.sleep(0.1)
+
     return behaviour
 
 
@@ -318,7 +375,7 @@ def test_a_byte_at_a_time_is_cut_at_the_budget_and_frees_the_worker(hostile, map
         then = BODY
     server = hostile(lambda handler: trickle(server, head, then)(handler))
     fetcher = fetcher_for(server.url, budget=1.0, concurrency=1)
-    resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
+    _resources, unread = read_one(fetcher, request_reading(server.url), "conditions", mappings)
     assert unread == "the FHIR server did not answer within the time budget"
     # The worker let go of the connection (the server's next byte fails), not 100+ s later.
     assert server.hung_up.wait(5), "the FHIR worker still reads from the trickling server"
@@ -326,18 +383,38 @@ def test_a_byte_at_a_time_is_cut_at_the_budget_and_frees_the_worker(hostile, map
 
 # ------------------------------------------------------------------ the hook's own access token
 
-@pytest.mark.parametrize("token", ["\u65e5\u672c\u8a9e-token", "t\u00f6ken-latin-1", "line\r\nX-Injected: 1",
-                                   "nul\x00byte", "with space", ["a", "list"]])
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "\u65e5\u672c\u8a9e-token",
+        "t\u00f6ken-latin-1",
+        "line\r\nX-Injected: 1",
+        "nul\x00byte",
+        "with space",
+        ["a", "list"],
+    ],
+)
 def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, tmp_path, token):
     from cds_service.web.app import create_app
     from cds_service.web.config import Settings
 
     server = hostile(fhir_answer)
-    settings = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                        cors_origins="*", bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True,
-                        fhir=FhirSettings(allowed_servers=frozenset({server.url})))
-    reply = create_app(settings).test_client().post(f"/cds-services/{SELECT}",
-                                                    json=request_reading(server.url, token=token))
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        allow_unauthenticated=True,
+        fhir=FhirSettings(allowed_servers=frozenset({server.url})),
+    )
+    reply = (
+        create_app(settings)
+        .test_client()
+        .post(f"/cds-services/{SELECT}", json=request_reading(server.url, token=token))
+    )
     assert reply.status_code == 400
     assert "fhirAuthorization.access_token" in reply.get_json()["error"]
     if isinstance(token, str):
@@ -345,8 +422,15 @@ def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, 
     assert server.requests == []
 
 
-@pytest.mark.parametrize("entry", ["https://clinician:secret-pw@ehr.example.org/fhir", "ftp://ehr.example.org/fhir",
-                                   "https://ehr.example.org/fhir?tenant=1", "ehr.example.org/fhir"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://clinician:secret-pw@ehr.example.org/fhir",
+        "ftp://ehr.example.org/fhir",
+        "https://ehr.example.org/fhir?tenant=1",
+        "ehr.example.org/fhir",
+    ],
+)
 def test_an_allowlist_entry_that_is_not_a_base_url_stops_the_service_in_one_line(monkeypatch, entry):
     from cds_service.web.config import Settings
 
@@ -358,11 +442,14 @@ def test_an_allowlist_entry_that_is_not_a_base_url_stops_the_service_in_one_line
     assert "secret-pw" not in message
 
 
-@pytest.mark.parametrize("malformed", [
-    {"resourceType": "Bundle", "type": "searchset", "link": 5},
-    {"resourceType": "Bundle", "type": "searchset", "entry": "not-a-list"},
-    {"resourceType": "OperationOutcome", "issue": 5},
-])
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        {"resourceType": "Bundle", "type": "searchset", "link": 5},
+        {"resourceType": "Bundle", "type": "searchset", "entry": "not-a-list"},
+        {"resourceType": "OperationOutcome", "issue": 5},
+    ],
+)
 def test_a_malformed_answer_is_that_source_unread_never_a_500(hostile, mappings, malformed):
     server = hostile(lambda handler: answer(handler, 200, malformed))
     resources, unread = read_one(fetcher_for(server.url), request_reading(server.url), "conditions", mappings)

@@ -1,6 +1,7 @@
 """The package's shape: imports run one way (cli -> web -> hooks -> fhir -> clinical; web ->
 utilization), no module imports itself back through another, and the clinical core uses no web,
 database or HTTP library. An AST walk over every module, imports inside functions included."""
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,19 @@ ALLOWED = {
 # third-party libraries a subpackage must not use: the clinical core reads as plain Python, and
 # the CDS Hooks contract knows nothing of HTTP or the database
 FORBIDDEN_LIBRARIES = {
-    "clinical": {"flask", "werkzeug", "sqlalchemy", "alembic", "psycopg", "requests", "urllib3", "jwt",
-                 "gunicorn", "plotly", "orjson"},
+    "clinical": {
+        "flask",
+        "werkzeug",
+        "sqlalchemy",
+        "alembic",
+        "psycopg",
+        "requests",
+        "urllib3",
+        "jwt",
+        "gunicorn",
+        "plotly",
+        "orjson",
+    },
     "hooks": {"flask", "werkzeug", "sqlalchemy", "alembic", "psycopg", "gunicorn", "plotly"},
     "fhir": {"flask", "werkzeug", "sqlalchemy", "alembic", "psycopg", "gunicorn", "plotly"},
     "utilization": {"flask", "werkzeug", "requests", "urllib3", "jwt", "gunicorn"},
@@ -53,14 +65,16 @@ def _imports(path: Path, module: str | None = None) -> list[tuple[str, int]]:
                 target = node.module or ""
             # "from . import fixtures" imports a module; "from .x import name" imports from x
             found.append((target, node.lineno))
-            found += [(f"{target}.{alias.name}", node.lineno) for alias in node.names
-                      if (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
-                      or (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/") / "__init__.py").exists()]
+            found += [
+                (f"{target}.{alias.name}", node.lineno)
+                for alias in node.names
+                if (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+                or (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/") / "__init__.py").exists()
+            ]
     return found
 
 
-MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))
-           if "migrations" not in path.parts}
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py")) if "migrations" not in path.parts}
 
 
 def _subpackage(module: str) -> str | None:
@@ -69,7 +83,9 @@ def _subpackage(module: str) -> str | None:
 
 
 def test_every_module_lives_in_a_domain_subpackage():
-    loose = [name for name in MODULES if _subpackage(name) is None and name not in ("cds_service", "cds_service.__main__")]
+    loose = [
+        name for name in MODULES if _subpackage(name) is None and name not in ("cds_service", "cds_service.__main__")
+    ]
     assert loose == []
 
 
@@ -92,8 +108,10 @@ def test_imports_run_one_way(module):
 
 
 def test_no_module_imports_itself_back():
-    graph = {name: {target for target, _ in _imports(path) if target in MODULES and target != name}
-             for name, path in MODULES.items()}
+    graph = {
+        name: {target for target, _ in _imports(path) if target in MODULES and target != name}
+        for name, path in MODULES.items()
+    }
     # a package's __init__ is imported with any of its modules: it is not an edge back
     graph = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in graph.items()}
     cycles, state = [], {}
@@ -102,9 +120,9 @@ def test_no_module_imports_itself_back():
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                cycles.append(" -> ".join(trail[trail.index(target):] + [target]))
+                cycles.append(" -> ".join([*trail[trail.index(target) :], target]))
             elif target not in state:
-                visit(target, trail + [target])
+                visit(target, [*trail, target])
         state[node] = "done"
 
     for name in sorted(graph):
@@ -119,7 +137,10 @@ def test_the_check_finds_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import flask\n\ndef later():\n    from ..web.app import create_app\n")
     assert _violations("cds_service.clinical.bad", _imports(bad, "cds_service.clinical.bad")) == [
-        "line 1: clinical uses flask", "line 4: clinical imports cds_service.web.app"]
+        "line 1: clinical uses flask",
+        "line 4: clinical imports cds_service.web.app",
+    ]
     bad.write_text("from ..utilization.store import Store\n")
     assert _violations("cds_service.hooks.bad", _imports(bad, "cds_service.hooks.bad")) == [
-        "line 1: hooks imports cds_service.utilization.store"]
+        "line 1: hooks imports cds_service.utilization.store"
+    ]

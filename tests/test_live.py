@@ -5,6 +5,7 @@
 Seeds uniquely named copies of a few fixture patients, runs them through the fallback (no
 prefetch) and deletes what it created. Skipped, with the reason, when the variable is unset.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import pytest
 import requests
 
 from cds_service.cli import fixtures
-from cds_service.fhir.client import FhirFetcher, FhirSettings
 from cds_service.cli.local_fhir import seed_bundle
+from cds_service.fhir.client import FhirFetcher, FhirSettings
 from cds_service.hooks.evaluation import evaluate_hook
 
 LIVE_BASE = os.environ.get("CDS_LIVE_FHIR_BASE", "").rstrip("/")

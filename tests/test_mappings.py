@@ -1,4 +1,5 @@
 """The mappings are data a wrong code silently breaks: every check must catch its own mistake."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,13 +9,13 @@ import pytest
 import yaml
 
 from cds_service.clinical.codesystems import icd10cm_exists, loinc_check_digit_valid, normalise_icd10, verhoeff_valid
-from cds_service.clinical.validation import validate_mappings
+from cds_service.clinical.validation import check_mappings
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
 
 def test_shipped_mappings_are_valid():
-    assert validate_mappings(MAPPINGS) == []
+    assert check_mappings(MAPPINGS) == []
 
 
 @pytest.mark.parametrize("sctid", ["279039007", "192970008", "16846261000119106", "571891000119109"])
@@ -47,7 +48,7 @@ def broken(tmp_path):
         document = yaml.safe_load(path.read_text())
         change(document)
         path.write_text(yaml.safe_dump(document, sort_keys=False))
-        return validate_mappings(target)
+        return check_mappings(target)
 
     return edit
 
@@ -64,6 +65,7 @@ def test_catches_a_snomed_typo(broken):
     def change(document):
         entry = _first_code(document, "snomed")
         entry["code"] = entry["code"][:-1] + str((int(entry["code"][-1]) + 3) % 10)
+
     errors = broken("red_flags.yaml", change)
     assert any("Verhoeff" in e for e in errors)
 
@@ -72,6 +74,7 @@ def test_catches_a_loinc_typo(broken):
     def change(document):
         threshold = document["concepts"][[c["id"] for c in document["concepts"]].index("fever")]["observations"][0]
         threshold["code"] = "8310-4"
+
     errors = broken("red_flags.yaml", change)
     assert any("LOINC 8310-4" in e for e in errors)
 
@@ -101,6 +104,56 @@ def test_catches_duplicate_concept_ids(broken):
     assert any("also defined" in e for e in errors)
 
 
+def test_catches_a_concept_no_rule_reads(broken):
+    def change(document):
+        document["concepts"].append({**document["concepts"][0], "id": "made_up_flag"})
+
+    errors = broken("red_flags.yaml", change)
+    assert errors == [
+        "red_flags.yaml: made_up_flag: read by no rule (make a rule read it in "
+        "cds_service/clinical/rules.py, or remove it)"
+    ]
+
+
+def test_catches_a_concept_the_rules_read_that_the_mappings_lack(broken):
+    errors = broken("red_flags.yaml", lambda d: d["concepts"].pop([c["id"] for c in d["concepts"]].index("myelopathy")))
+    assert errors == ["the rules read concept 'myelopathy', which the mappings do not define"]
+
+
+def test_catches_one_code_filed_under_concepts_of_different_kinds(broken):
+    """A cancer code under cauda equina would make every cancer patient's MRI an emergency."""
+
+    def change(document):
+        cauda = document["concepts"][[c["id"] for c in document["concepts"]].index("cauda_equina")]
+        cauda["codes"].append(
+            {
+                "system": "icd10cm",
+                "code": "C79.51",
+                "display": "Secondary malignant neoplasm of bone",
+                "confidence": "verified-authoritative",
+                "source": "ICD10CM_FY2026",
+            }
+        )
+
+    errors = broken("red_flags.yaml", change)
+    assert (
+        "red_flags.yaml: icd10cm C79.51 is filed under cauda_equina (neurological) and cancer (cancer): a code "
+        "means one kind of finding" in errors
+    )
+
+
+def test_a_code_may_be_filed_under_another_kind_only_when_the_entry_says_so(broken):
+    """The sprain codes are back pain and a recent injury: `also_under` says so; without it, refused."""
+
+    def change(document):
+        for concept in document["concepts"]:
+            for entry in concept["codes"]:
+                entry.pop("also_under", None)
+
+    errors = broken("episode.yaml", change)
+    assert any("S33.5XXA is filed under low_back_pain (episode) and recent_injury (fracture)" in e for e in errors)
+
+
 def test_validate_mappings_command_exit_codes(tmp_path, broken, capsys):
     from cds_service.cli.main import main
 
@@ -121,11 +174,22 @@ def concepts_of(mappings, system, code) -> set[str]:
     return {match.concept.id for match in mappings.match_coding(system, code)}
 
 
-@pytest.mark.parametrize("code,expected", [
-    ("S13.4XXA", True), ("S134XXA", True), ("S13.4XXD", False), ("S13.4XXS", False),
-    ("S39.012A", True), ("S22.31XB", True), ("W19.XXXA", True), ("W19.XXXD", False), ("V43.52XA", True),
-    ("W26.0XXA", False), ("S13.4", False),
-])
+@pytest.mark.parametrize(
+    "code,expected",
+    [
+        ("S13.4XXA", True),
+        ("S134XXA", True),
+        ("S13.4XXD", False),
+        ("S13.4XXS", False),
+        ("S39.012A", True),
+        ("S22.31XB", True),
+        ("W19.XXXA", True),
+        ("W19.XXXD", False),
+        ("V43.52XA", True),
+        ("W26.0XXA", False),
+        ("S13.4", False),
+    ],
+)
 def test_injury_codes_count_as_recent_only_at_the_initial_encounter(mappings, code, expected):
     assert ("recent_injury" in concepts_of(mappings, ICD10CM_URI, code)) is expected
 
@@ -140,13 +204,22 @@ def test_fracture_sequela_is_not_recent_trauma(mappings):
     assert not {"trauma", "vertebral_fracture"} & concepts_of(mappings, ICD10CM_URI, "S32.010S")
 
 
-@pytest.mark.parametrize("code,concept", [
-    ("G83.24", "progressive_neuro_deficit"), ("G83.10", "progressive_neuro_deficit"),
-    ("G83.33", "progressive_neuro_deficit"), ("M21.372", "progressive_neuro_deficit"),
-    ("R26.89", "possible_motor_deficit"), ("R26.2", "possible_motor_deficit"), ("R29.898", "possible_motor_deficit"),
-])
+@pytest.mark.parametrize(
+    "code,concept",
+    [
+        ("G83.24", "progressive_neuro_deficit"),
+        ("G83.10", "progressive_neuro_deficit"),
+        ("G83.33", "progressive_neuro_deficit"),
+        ("M21.372", "progressive_neuro_deficit"),
+        ("R26.89", "possible_motor_deficit"),
+        ("R26.2", "possible_motor_deficit"),
+        ("R29.898", "possible_motor_deficit"),
+    ],
+)
 def test_motor_deficit_codes_however_coded(mappings, code, concept):
-    assert concepts_of(mappings, ICD10CM_URI, code) & {"progressive_neuro_deficit", "possible_motor_deficit"} == {concept}
+    assert concepts_of(mappings, ICD10CM_URI, code) & {"progressive_neuro_deficit", "possible_motor_deficit"} == {
+        concept
+    }
 
 
 def test_generalised_weakness_is_not_a_motor_deficit(mappings):
@@ -158,23 +231,33 @@ def test_snomed_limb_weakness_is_a_focal_motor_deficit(mappings):
     assert "progressive_neuro_deficit" in concepts_of(mappings, SNOMED_URI, "713514005")
 
 
-@pytest.mark.parametrize("code,concept,region", [
-    ("2415007", "radiculopathy", "lumbar"), ("202757008", "radiculopathy", "cervical"),
-    ("2169001", "radiculopathy", "thoracic"), ("23056005", "radiculopathy", "lumbar"),
-    ("83561009", "stenosis", "cervical"), ("303081002", "stenosis", "lumbar"), ("76107001", "stenosis", "any"),
-])
+@pytest.mark.parametrize(
+    "code,concept,region",
+    [
+        ("2415007", "radiculopathy", "lumbar"),
+        ("202757008", "radiculopathy", "cervical"),
+        ("2169001", "radiculopathy", "thoracic"),
+        ("23056005", "radiculopathy", "lumbar"),
+        ("83561009", "stenosis", "cervical"),
+        ("303081002", "stenosis", "lumbar"),
+        ("76107001", "stenosis", "any"),
+    ],
+)
 def test_snomed_only_reasons_count_like_their_icd_twins(mappings, code, concept, region):
     matches = [m for m in mappings.match_coding(SNOMED_URI, code) if m.concept.id == concept]
     assert [m.region for m in matches] == [region]
 
 
-@pytest.mark.parametrize("system,code,modality,region", [
-    ("http://www.ama-assn.org/go/cpt", "72131", "ct", "lumbar"),
-    ("http://www.ama-assn.org/go/cpt", "72127", "ct", "cervical"),
-    ("http://www.ama-assn.org/go/cpt", "72110", "radiograph", "lumbar"),
-    ("http://www.ama-assn.org/go/cpt", "72082", "radiograph", "multi"),
-    ("http://loinc.org", "30620-9", "ct", "lumbar"),
-])
+@pytest.mark.parametrize(
+    "system,code,modality,region",
+    [
+        ("http://www.ama-assn.org/go/cpt", "72131", "ct", "lumbar"),
+        ("http://www.ama-assn.org/go/cpt", "72127", "ct", "cervical"),
+        ("http://www.ama-assn.org/go/cpt", "72110", "radiograph", "lumbar"),
+        ("http://www.ama-assn.org/go/cpt", "72082", "radiograph", "multi"),
+        ("http://loinc.org", "30620-9", "ct", "lumbar"),
+    ],
+)
 def test_prior_imaging_codes(mappings, system, code, modality, region):
     order = mappings.order_for_coding(system, code)
     assert (order.modality, order.region) == (modality, region)
@@ -183,6 +266,7 @@ def test_prior_imaging_codes(mappings, system, code, modality, region):
 def test_catches_a_seventh_character_on_an_exact_code(broken):
     def change(document):
         _first_code(document, "icd10cm")["seventh"] = ["A"]
+
     errors = broken("red_flags.yaml", change)
     assert any("'seventh' applies only" in e for e in errors)
 
@@ -191,6 +275,7 @@ def test_catches_a_malformed_seventh_character(broken):
     def change(document):
         trauma = next(c for c in document["concepts"] if c["id"] == "trauma")
         trauma["codes"][0]["seventh"] = ["a1"]
+
     errors = broken("red_flags.yaml", change)
     assert any("seventh" in e for e in errors)
 
@@ -198,21 +283,35 @@ def test_catches_a_malformed_seventh_character(broken):
 def test_a_procedure_carrying_an_imaging_code_is_prior_imaging_not_a_finding(mappings):
     from datetime import date
 
-    from cds_service.fhir.prefetch import from_prefetch
     from cds_service.clinical.facts import extract_facts
     from cds_service.clinical.model import MriOrder
+    from cds_service.fhir.prefetch import from_prefetch
 
-    procedure = {"resourceType": "Procedure", "id": "xr", "status": "completed", "performedDateTime": "2026-11-01",
-                 "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72100"}]}}
-    prefetch = {key: {"resourceType": "Bundle", "type": "searchset", "entry": []}
-                for key in ("conditions", "observations", "medications", "imagingStudies", "diagnosticReports",
-                            "serviceRequests")}
+    procedure = {
+        "resourceType": "Procedure",
+        "id": "xr",
+        "status": "completed",
+        "performedDateTime": "2026-11-01",
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72100"}]},
+    }
+    prefetch = {
+        key: {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        for key in (
+            "conditions",
+            "observations",
+            "medications",
+            "imagingStudies",
+            "diagnosticReports",
+            "serviceRequests",
+        )
+    }
     prefetch["patient"] = {"resourceType": "Patient", "id": "p"}
     prefetch["procedures"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": procedure}]}
     order = MriOrder("ServiceRequest/mri", {"resourceType": "ServiceRequest"}, "lumbar", "without", "MRI")
     facts = extract_facts(order, from_prefetch(prefetch), mappings, date(2026, 11, 22))
     assert [(s.modality, s.region, s.reference, s.date) for s in facts.prior_imaging] == [
-        ("radiograph", "lumbar", "Procedure/xr", date(2026, 11, 1))]
+        ("radiograph", "lumbar", "Procedure/xr", date(2026, 11, 1))
+    ]
     assert not facts.findings and not facts.therapy_procedures
 
 
@@ -222,19 +321,38 @@ def test_a_record_resource_is_read_when_any_of_its_codings_is_known(mappings):
     threshold-only LOINC code, nor a resource that is not an object (that one gets a note)."""
     from datetime import date
 
-    from cds_service.clinical.record import ClinicalData
     from cds_service.clinical.facts import record_facts
+    from cds_service.clinical.record import ClinicalData
 
     icd, loinc = "http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org"
     active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
-    pain = {"resourceType": "Condition", "id": "pain", "clinicalStatus": active, "onsetDateTime": "2026-10-01",
-            "code": {"coding": [{"system": icd, "code": "I10"}, {"system": "urn:local", "code": "x"},
-                                {"system": icd, "code": "M54.50", "display": "Low back pain"}]}}
-    unknown = {"resourceType": "Condition", "id": "bp", "clinicalStatus": active,
-               "code": {"coding": [{"system": icd, "code": "I10"}, {"code": "M54.50"}]}}  # no system: not ICD-10
-    fever = {"resourceType": "Observation", "id": "t", "status": "final", "effectiveDateTime": "2026-11-20",
-             "code": {"coding": [{"system": loinc, "code": "8310-5"}]},
-             "valueQuantity": {"value": 39.2, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    pain = {
+        "resourceType": "Condition",
+        "id": "pain",
+        "clinicalStatus": active,
+        "onsetDateTime": "2026-10-01",
+        "code": {
+            "coding": [
+                {"system": icd, "code": "I10"},
+                {"system": "urn:local", "code": "x"},
+                {"system": icd, "code": "M54.50", "display": "Low back pain"},
+            ]
+        },
+    }
+    unknown = {
+        "resourceType": "Condition",
+        "id": "bp",
+        "clinicalStatus": active,
+        "code": {"coding": [{"system": icd, "code": "I10"}, {"code": "M54.50"}]},
+    }  # no system: not ICD-10
+    fever = {
+        "resourceType": "Observation",
+        "id": "t",
+        "status": "final",
+        "effectiveDateTime": "2026-11-20",
+        "code": {"coding": [{"system": loinc, "code": "8310-5"}]},
+        "valueQuantity": {"value": 39.2, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"},
+    }
     data = ClinicalData(resources={"conditions": [unknown, pain, "not a resource"], "observations": [fever]})
     facts = record_facts(data, mappings, date(2026, 11, 22))
     found = {(item.concept_id, item.reference) for item in facts.findings}

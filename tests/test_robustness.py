@@ -1,4 +1,5 @@
 """Bad input never breaks a hook: property-based requests, malformed resources, concurrent feedback."""
+
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cds_service.cli import fixtures
 
@@ -16,25 +18,67 @@ SELECT = "/cds-services/spine-mri-order-select"
 BASE_REQUEST = fixtures.hook_request("lbp-radic-failed-pt", "order-select")
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=20)
-FHIR_KEYS = ["resourceType", "id", "status", "code", "coding", "system", "valueQuantity", "value", "unit",
-             "clinicalStatus", "verificationStatus", "onsetDateTime", "recordedDate", "effectiveDateTime",
-             "medicationCodeableConcept", "medicationReference", "dispenseRequest", "dosageInstruction",
-             "performedDateTime", "performedPeriod", "reasonCode", "entry", "resource", "birthDate", "gender"]
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=20,
+)
+FHIR_KEYS = [
+    "resourceType",
+    "id",
+    "status",
+    "code",
+    "coding",
+    "system",
+    "valueQuantity",
+    "value",
+    "unit",
+    "clinicalStatus",
+    "verificationStatus",
+    "onsetDateTime",
+    "recordedDate",
+    "effectiveDateTime",
+    "medicationCodeableConcept",
+    "medicationReference",
+    "dispenseRequest",
+    "dosageInstruction",
+    "performedDateTime",
+    "performedPeriod",
+    "reasonCode",
+    "entry",
+    "resource",
+    "birthDate",
+    "gender",
+]
 
 
 def fhir_like():
     """Resources with the right keys and wrong shapes: the malformed data EHRs really send."""
     return st.fixed_dictionaries(
-        {"resourceType": st.sampled_from(["Condition", "Observation", "MedicationRequest", "Procedure",
-                                          "Patient", "DiagnosticReport", "Bundle", "OperationOutcome", 7])},
-        optional={key: json_value for key in FHIR_KEYS[1:]})
+        {
+            "resourceType": st.sampled_from(
+                [
+                    "Condition",
+                    "Observation",
+                    "MedicationRequest",
+                    "Procedure",
+                    "Patient",
+                    "DiagnosticReport",
+                    "Bundle",
+                    "OperationOutcome",
+                    7,
+                ]
+            )
+        },
+        optional={key: json_value for key in FHIR_KEYS[1:]},
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(resources=st.lists(fhir_like(), max_size=6), key=st.sampled_from(
-    ["conditions", "observations", "medications", "procedures", "diagnosticReports", "patient"]))
+@given(
+    resources=st.lists(fhir_like(), max_size=6),
+    key=st.sampled_from(["conditions", "observations", "medications", "procedures", "diagnosticReports", "patient"]),
+)
 def test_malformed_resources_never_break_the_hook(client, response_validator, resources, key):
     body = copy.deepcopy(BASE_REQUEST)
     if key == "patient":
@@ -47,10 +91,22 @@ def test_malformed_resources_never_break_the_hook(client, response_validator, re
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from([("hook",), ("hookInstance",), ("context",), ("prefetch",), ("context", "patientId"),
-                             ("context", "selections"), ("context", "draftOrders"), ("context", "draftOrders", "entry"),
-                             ("fhirAuthorization",)]),
-       value=json_value)
+@given(
+    path=st.sampled_from(
+        [
+            ("hook",),
+            ("hookInstance",),
+            ("context",),
+            ("prefetch",),
+            ("context", "patientId"),
+            ("context", "selections"),
+            ("context", "draftOrders"),
+            ("context", "draftOrders", "entry"),
+            ("fhirAuthorization",),
+        ]
+    ),
+    value=json_value,
+)
 def test_malformed_requests_get_200_or_400_never_500(client, response_validator, path, value):
     body = copy.deepcopy(BASE_REQUEST)
     target = body
@@ -67,12 +123,27 @@ def test_malformed_requests_get_200_or_400_never_500(client, response_validator,
 
 
 @settings(max_examples=300, deadline=None)
-@given(schema=st.sampled_from(["cds-hooks-request", "order-select-context", "order-sign-context"]),
-       path=st.sampled_from([(), ("hook",), ("hookInstance",), ("context",), ("prefetch",), ("fhirServer",),
-                             ("fhirAuthorization",), ("fhirAuthorization", "token_type"), ("patientId",),
-                             ("selections",), ("draftOrders",), ("draftOrders", "resourceType"),
-                             ("draftOrders", "entry")]),
-       value=json_value)
+@given(
+    schema=st.sampled_from(["cds-hooks-request", "order-select-context", "order-sign-context"]),
+    path=st.sampled_from(
+        [
+            (),
+            ("hook",),
+            ("hookInstance",),
+            ("context",),
+            ("prefetch",),
+            ("fhirServer",),
+            ("fhirAuthorization",),
+            ("fhirAuthorization", "token_type"),
+            ("patientId",),
+            ("selections",),
+            ("draftOrders",),
+            ("draftOrders", "resourceType"),
+            ("draftOrders", "entry"),
+        ]
+    ),
+    value=json_value,
+)
 def test_the_fast_schema_check_accepts_only_what_the_reference_validator_accepts(schema, path, value):
     """check_request trusts fastjsonschema's yes and asks jsonschema after its no: a yes that jsonschema
     would refuse would let a malformed request through."""
@@ -91,7 +162,7 @@ def test_the_fast_schema_check_accepts_only_what_the_reference_validator_accepts
         instance = value
     try:
         _fast_check(schema)(instance)
-    except Exception:  # noqa: BLE001 - a refusal: the reference validator decides
+    except Exception:
         return
     assert not list(_validator(schema).iter_errors(instance)), instance
 
@@ -110,11 +181,20 @@ def test_hundreds_of_concurrent_feedback_posts_are_each_stored_once(live_server)
     def send(_):
         # feedback right after its card: the card may still be in the evaluation writer's queue
         card = requests.post(live_server["base"] + SELECT, json=body, timeout=30).json()["cards"][0]
-        item = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-                "outcomeTimestamp": "2026-11-22T10:00:00Z"}
+        item = {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+            "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        }
         first = requests.post(url, json={"feedback": [item]}, timeout=30)
         retry = requests.post(url, json={"feedback": [item]}, timeout=30)  # a client retry
-        return card["uuid"], (first.status_code, first.json().get("stored"), retry.status_code, retry.json().get("stored"))
+        return card["uuid"], (
+            first.status_code,
+            first.json().get("stored"),
+            retry.status_code,
+            retry.json().get("stored"),
+        )
 
     with ThreadPoolExecutor(24) as pool:
         results = list(pool.map(send, range(300)))
@@ -140,12 +220,24 @@ def test_logs_carry_no_token_and_no_patient_name(tmp_path, caplog, captured_sand
     from cds_service.web.app import create_app
     from cds_service.web.config import Settings
 
-    settings_ = Settings(feedback_db=tmp_path / "f.sqlite3", mappings_dir=None, max_body_bytes=10 ** 7,
-                         cors_origins="*", bench_bare_endpoint=False, log_level="INFO", allow_unauthenticated=True)
+    settings_ = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        allow_unauthenticated=True,
+    )
     client = create_app(settings_).test_client()
     body = copy.deepcopy(captured_sandbox["order_select"])
-    body["fhirAuthorization"] = {"access_token": "SECRET-ACCESS-TOKEN", "token_type": "Bearer", "expires_in": 300,
-                                 "scope": "patient/*.read", "subject": "cds-service"}
+    body["fhirAuthorization"] = {
+        "access_token": "SECRET-ACCESS-TOKEN",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
     with caplog.at_level(logging.INFO):
         client.post(SELECT, json=body, headers={"Authorization": "Bearer eyJhbGciOi.SECRET.JWT"})
     text = "\n".join(record.getMessage() for record in caplog.records)
@@ -171,7 +263,10 @@ def test_ids_are_unique_version_4_uuids_and_differ_after_fork():
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     assert child != new_uuid() and child not in made
+
+
 # ------------------------------------------------------------------ nesting, chunked bodies, log lines
+
 
 def nest(depth: int):
     value = []
@@ -184,9 +279,18 @@ def nested_at(where: str, depth: int) -> tuple[str, str]:
     """(path, raw body) with `depth` levels of arrays at `where`."""
     deep = json.dumps(nest(depth)) if depth < 500 else "[" * depth + "]" * depth
     if where == "feedback":
-        return SELECT + "/feedback", json.dumps({"feedback": [
-            {"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z",
-             "acceptedSuggestions": [{"id": "DEEP"}]}]}).replace('"DEEP"', deep)
+        return SELECT + "/feedback", json.dumps(
+            {
+                "feedback": [
+                    {
+                        "card": "x",
+                        "outcome": "accepted",
+                        "outcomeTimestamp": "2026-11-22T10:00:00Z",
+                        "acceptedSuggestions": [{"id": "DEEP"}],
+                    }
+                ]
+            }
+        ).replace('"DEEP"', deep)
     body = copy.deepcopy(BASE_REQUEST)
     if where == "order":
         body["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = "DEEP"
@@ -215,26 +319,37 @@ def small_body_server(tmp_path_factory):
     from conftest import running_service
 
     db = tmp_path_factory.mktemp("small-body") / "f.sqlite3"
-    with running_service({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db),
-                          "CDS_MAX_BODY_BYTES": str(64 * 1024)}, workers=1, threads=4) as server:
+    with running_service(
+        {"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_MAX_BODY_BYTES": str(64 * 1024)},
+        workers=1,
+        threads=4,
+    ) as server:
         yield server
 
 
 def chunked(data: bytes):
     for start in range(0, len(data), 4096):
-        yield data[start:start + 4096]
+        yield data[start : start + 4096]
 
 
 def test_chunked_body_over_the_limit_is_413_not_cut(small_body_server):
     body = copy.deepcopy(BASE_REQUEST)
     body["extension"] = {"padding": "x" * (100 * 1024)}  # valid JSON that a cut would make invalid
-    reply = requests.post(small_body_server["base"] + SELECT, data=chunked(json.dumps(body).encode()),
-                          headers={"Content-Type": "application/json"}, timeout=30)
+    reply = requests.post(
+        small_body_server["base"] + SELECT,
+        data=chunked(json.dumps(body).encode()),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert reply.status_code == 413
     assert "CDS_MAX_BODY_BYTES" in reply.json()["error"]
     # Under the limit, the same route takes a chunked body whole.
-    small = requests.post(small_body_server["base"] + SELECT, data=chunked(json.dumps(BASE_REQUEST).encode()),
-                          headers={"Content-Type": "application/json"}, timeout=30)
+    small = requests.post(
+        small_body_server["base"] + SELECT,
+        data=chunked(json.dumps(BASE_REQUEST).encode()),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert small.status_code == 200 and small.json()["cards"]
 
 

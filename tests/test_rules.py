@@ -3,31 +3,56 @@
 Facts are built directly (no FHIR, no mappings) so each test pins one rule: change the
 rule and its test fails.
 """
+
 from __future__ import annotations
 
 from datetime import date, timedelta
-
 from pathlib import Path
 
 import pytest
 
-from cds_service.clinical.model import FROM_ORDER, FROM_RECORD, Evidence, Facts, MedicationCourse, MriOrder, PriorImaging
+from cds_service.clinical.model import (
+    FROM_ORDER,
+    FROM_RECORD,
+    Evidence,
+    Facts,
+    MedicationCourse,
+    MriOrder,
+    PriorImaging,
+)
 from cds_service.clinical.rules import decide, steroid_days
 
 TODAY = date(2026, 11, 22)
 LABELS = {
-    "cauda_equina": "Cauda equina syndrome", "progressive_neuro_deficit": "Progressive motor deficit",
-    "myelopathy": "Myelopathy", "spinal_cord_injury": "Spinal cord injury", "cancer": "Active cancer",
-    "cancer_history": "History of cancer", "spinal_infection": "Spinal infection", "fever": "Fever",
-    "bacteremia_sepsis": "Bacteremia or sepsis", "inflammatory_markers": "Raised inflammatory markers",
-    "ivdu": "Injection drug use", "immunosuppression": "Immunosuppression", "trauma": "Recent spinal trauma",
-    "prior_spine_surgery": "Prior spine surgery", "osteoporosis_fracture": "Osteoporosis",
-    "long_term_steroids": "Long-term systemic steroids", "weight_loss": "Unexplained weight loss",
-    "axial_spa": "Axial spondyloarthritis", "low_back_pain": "Low back pain", "neck_pain": "Neck pain",
-    "thoracic_pain": "Thoracic back pain", "radiculopathy": "Radiculopathy", "stenosis": "Spinal stenosis",
-    "vertebral_fracture": "Recent vertebral fracture", "recent_injury": "Recent neck or back injury",
-    "possible_motor_deficit": "Weakness or gait disturbance", "dangerous_mechanism": "Dangerous injury mechanism",
-    "paresthesia": "Paresthesia", "dish": "Diffuse idiopathic skeletal hyperostosis",
+    "cauda_equina": "Cauda equina syndrome",
+    "progressive_neuro_deficit": "Progressive motor deficit",
+    "myelopathy": "Myelopathy",
+    "spinal_cord_injury": "Spinal cord injury",
+    "cancer": "Active cancer",
+    "cancer_history": "History of cancer",
+    "spinal_infection": "Spinal infection",
+    "fever": "Fever",
+    "bacteremia_sepsis": "Bacteremia or sepsis",
+    "inflammatory_markers": "Raised inflammatory markers",
+    "ivdu": "Injection drug use",
+    "immunosuppression": "Immunosuppression",
+    "trauma": "Recent spinal trauma",
+    "prior_spine_surgery": "Prior spine surgery",
+    "osteoporosis_fracture": "Osteoporosis",
+    "long_term_steroids": "Long-term systemic steroids",
+    "weight_loss": "Unexplained weight loss",
+    "axial_spa": "Axial spondyloarthritis",
+    "low_back_pain": "Low back pain",
+    "neck_pain": "Neck pain",
+    "thoracic_pain": "Thoracic back pain",
+    "radiculopathy": "Radiculopathy",
+    "stenosis": "Spinal stenosis",
+    "vertebral_fracture": "Recent vertebral fracture",
+    "recent_injury": "Recent neck or back injury",
+    "possible_motor_deficit": "Weakness or gait disturbance",
+    "dangerous_mechanism": "Dangerous injury mechanism",
+    "paresthesia": "Paresthesia",
+    "dish": "Diffuse idiopathic skeletal hyperostosis",
 }
 PAIN = {"lumbar": "low_back_pain", "cervical": "neck_pain", "thoracic": "thoracic_pain"}
 
@@ -37,42 +62,71 @@ def weeks_ago(weeks: float) -> date:
 
 
 def finding(concept_id: str, when: date | None = None, origin: str = FROM_RECORD, region: str = "any") -> Evidence:
-    return Evidence(concept_id, LABELS[concept_id], f"Condition/{concept_id}", origin, f"code for {concept_id}",
-                    when, region)
+    return Evidence(
+        concept_id, LABELS[concept_id], f"Condition/{concept_id}", origin, f"code for {concept_id}", when, region
+    )
 
 
-def make_facts(region="lumbar", contrast="without", pain_weeks: float | None = 2, age=40, sex="female",
-               findings=(), medications=(), therapy=(), imaging=(), unread=None) -> Facts:
-    order = MriOrder("ServiceRequest/mri", {"resourceType": "ServiceRequest", "id": "mri"}, region, contrast,
-                     "MRI")
+def make_facts(
+    region="lumbar",
+    contrast="without",
+    pain_weeks: float | None = 2,
+    age=40,
+    sex="female",
+    findings=(),
+    medications=(),
+    therapy=(),
+    imaging=(),
+    unread=None,
+) -> Facts:
+    order = MriOrder("ServiceRequest/mri", {"resourceType": "ServiceRequest", "id": "mri"}, region, contrast, "MRI")
     items = list(findings)
     if pain_weeks is not False:
         items.append(finding(PAIN[region], weeks_ago(pain_weeks) if pain_weeks is not None else None, region=region))
-    return Facts(as_of=TODAY, order=order, age=age, sex=sex, findings=items, medications=list(medications),
-                 therapy_procedures=list(therapy), prior_imaging=list(imaging), unread_sources=dict(unread or {}),
-                 concept_labels=LABELS)
+    return Facts(
+        as_of=TODAY,
+        order=order,
+        age=age,
+        sex=sex,
+        findings=items,
+        medications=list(medications),
+        therapy_procedures=list(therapy),
+        prior_imaging=list(imaging),
+        unread_sources=dict(unread or {}),
+        concept_labels=LABELS,
+    )
 
 
 def physical_therapy(weeks: float | None) -> Evidence:
-    return Evidence("physical_therapy", "Physical therapy", "Procedure/pt", FROM_RECORD, "CPT 97110",
-                    weeks_ago(weeks) if weeks is not None else None)
+    return Evidence(
+        "physical_therapy",
+        "Physical therapy",
+        "Procedure/pt",
+        FROM_RECORD,
+        "CPT 97110",
+        weeks_ago(weeks) if weeks is not None else None,
+    )
 
 
 # ------------------------------------------------------------------ urgent red flags
 
-@pytest.mark.parametrize("concept_id,region,variant", [
-    ("cauda_equina", "lumbar", "LBP-V4"),
-    ("progressive_neuro_deficit", "lumbar", "LBP-V4"),
-    ("myelopathy", "cervical", "MYELO-V1"),
-    ("myelopathy", "thoracic", "TH-MYELO"),
-    ("spinal_cord_injury", "cervical", "TRAUMA-C"),
-    ("spinal_infection", "lumbar", "LBP-V7"),
-    ("spinal_infection", "cervical", "CN-V4"),
-    ("spinal_infection", "thoracic", "TH-INFX"),
-    ("bacteremia_sepsis", "lumbar", "LBP-V7"),
-    ("cancer", "cervical", "CN-V5"),
-    ("cancer_history", "lumbar", "LBP-V7"),
-])
+
+@pytest.mark.parametrize(
+    "concept_id,region,variant",
+    [
+        ("cauda_equina", "lumbar", "LBP-V4"),
+        ("progressive_neuro_deficit", "lumbar", "LBP-V4"),
+        ("myelopathy", "cervical", "MYELO-V1"),
+        ("myelopathy", "thoracic", "TH-MYELO"),
+        ("spinal_cord_injury", "cervical", "TRAUMA-C"),
+        ("spinal_infection", "lumbar", "LBP-V7"),
+        ("spinal_infection", "cervical", "CN-V4"),
+        ("spinal_infection", "thoracic", "TH-INFX"),
+        ("bacteremia_sepsis", "lumbar", "LBP-V7"),
+        ("cancer", "cervical", "CN-V5"),
+        ("cancer_history", "lumbar", "LBP-V7"),
+    ],
+)
 def test_each_urgent_red_flag_makes_mri_indicated_urgently(concept_id, region, variant):
     verdict = decide(make_facts(region=region, findings=[finding(concept_id, weeks_ago(1))]))
     assert verdict.code == "indicated-urgent"
@@ -118,6 +172,7 @@ def test_cancer_needs_contrast_so_no_contrast_change():
 
 # ------------------------------------------------------------------ routine indications
 
+
 def test_lumbar_prior_surgery_is_indicated_routine():
     verdict = decide(make_facts(findings=[finding("prior_spine_surgery", weeks_ago(100))]))
     assert (verdict.code, verdict.variant_id) == ("indicated-routine", "LBP-V5")
@@ -129,15 +184,13 @@ def test_cervical_prior_surgery_is_radiographs_first():
 
 
 def test_radiculopathy_after_six_weeks_of_therapy_is_indicated():
-    facts = make_facts(pain_weeks=10, findings=[finding("radiculopathy", weeks_ago(10))],
-                       therapy=[physical_therapy(8)])
+    facts = make_facts(pain_weeks=10, findings=[finding("radiculopathy", weeks_ago(10))], therapy=[physical_therapy(8)])
     verdict = decide(facts)
     assert (verdict.code, verdict.variant_id) == ("indicated-routine", "LBP-V3")
 
 
 def test_radiculopathy_after_four_weeks_of_therapy_is_low_value():
-    facts = make_facts(pain_weeks=10, findings=[finding("radiculopathy", weeks_ago(10))],
-                       therapy=[physical_therapy(4)])
+    facts = make_facts(pain_weeks=10, findings=[finding("radiculopathy", weeks_ago(10))], therapy=[physical_therapy(4)])
     assert decide(facts).code == "low-value"
 
 
@@ -154,24 +207,28 @@ def test_axial_pain_after_therapy_is_still_low_value():
 
 
 def test_analgesic_prescription_counts_as_therapy():
-    course = MedicationCourse("analgesic_medication", "Analgesic", "MedicationRequest/nsaid", "ibuprofen",
-                              weeks_ago(7), 30)
+    course = MedicationCourse(
+        "analgesic_medication", "Analgesic", "MedicationRequest/nsaid", "ibuprofen", weeks_ago(7), 30
+    )
     facts = make_facts(pain_weeks=8, findings=[finding("radiculopathy", weeks_ago(8))], medications=[course])
     assert decide(facts).code == "indicated-routine"
 
 
 def test_cervical_radiculopathy_persistent_is_indicated_and_acute_is_deferred():
-    persistent = make_facts(region="cervical", pain_weeks=False,
-                            findings=[finding("radiculopathy", weeks_ago(8), region="cervical")])
-    acute = make_facts(region="cervical", pain_weeks=False,
-                       findings=[finding("radiculopathy", weeks_ago(2), region="cervical")])
+    persistent = make_facts(
+        region="cervical", pain_weeks=False, findings=[finding("radiculopathy", weeks_ago(8), region="cervical")]
+    )
+    acute = make_facts(
+        region="cervical", pain_weeks=False, findings=[finding("radiculopathy", weeks_ago(2), region="cervical")]
+    )
     assert (decide(persistent).code, decide(persistent).variant_id) == ("indicated-routine", "CN-V2")
     assert decide(acute).code == "low-value"
 
 
 def test_cervical_radiculopathy_without_dates_cannot_be_rated():
-    facts = make_facts(region="cervical", pain_weeks=False,
-                       findings=[finding("radiculopathy", None, region="cervical")])
+    facts = make_facts(
+        region="cervical", pain_weeks=False, findings=[finding("radiculopathy", None, region="cervical")]
+    )
     assert decide(facts).code == "insufficient-information"
 
 
@@ -182,6 +239,7 @@ def test_infection_risk_factor_alone_is_indicated_routine():
 
 # ------------------------------------------------------------------ radiographs first
 
+
 @pytest.mark.parametrize("concept_id", ["osteoporosis_fracture", "long_term_steroids"])
 def test_fracture_risk_means_radiographs_first(concept_id):
     verdict = decide(make_facts(findings=[finding(concept_id, weeks_ago(100))]))
@@ -190,8 +248,15 @@ def test_fracture_risk_means_radiographs_first(concept_id):
     assert verdict.pama_rating == "not-appropriate"
 
 
-@pytest.mark.parametrize("age,sex,expected", [(66, "male", "radiographs-first"), (65, "male", "low-value"),
-                                              (75, "female", "low-value"), (76, "female", "radiographs-first")])
+@pytest.mark.parametrize(
+    "age,sex,expected",
+    [
+        (66, "male", "radiographs-first"),
+        (65, "male", "low-value"),
+        (75, "female", "low-value"),
+        (76, "female", "radiographs-first"),
+    ],
+)
 def test_age_fracture_thresholds_follow_acp(age, sex, expected):
     # ACP 2007: men over 65, women over 75. A 2-week episode keeps the weaker age > 50 factor out.
     verdict = decide(make_facts(age=age, sex=sex, pain_weeks=2))
@@ -242,6 +307,7 @@ def test_chronic_neck_pain_radiographs_first_then_mri():
 
 # ------------------------------------------------------------------ low value and missing data
 
+
 def test_acute_pain_without_red_flags_is_low_value_v1():
     verdict = decide(make_facts(pain_weeks=2))
     assert (verdict.code, verdict.variant_id) == ("low-value", "LBP-V1")
@@ -282,14 +348,21 @@ def test_missing_source_blocks_low_value():
 
 
 def test_missing_source_blocks_radiographs_first_too():
-    verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(50))],
-                                unread={"observations": "not in the prefetch"}))
+    verdict = decide(
+        make_facts(
+            findings=[finding("osteoporosis_fracture", weeks_ago(50))], unread={"observations": "not in the prefetch"}
+        )
+    )
     assert verdict.code == "insufficient-information"
 
 
 def test_found_red_flag_rates_even_with_missing_sources():
-    verdict = decide(make_facts(findings=[finding("cauda_equina", weeks_ago(1))],
-                                unread={"medications": "x", "observations": "y", "procedures": "z"}))
+    verdict = decide(
+        make_facts(
+            findings=[finding("cauda_equina", weeks_ago(1))],
+            unread={"medications": "x", "observations": "y", "procedures": "z"},
+        )
+    )
     assert verdict.code == "indicated-urgent"
 
 
@@ -307,49 +380,67 @@ def test_thoracic_infection_rates_appropriate():
 
 # ------------------------------------------------------------------ steroid duration
 
+
 def test_steroid_days_counts_supply_within_the_last_year_once():
-    long_course = MedicationCourse("systemic_corticosteroid", "Steroid", "MedicationRequest/a", "prednisone",
-                                   TODAY - timedelta(days=150), 120)
-    overlapping = MedicationCourse("systemic_corticosteroid", "Steroid", "MedicationRequest/b", "prednisone",
-                                   TODAY - timedelta(days=100), 30)
+    long_course = MedicationCourse(
+        "systemic_corticosteroid", "Steroid", "MedicationRequest/a", "prednisone", TODAY - timedelta(days=150), 120
+    )
+    overlapping = MedicationCourse(
+        "systemic_corticosteroid", "Steroid", "MedicationRequest/b", "prednisone", TODAY - timedelta(days=100), 30
+    )
     assert steroid_days([long_course], TODAY) == 120
     assert steroid_days([long_course, overlapping], TODAY) == 120
-    burst = MedicationCourse("systemic_corticosteroid", "Steroid", "MedicationRequest/c", "prednisone",
-                             TODAY - timedelta(days=20), 5)
+    burst = MedicationCourse(
+        "systemic_corticosteroid", "Steroid", "MedicationRequest/c", "prednisone", TODAY - timedelta(days=20), 5
+    )
     assert steroid_days([burst], TODAY) == 5
 
 
 def test_long_steroid_prescriptions_are_fracture_risk_and_bursts_are_not():
-    long_course = MedicationCourse("systemic_corticosteroid", "Steroid", "MedicationRequest/a", "prednisone",
-                                   TODAY - timedelta(days=150), 120)
-    burst = MedicationCourse("systemic_corticosteroid", "Steroid", "MedicationRequest/c", "prednisone",
-                             TODAY - timedelta(days=20), 5)
+    long_course = MedicationCourse(
+        "systemic_corticosteroid", "Steroid", "MedicationRequest/a", "prednisone", TODAY - timedelta(days=150), 120
+    )
+    burst = MedicationCourse(
+        "systemic_corticosteroid", "Steroid", "MedicationRequest/c", "prednisone", TODAY - timedelta(days=20), 5
+    )
     assert decide(make_facts(medications=[long_course])).code == "radiographs-first"
     assert decide(make_facts(medications=[burst])).code == "low-value"
 
 
 # ------------------------------------------------------------------ the first study is already done (issue 8.1)
 
+
 def study(modality: str, region: str, days_ago: int, reference: str = "DiagnosticReport/prior") -> PriorImaging:
     return PriorImaging(modality, region, reference, f"{modality} {region} spine", TODAY - timedelta(days=days_ago))
 
 
 def test_ct_already_done_also_makes_mri_the_next_step():
-    verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))],
-                                imaging=[study("ct", "lumbar", 5)]))
+    verdict = decide(
+        make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))], imaging=[study("ct", "lumbar", 5)])
+    )
     assert verdict.code == "indicated-routine"
     assert "MRI is the next study" in verdict.decisive_reason
 
 
 def test_radiographs_before_this_episode_do_not_count():
-    verdict = decide(make_facts(pain_weeks=2, findings=[finding("osteoporosis_fracture", weeks_ago(100))],
-                                imaging=[study("radiograph", "lumbar", 60)]))
+    verdict = decide(
+        make_facts(
+            pain_weeks=2,
+            findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+            imaging=[study("radiograph", "lumbar", 60)],
+        )
+    )
     assert verdict.code == "radiographs-first"
 
 
 def test_radiographs_older_than_twelve_months_never_count():
-    verdict = decide(make_facts(pain_weeks=80, findings=[finding("osteoporosis_fracture", weeks_ago(100))],
-                                imaging=[study("radiograph", "lumbar", 400)]))
+    verdict = decide(
+        make_facts(
+            pain_weeks=80,
+            findings=[finding("osteoporosis_fracture", weeks_ago(100))],
+            imaging=[study("radiograph", "lumbar", 400)],
+        )
+    )
     assert verdict.code == "radiographs-first"
 
 
@@ -361,8 +452,9 @@ def test_raised_markers_after_negative_radiographs_make_mri_indicated():
 
 
 def test_unread_prior_imaging_is_named_on_radiographs_first():
-    verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))],
-                                unread={"diagnosticReports": "timeout"}))
+    verdict = decide(
+        make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))], unread={"diagnosticReports": "timeout"})
+    )
     assert verdict.code == "radiographs-first"
     assert any("Prior imaging could not be read" in reason for reason in verdict.reasons)
 
@@ -375,9 +467,12 @@ def test_card_lists_prior_imaging_of_the_region_in_words():
 
 # ------------------------------------------------------------------ new vertebral compression fracture (ACR VCF)
 
+
 def test_new_fragility_vertebral_fracture_makes_mri_indicated():
     fracture = finding("vertebral_fracture", weeks_ago(1), region="lumbar")
-    verdict = decide(make_facts(age=80, sex="female", findings=[fracture, finding("osteoporosis_fracture", weeks_ago(1))]))
+    verdict = decide(
+        make_facts(age=80, sex="female", findings=[fracture, finding("osteoporosis_fracture", weeks_ago(1))])
+    )
     assert (verdict.code, verdict.variant_id) == ("indicated-routine", "VCF-V1")
     assert verdict.pama_rating == "appropriate"
 
@@ -394,7 +489,8 @@ def test_old_vertebral_fracture_is_not_new():
     assert verdict.variant_id != "VCF-V1"
 
 
-# ------------------------------------------------------------------ trauma (ACR Suspected Spine Trauma, Canadian C-spine rule)
+# ---------------------------------------------------- trauma (ACR Suspected Spine Trauma, Canadian C-spine rule)
+
 
 def injury(days_ago=2, region="cervical") -> Evidence:
     return finding("recent_injury", TODAY - timedelta(days=days_ago), region=region)
@@ -419,8 +515,9 @@ def test_low_risk_neck_injury_needs_no_imaging():
 def test_negative_ct_after_injury_makes_mri_the_next_study():
     # Suspected ligamentous injury or an ankylosed spine after a negative CT: MRI (ACR Suspected Spine Trauma).
     for extra in ([], [finding("axial_spa", weeks_ago(200))]):
-        verdict = decide(make_facts(region="cervical", age=40, findings=[injury(3)] + extra,
-                                    imaging=[study("ct", "cervical", 2)]))
+        verdict = decide(
+            make_facts(region="cervical", age=40, findings=[injury(3), *extra], imaging=[study("ct", "cervical", 2)])
+        )
         assert verdict.code == "indicated-routine", extra
 
 
@@ -446,6 +543,7 @@ def test_injury_older_than_90_days_is_not_recent_and_says_so():
 
 
 # ------------------------------------------------------------------ motor deficits, however coded (issue 8.3)
+
 
 def test_focal_deficit_recorded_long_ago_is_routine_and_asks_to_verify():
     verdict = decide(make_facts(findings=[finding("progressive_neuro_deficit", weeks_ago(40))]))
@@ -480,17 +578,26 @@ def test_non_specific_weakness_from_long_ago_does_not_count():
 
 # ------------------------------------------------------------------ repeat MRI
 
+
 def test_recent_mri_of_the_same_region_makes_a_repeat_low_value():
-    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(20))],
-                       therapy=[physical_therapy(18)], imaging=[study("mri", "lumbar", 91)])
+    facts = make_facts(
+        pain_weeks=20,
+        findings=[finding("radiculopathy", weeks_ago(20))],
+        therapy=[physical_therapy(18)],
+        imaging=[study("mri", "lumbar", 91)],
+    )
     verdict = decide(facts)
     assert (verdict.code, verdict.variant_id) == ("low-value", "REPEAT-MRI")
     assert "lumbar MRI 3 months ago" in verdict.decisive_reason
 
 
 def test_finding_recorded_after_the_mri_is_rated_as_new():
-    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(9))],
-                       therapy=[physical_therapy(8)], imaging=[study("mri", "lumbar", 91)])
+    facts = make_facts(
+        pain_weeks=20,
+        findings=[finding("radiculopathy", weeks_ago(9))],
+        therapy=[physical_therapy(8)],
+        imaging=[study("mri", "lumbar", 91)],
+    )
     assert decide(facts).code == "indicated-routine"
 
 
@@ -501,17 +608,24 @@ def test_urgent_red_flag_keeps_urgent_despite_a_recent_mri():
 
 
 def test_mri_of_another_region_is_not_a_repeat():
-    facts = make_facts(pain_weeks=20, findings=[finding("radiculopathy", weeks_ago(20))],
-                       therapy=[physical_therapy(18)], imaging=[study("mri", "cervical", 91)])
+    facts = make_facts(
+        pain_weeks=20,
+        findings=[finding("radiculopathy", weeks_ago(20))],
+        therapy=[physical_therapy(18)],
+        imaging=[study("mri", "cervical", 91)],
+    )
     assert decide(facts).code == "indicated-routine"
 
 
 # ------------------------------------------------------------------ the card never states what the record contradicts
 
+
 def test_red_flag_of_another_region_is_found_not_relevant_never_absent():
     verdict = decide(make_facts(region="cervical", findings=[finding("cauda_equina", weeks_ago(1), region="lumbar")]))
     assert "Cauda equina syndrome" not in verdict.red_flags_absent
-    assert [(item.concept_id, "lumbar" in why) for item, why in verdict.red_flags_not_relevant] == [("cauda_equina", True)]
+    assert [(item.concept_id, "lumbar" in why) for item, why in verdict.red_flags_not_relevant] == [
+        ("cauda_equina", True)
+    ]
 
 
 def test_old_fever_is_found_not_relevant_never_absent():
@@ -528,12 +642,17 @@ def test_durations_are_singular_or_plural(weeks, words):
 
 
 def test_card_detail_says_one_week_and_found_not_relevant():
-    from cds_service.hooks.cards import build_card
     from cds_service.clinical.mappings import get_mappings
+    from cds_service.hooks.cards import build_card
 
-    facts = make_facts(region="cervical", pain_weeks=False,
-                       findings=[finding("neck_pain", weeks_ago(1), region="cervical"),
-                                 finding("cauda_equina", weeks_ago(1), region="lumbar")])
+    facts = make_facts(
+        region="cervical",
+        pain_weeks=False,
+        findings=[
+            finding("neck_pain", weeks_ago(1), region="cervical"),
+            finding("cauda_equina", weeks_ago(1), region="lumbar"),
+        ],
+    )
     verdict = decide(facts)
     card = build_card(facts.order, verdict, get_mappings(), "urn:uuid:test").card
     detail = card["detail"]
@@ -563,8 +682,11 @@ def test_the_rules_name_only_knowledge_the_mappings_define(mappings):
     source = inspect.getsource(rules)
     literal_variants = set(re.findall(r'variant(?:_id=|, guidelines = | = )"([A-Z0-9-]+)"', source))
     assert literal_variants <= set(rules.NAMED_VARIANTS)
-    cited = {g for group in re.findall(r'(?:guideline_ids=|guidelines = |, )\[([^\]]*)\]', source)
-             for g in re.findall(r'"([A-Z][A-Z0-9_]+)"', group)}
+    cited = {
+        g
+        for group in re.findall(r"(?:guideline_ids=|guidelines = |, )\[([^\]]*)\]", source)
+        for g in re.findall(r'"([A-Z][A-Z0-9_]+)"', group)
+    }
     assert cited <= set(rules.CITED_GUIDELINES)
 
 

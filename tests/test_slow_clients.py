@@ -5,6 +5,7 @@ and 8 slow-body clients hold connections.
 Straight against gunicorn the same attack stalls every hook (its gthread workers give a thread
 to each connection that has started a request): `bench/slow_clients.py` shows both.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from cds_service.cli.processes import free_port
 from bench_modules import load_bench
 
-ROOT = Path(__file__).resolve().parent.parent
+from cds_service.cli.processes import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 slow = load_bench("slow_clients")
@@ -51,12 +51,18 @@ def proxied_service():
 
 
 def test_hooks_keep_answering_while_slow_and_idle_clients_hold_connections(proxied_service):
-    attack = slow.SlowClients(int(proxied_service["base"].rsplit(":", 1)[1]), idle=IDLE, slow_headers=SLOW_HEADERS,
-                              slow_bodies=SLOW_BODIES, seconds=30).start()
+    attack = slow.SlowClients(
+        int(proxied_service["base"].rsplit(":", 1)[1]),
+        idle=IDLE,
+        slow_headers=SLOW_HEADERS,
+        slow_bodies=SLOW_BODIES,
+        seconds=30,
+    ).start()
     try:
         opened = attack.still_open()
-        results = slow.signed_hooks(proxied_service["base"], proxied_service["pem"], proxied_service["kid"],
-                                    seconds=5, timeout=5)
+        results = slow.signed_hooks(
+            proxied_service["base"], proxied_service["pem"], proxied_service["kid"], seconds=5, timeout=5
+        )
         held = attack.still_open()
         # The proxy, not the service, ends the slow headers: the template gives a header 10 s.
         deadline = time.monotonic() + 20
@@ -75,10 +81,18 @@ def test_hooks_keep_answering_while_slow_and_idle_clients_hold_connections(proxi
 
 
 def test_the_proxy_refuses_a_body_over_the_limit_in_the_service_error_shape(proxied_service):
-    reply = requests.post(proxied_service["base"] + slow.SELECT, data=b"x" * (65 * 1024),
-                          headers={"Content-Type": "application/json"}, timeout=10)
+    reply = requests.post(
+        proxied_service["base"] + slow.SELECT,
+        data=b"x" * (65 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert reply.status_code == 413
     assert "CDS_MAX_BODY_BYTES" in reply.json()["error"]
-    chunked = requests.post(proxied_service["base"] + slow.SELECT, data=iter([b"x" * 4096] * 20),
-                            headers={"Content-Type": "application/json"}, timeout=10)
+    chunked = requests.post(
+        proxied_service["base"] + slow.SELECT,
+        data=iter([b"x" * 4096] * 20),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert chunked.status_code == 413

@@ -1,10 +1,12 @@
 """The evaluation log, feedback and replay guard on a real SQLite file and a real PostgreSQL."""
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -17,15 +19,39 @@ SELECT = "/cds-services/spine-mri-order-select"
 SIGN = "/cds-services/spine-mri-order-sign"
 
 
-def record(card: str, order: str = "ServiceRequest/mri-1", verdict: str = "low-value", user: str = "Practitioner/a",
-           hook: str = "order-select", when: datetime | None = None, **changes) -> OrderRecord:
+def record(
+    card: str,
+    order: str = "ServiceRequest/mri-1",
+    verdict: str = "low-value",
+    user: str = "Practitioner/a",
+    hook: str = "order-select",
+    when: datetime | None = None,
+    **changes,
+) -> OrderRecord:
     base = OrderRecord(
-        card_uuid=card, evaluated_at=when or utcnow(), service_id=f"spine-mri-{hook}", hook=hook,
-        hook_instance=f"hi-{card}", user_id=user, patient_id="patient-raw-id-123", encounter_id="enc-1",
-        order_reference=order, order_code="cpt|72148", region="lumbar", contrast="without", verdict=verdict,
-        variant="LBP-V1", rating="not-appropriate", red_flags=[], unread_sources=[],
-        suggestion_kinds={f"{card}-cancel": "cancel"}, latency_ms=5.0, mappings_version="v1",
-        consult_id=f"urn:uuid:{card}", mode="live")
+        card_uuid=card,
+        evaluated_at=when or utcnow(),
+        service_id=f"spine-mri-{hook}",
+        hook=hook,
+        hook_instance=f"hi-{card}",
+        user_id=user,
+        patient_id="patient-raw-id-123",
+        encounter_id="enc-1",
+        order_reference=order,
+        order_code="cpt|72148",
+        region="lumbar",
+        contrast="without",
+        verdict=verdict,
+        variant="LBP-V1",
+        rating="not-appropriate",
+        red_flags=[],
+        unread_sources=[],
+        suggestion_kinds={f"{card}-cancel": "cancel"},
+        latency_ms=5.0,
+        mappings_version="v1",
+        consult_id=f"urn:uuid:{card}",
+        mode="live",
+    )
     return replace(base, **changes)
 
 
@@ -83,21 +109,40 @@ def test_the_raw_patient_id_is_never_stored(store):
     store.record([record("c1")])
     store.writer.flush()
     with store.engine.connect() as connection:
-        dumped = json.dumps([list(map(str, row)) for table in ("evaluations", "orders")
-                             for row in connection.execute(sa.text(f"SELECT * FROM {table}"))])
+        dumped = json.dumps(
+            [
+                list(map(str, row))
+                for table in ("evaluations", "orders")
+                for row in connection.execute(sa.text(f"SELECT * FROM {table}"))
+            ]
+        )
     assert "patient-raw-id-123" not in dumped
     assert store.patient_hash("patient-raw-id-123") in dumped
 
 
 def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display(store):
     store.record([record("c1")])  # still queued: feedback must wait for it, not refuse it
-    stored = store.record_feedback("spine-mri-order-select", {"feedback": [
-        {"card": "c1", "outcome": "accepted", "acceptedSuggestions": [{"id": "c1-cancel"}],
-         "outcomeTimestamp": "2026-11-22T10:00:00Z"}]})
+    stored = store.record_feedback(
+        "spine-mri-order-select",
+        {
+            "feedback": [
+                {
+                    "card": "c1",
+                    "outcome": "accepted",
+                    "acceptedSuggestions": [{"id": "c1-cancel"}],
+                    "outcomeTimestamp": "2026-11-22T10:00:00Z",
+                }
+            ]
+        },
+    )
     assert stored == 1
     store.record([record("c2", order="ServiceRequest/mri-2")])
-    override = {"card": "c2", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:01:00Z",
-                "overrideReason": {"reason": {"code": "surgical-candidate"}, "userComment": "seen by spine"}}
+    override = {
+        "card": "c2",
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-22T10:01:00Z",
+        "overrideReason": {"reason": {"code": "surgical-candidate"}, "userComment": "seen by spine"},
+    }
     displays = {"surgical-candidate": "Surgical or interventional candidate (planning)"}
     assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 1
     assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 0  # a retry
@@ -113,18 +158,35 @@ def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display
 
 def test_feedback_for_a_card_never_issued_is_refused(store):
     with pytest.raises(FeedbackError, match="was issued by this service"):
-        store.record_feedback("spine-mri-order-select", {"feedback": [
-            {"card": "never-issued", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}]})
+        store.record_feedback(
+            "spine-mri-order-select",
+            {"feedback": [{"card": "never-issued", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}]},
+        )
 
 
 def test_the_report_counts_clinicians_weeks_latency_and_completeness(store):
     today = utcnow()
     rows = []
     for index in range(6):
-        rows.append(record(f"a{index}", order=f"ServiceRequest/a{index}", user="Practitioner/a",
-                           when=today - timedelta(days=index), latency_ms=float(index + 1)))
-    rows.append(record("b0", order="ServiceRequest/b0", user="Practitioner/b", verdict="indicated-urgent",
-                       unread_sources=["medications"], when=today))
+        rows.append(
+            record(
+                f"a{index}",
+                order=f"ServiceRequest/a{index}",
+                user="Practitioner/a",
+                when=today - timedelta(days=index),
+                latency_ms=float(index + 1),
+            )
+        )
+    rows.append(
+        record(
+            "b0",
+            order="ServiceRequest/b0",
+            user="Practitioner/b",
+            verdict="indicated-urgent",
+            unread_sources=["medications"],
+            when=today,
+        )
+    )
     rows.append(record("old", order="ServiceRequest/old", when=today - timedelta(days=60)))  # outside the window
     store.record(rows)
     store.writer.flush()
@@ -132,8 +194,11 @@ def test_the_report_counts_clinicians_weeks_latency_and_completeness(store):
     assert report["orders"] == 7
     assert report["low_value_rate"] == round(6 / 7, 4)
     assert report["clinicians"][0] == {"user": "Practitioner/a", "orders": 6, "low_value": 6, "low_value_rate": 1.0}
-    assert report["completeness"] == {"orders_with_unread_sources": 1, "share": round(1 / 7, 4),
-                                      "unread_by_source": {"medications": 1}}
+    assert report["completeness"] == {
+        "orders_with_unread_sources": 1,
+        "share": round(1 / 7, 4),
+        "unread_by_source": {"medications": 1},
+    }
     assert report["latency_ms"]["p50"] == 4.0 and report["latency_ms"]["hook_calls"] == 7
     assert sum(week["orders"] for week in report["weekly"]) == 7
     text = render_text(report)
@@ -150,7 +215,7 @@ def test_the_html_report_is_one_offline_file_with_charts(store):
     from html.parser import HTMLParser
 
     class ExternalResources(HTMLParser):
-        found: list = []
+        found: ClassVar[list] = []
 
         def handle_starttag(self, tag, attrs):
             attributes = dict(attrs)
@@ -175,12 +240,14 @@ def test_bad_database_urls_and_unreachable_servers_are_one_line(tmp_path):
 
 # ------------------------------------------------------------------ over HTTP
 
+
 @pytest.fixture
 def app_for(tmp_path, settings):
     from cds_service.web.app import create_app
 
     def make(**changes):
         return create_app(replace(settings, **changes)).test_client()
+
     return make
 
 
@@ -209,18 +276,30 @@ def test_recording_off_writes_no_evaluation(app_for, settings):
         assert connection.execute(sa.select(sa.func.count()).select_from(evaluations)).scalar() == 0
 
 
-@pytest.mark.parametrize("item,needle", [
-    ({"card": 5, "outcome": "accepted", "outcomeTimestamp": "t"}, "card"),
-    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": 7}, "outcomeTimestamp"),
-    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": "x"}, "acceptedSuggestions"),
-    ({"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": [{"id": 1}]},
-     "acceptedSuggestions"),
-    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": []}, "overrideReason"),
-    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"reason": {"code": 3}}},
-     "reason"),
-    ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"userComment": {}}},
-     "userComment"),
-])
+@pytest.mark.parametrize(
+    "item,needle",
+    [
+        ({"card": 5, "outcome": "accepted", "outcomeTimestamp": "t"}, "card"),
+        ({"card": "c", "outcome": "accepted", "outcomeTimestamp": 7}, "outcomeTimestamp"),
+        (
+            {"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": "x"},
+            "acceptedSuggestions",
+        ),
+        (
+            {"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": [{"id": 1}]},
+            "acceptedSuggestions",
+        ),
+        ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": []}, "overrideReason"),
+        (
+            {"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"reason": {"code": 3}}},
+            "reason",
+        ),
+        (
+            {"card": "c", "outcome": "overridden", "outcomeTimestamp": "t", "overrideReason": {"userComment": {}}},
+            "userComment",
+        ),
+    ],
+)
 def test_wrong_types_in_feedback_are_400_naming_the_field(client, item, needle):
     reply = client.post(SELECT + "/feedback", json={"feedback": [item]})
     assert reply.status_code == 400 and needle in reply.get_json()["error"]
@@ -253,20 +332,48 @@ def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
                 verdict TEXT NOT NULL, variant TEXT, rating TEXT, evaluated_at TEXT NOT NULL);
             CREATE TABLE seen_tokens (iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at REAL NOT NULL,
                 PRIMARY KEY (iss, jti));
-            CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,
-                outcome TEXT NOT NULL, override_code TEXT, override_display TEXT, user_comment TEXT,
+            CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, service_id TEXT NOT NULL,
+                card_uuid TEXT NOT NULL, outcome TEXT NOT NULL, override_code TEXT, override_display TEXT,
+                user_comment TEXT,
                 accepted_suggestions TEXT NOT NULL, outcome_timestamp TEXT NOT NULL, received_at TEXT NOT NULL,
                 raw TEXT NOT NULL);
         """)
         now = utcnow().isoformat() + "+00:00"
         for card in ("old-1", "old-2"):
-            old.execute("INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (card, "urn:uuid:x", "spine-mri-order-select", f"hi-{card}", "raw-patient", "ServiceRequest/o",
-                         "lumbar", "without", "low-value", "LBP-V1", "not-appropriate", now))
-        old.execute("INSERT INTO feedback (service_id, card_uuid, outcome, override_code, override_display, "
-                    "user_comment, accepted_suggestions, outcome_timestamp, received_at, raw) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?)", ("spine-mri-order-select", "old-2", "overridden", "surgical-candidate",
-                                              None, None, "[]", "2026-11-22T10:00:00Z", now, "{}"))
+            old.execute(
+                "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    card,
+                    "urn:uuid:x",
+                    "spine-mri-order-select",
+                    f"hi-{card}",
+                    "raw-patient",
+                    "ServiceRequest/o",
+                    "lumbar",
+                    "without",
+                    "low-value",
+                    "LBP-V1",
+                    "not-appropriate",
+                    now,
+                ),
+            )
+        old.execute(
+            "INSERT INTO feedback (service_id, card_uuid, outcome, override_code, override_display, "
+            "user_comment, accepted_suggestions, outcome_timestamp, received_at, raw) VALUES "
+            "(?,?,?,?,?,?,?,?,?,?)",
+            (
+                "spine-mri-order-select",
+                "old-2",
+                "overridden",
+                "surgical-candidate",
+                None,
+                None,
+                "[]",
+                "2026-11-22T10:00:00Z",
+                now,
+                "{}",
+            ),
+        )
     store = Store(f"sqlite:///{path}")
     try:
         report = build_report(store.engine, Window.last_days(2))
@@ -282,7 +389,7 @@ def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):
 def test_a_row_the_database_refuses_does_not_take_its_batch_or_the_writer_with_it(store):
     good = [record(f"ok{i}", order=f"ServiceRequest/ok{i}") for i in range(3)]
     bad = record("bad", order="ServiceRequest/bad", evaluated_at=None)  # NOT NULL: refused
-    store.record(good[:2] + [bad] + good[2:])
+    store.record([*good[:2], bad, *good[2:]])
     assert store.writer.flush(timeout=10)
     store.record([record("later", order="ServiceRequest/later")])  # the writer still runs
     assert store.writer.flush(timeout=10)

@@ -1,5 +1,6 @@
 """The store with real server processes: SIGTERM loses nothing, two instances share one PostgreSQL,
 the report command never writes to a file that is not its database, and the dashboard draws charts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,10 +17,10 @@ import requests
 import sqlalchemy as sa
 
 from cds_service.cli import fixtures
-from cds_service.web.auth import generate_key_pair, sign_token
 from cds_service.cli.main import main
 from cds_service.cli.processes import free_port, wait_for_http
 from cds_service.utilization.store import evaluations
+from cds_service.web.auth import generate_key_pair, sign_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECT = "/cds-services/spine-mri-order-select"
@@ -34,9 +35,24 @@ class Serve:
         full = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
         full.update(CDS_LOG_LEVEL="WARNING", **env)
         self.log = (tmp_path / f"serve-{self.port}.log").open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--port", str(self.port),
-                                         "--workers", "2", "--threads", "4"], cwd=ROOT, env=full,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cds_service",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+            ],
+            cwd=ROOT,
+            env=full,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         if not wait_for_http(self.base + "/healthz", self.process, seconds=60):
             self.stop()
             pytest.fail("the service did not start: " + Path(self.log.name).read_text()[-2000:])
@@ -65,8 +81,9 @@ def test_sigterm_loses_no_evaluation(tmp_path):
     sent = 60
     try:
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda _: requests.post(server.base + SELECT, json=body, timeout=30).status_code,
-                                     range(sent)))
+            statuses = list(
+                pool.map(lambda _: requests.post(server.base + SELECT, json=body, timeout=30).status_code, range(sent))
+            )
         assert statuses == [200] * sent
     finally:
         # at once: rows still in the writers' queues must be written on the way out
@@ -83,9 +100,11 @@ def test_two_instances_share_replay_protection_and_count_feedback_once(tmp_path,
     env = {"CDS_TRUSTED_ISSUERS": str(trust), "CDS_DATABASE_URL": url, "CDS_PUBLIC_BASE_URL": public}
     first, second = Serve(env, tmp_path), Serve(env, tmp_path)
     try:
+
         def post(server, path, body, token):
-            return requests.post(server.base + path, json=body, timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"})
+            return requests.post(
+                server.base + path, json=body, timeout=30, headers={"Authorization": f"Bearer {token}"}
+            )
 
         token = sign_token("https://ehr.example.org", pem, public + SELECT, "ehr-1")
         reply = post(first, SELECT, fixtures.hook_request("lbp-osteoporosis"), token)
@@ -94,19 +113,33 @@ def test_two_instances_share_replay_protection_and_count_feedback_once(tmp_path,
         assert replayed.status_code == 401 and "already used" in replayed.json()["error"]
 
         card = reply.json()["cards"][0]
-        item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z",
-                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}
+        item = {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "outcomeTimestamp": "2026-11-22T10:00:00Z",
+            "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        }
         for server in (second, first):  # the client retries on the other instance
             feedback_url = public + SELECT + "/feedback"
-            answer = post(server, SELECT + "/feedback", {"feedback": [item]},
-                          sign_token("https://ehr.example.org", pem, feedback_url, "ehr-1"))
+            answer = post(
+                server,
+                SELECT + "/feedback",
+                {"feedback": [item]},
+                sign_token("https://ehr.example.org", pem, feedback_url, "ehr-1"),
+            )
             assert answer.status_code == 200, answer.text
     finally:
         first.stop()
         second.stop()
     environment = {**os.environ, "CDS_DATABASE_URL": url}
-    run = subprocess.run([sys.executable, "-m", "cds_service", "report", "--format", "json"], cwd=ROOT,
-                         env=environment, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "cds_service", "report", "--format", "json"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["orders"] == 1
@@ -116,8 +149,10 @@ def test_two_instances_share_replay_protection_and_count_feedback_once(tmp_path,
 def test_report_refuses_a_file_that_is_not_its_database_and_never_writes_to_it(tmp_path, capsys):
     import sqlite3
 
-    for name, make in (("notes.txt", lambda p: p.write_text("not a database")),
-                       ("other.sqlite3", lambda p: sqlite3.connect(p).execute("CREATE TABLE x (y)").connection.commit())):
+    for name, make in (
+        ("notes.txt", lambda p: p.write_text("not a database")),
+        ("other.sqlite3", lambda p: sqlite3.connect(p).execute("CREATE TABLE x (y)").connection.commit()),
+    ):
         path = tmp_path / name
         make(path)
         before = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
@@ -141,17 +176,29 @@ def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
     store = Store(f"sqlite:///{db}")
     fill_demo_history(store, get_mappings(), weeks=4, orders_per_week=40)
     store.close()
-    server = Serve({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_DASHBOARD_TOKEN": "dash-pw"},
-                   tmp_path)
+    server = Serve(
+        {"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_DASHBOARD_TOKEN": "dash-pw"}, tmp_path
+    )
     shot = tmp_path / "dashboard.png"
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium", headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100},
-                                    http_credentials={"username": "analyst", "password": "dash-pw"})
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page(
+                viewport={"width": 1400, "height": 1100},
+                http_credentials={"username": "analyst", "password": "dash-pw"},
+            )
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             assert page.goto(server.base + "/dashboard").status == 200
@@ -159,8 +206,10 @@ def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
             charts = page.locator(".js-plotly-plot").count()
             bars = page.locator(".js-plotly-plot .bars path").count()
             # every chart fits its card (none drawn wider than the grid gives it)
-            fits = page.evaluate("Array.from(document.querySelectorAll('.card')).map(c => "
-                                 "Number(c.querySelector('.main-svg').getAttribute('width')) <= c.clientWidth)")
+            fits = page.evaluate(
+                "Array.from(document.querySelectorAll('.card')).map(c => "
+                "Number(c.querySelector('.main-svg').getAttribute('width')) <= c.clientWidth)"
+            )
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
     finally:
@@ -195,8 +244,11 @@ def test_a_browser_page_on_another_origin_can_call_the_service(live_server):
     }"""
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                                 args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+            )
             page = browser.new_page()
             page.goto(origin + "/")
             result = page.evaluate(script, [live_server["base"], json.dumps(fixtures.hook_request("lbp-osteoporosis"))])

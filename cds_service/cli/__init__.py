@@ -3,6 +3,7 @@ token, report. Also what only the command line and the tests use: the demo and i
 history, a local FHIR server and seeding (`local_fhir`), fixtures with dates moved to today,
 and process helpers.
 """
+
 from .main import main
 
 __all__ = ["main"]

@@ -1,11 +1,16 @@
 """What several commands check before they start (the mappings, a free port, a FHIR server), and
 `CliError`, the one-line failure every command raises instead of a traceback."""
+
 from __future__ import annotations
 
 import errno
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..clinical.mappings import Mappings
 
 
 class CliError(Exception):
@@ -16,20 +21,18 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def checked_mappings(directory: Path | None = None):
-    """The mappings, or CliError naming the folder and what is wrong with it."""
-    from ..clinical.mappings import MappingsError, default_mappings_dir, get_mappings
-    from ..clinical.rules import knowledge_gaps
+def checked_mappings(directory: Path | None = None) -> Mappings:
+    """The mappings, or CliError naming the folder and its first problem. The same checks as
+    `cds-service validate-mappings` (clinical.validation.check_mappings), which lists them all."""
+    from ..clinical.mappings import default_mappings_dir, get_mappings
+    from ..clinical.validation import check_mappings
 
-    try:
-        mappings = get_mappings(directory)
-    except MappingsError as error:
-        raise CliError(f"cannot use the mappings: {error}") from None
-    gaps = knowledge_gaps(mappings)
-    if gaps:
-        raise CliError(f"cannot use the mappings in {directory or default_mappings_dir()}: the rules read "
-                       f"{', '.join(gaps[:5])}{' and more' if len(gaps) > 5 else ''}, which they do not define")
-    return mappings
+    folder = Path(directory or default_mappings_dir())
+    problems = check_mappings(folder)
+    if problems:
+        more = f" (and {len(problems) - 1} more: run cds-service validate-mappings)" if len(problems) > 1 else ""
+        raise CliError(f"cannot use the mappings in {folder}: {problems[0]}{more}")
+    return get_mappings(folder)
 
 
 def ensure_port_free(host: str, port: int, how_to_change: str) -> None:
@@ -40,15 +43,18 @@ def ensure_port_free(host: str, port: int, how_to_change: str) -> None:
             probe.bind((host, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise CliError(f"port {port} on {host} is already in use (another cds-service, demo or FHIR "
-                               f"server?): stop it, or choose another port with {how_to_change}") from None
+                raise CliError(
+                    f"port {port} on {host} is already in use (another cds-service, demo or FHIR "
+                    f"server?): stop it, or choose another port with {how_to_change}"
+                ) from None
             raise CliError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 def check_fhir_base(url: str, session, wait_seconds: float = 0) -> str:
     """The base URL without a trailing slash, once GET {base}/metadata answers a CapabilityStatement."""
-    import requests
     from urllib.parse import urlsplit
+
+    import requests
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -65,13 +71,17 @@ def check_fhir_base(url: str, session, wait_seconds: float = 0) -> str:
                 except (ValueError, AttributeError):
                     kind = None
                 if kind != "CapabilityStatement":
-                    raise CliError(f"{base} does not look like a FHIR server (GET /metadata is not a "
-                                   "CapabilityStatement)", 1)
+                    raise CliError(
+                        f"{base} does not look like a FHIR server (GET /metadata is not a CapabilityStatement)", 1
+                    )
                 return base
         except requests.RequestException as error:
             problem = f"cannot be reached ({type(error).__name__})"
         if time.monotonic() >= deadline:
             waited = f" within {wait_seconds:g} s" if wait_seconds else ""
-            raise CliError(f"the FHIR server at {base} {problem}{waited}: is it running, and is the base URL "
-                           "right (it usually ends in /fhir)?", 1)
+            raise CliError(
+                f"the FHIR server at {base} {problem}{waited}: is it running, and is the base URL "
+                "right (it usually ends in /fhir)?",
+                1,
+            )
         time.sleep(2)

@@ -6,6 +6,7 @@ cards. Logs go to files under var/demo/, so the terminal shows cards, not log li
 the demo stops (Ctrl-C, SIGTERM, SIGHUP, its terminal closing, even SIGKILL on Linux) stops
 the FHIR server and the service it started.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,14 @@ from pathlib import Path
 from .checks import CliError, check_fhir_base, checked_mappings, ensure_port_free
 
 DEMO_DIR = Path("var/demo")
-DEFAULT_PATIENTS = ["lbp-acute-simple", "lbp-cauda-reason-only", "lbp-radic-failed-pt-wwo",
-                    "lbp-osteoporosis", "neck-myelopathy-wwo", "thx-acute-pain"]
+DEFAULT_PATIENTS = [
+    "lbp-acute-simple",
+    "lbp-cauda-reason-only",
+    "lbp-radic-failed-pt-wwo",
+    "lbp-osteoporosis",
+    "neck-myelopathy-wwo",
+    "thx-acute-pain",
+]
 ISSUER, KID = "urn:spine-imaging-cds:demo-client", "demo-es384"
 SERVICE_ID = "spine-mri-order-select"
 
@@ -38,6 +45,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 def _stop_on_signals() -> dict:
     """Turn the stop signals into _Stopped (so cleanup runs); returns the handlers they replace."""
+
     def stop(signum, _frame):
         raise _Stopped(signal.Signals(signum).name)
 
@@ -50,8 +58,10 @@ def _check_patients(requested: list[str]) -> list[str]:
     known = [case["patient"] for case in fixtures.manifest()]
     unknown = [p for p in requested if p not in known]
     if unknown:
-        raise CliError(f"unknown fixture patient {', '.join(repr(p) for p in unknown)}: choose from "
-                       f"fixtures/manifest.json ({len(known)} patients, e.g. {', '.join(known[:4])})")
+        raise CliError(
+            f"unknown fixture patient {', '.join(repr(p) for p in unknown)}: choose from "
+            f"fixtures/manifest.json ({len(known)} patients, e.g. {', '.join(known[:4])})"
+        )
     return requested or DEFAULT_PATIENTS
 
 
@@ -94,16 +104,20 @@ def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path, das
     env.pop("CDS_ALLOW_UNAUTHENTICATED", None)
     env["CDS_FHIR_ALLOWED_SERVERS"] = ",".join(filter(None, [env.get("CDS_FHIR_ALLOWED_SERVERS"), fhir_base]))
     with log_path.open("w") as log:
-        return subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
 
 
 def _fire(base: str, fhir_base: str, patients: list[str], key_path: Path, always_fetch: bool) -> None:
     import requests
 
-    from . import fixtures
     from ..web.auth import sign_token
+    from . import fixtures
 
     pem = key_path.read_bytes()
     url = f"{base}/cds-services/{SERVICE_ID}"
@@ -135,9 +149,9 @@ def _fire(base: str, fhir_base: str, patients: list[str], key_path: Path, always
 
 def _fill_history() -> str:
     """A few weeks of synthetic orders and feedback in the service's database (once); its description."""
+    from ..utilization.store import Store, database_url, describe_url
     from ..web.config import Settings
     from .demo_history import fill_demo_history
-    from ..utilization.store import Store, database_url, describe_url
 
     settings = Settings.from_env()
     store = Store.from_settings(settings)
@@ -146,8 +160,10 @@ def _fill_history() -> str:
     finally:
         store.close()
     if added:
-        print(f"added {added} synthetic orders of demo history (the last 6 weeks) for the report and dashboard",
-              flush=True)
+        print(
+            f"added {added} synthetic orders of demo history (the last 6 weeks) for the report and dashboard",
+            flush=True,
+        )
     return describe_url(database_url(settings))
 
 
@@ -194,16 +210,18 @@ def run_demo(args) -> int:
         database = _fill_history()
         _fire(base, fhir_base, patients, DEMO_DIR / f"{KID}.pem", always_fetch=bool(args.fhir_base))
         url = f"{base}/cds-services/{SERVICE_ID}"
-        print(f"""
+        print(
+            f"""
 The service keeps running at {base}/cds-services, reading the FHIR server at {fhir_base}.
-  call it:   TOKEN=$(.venv/bin/cds-service token --issuer {ISSUER} --key {DEMO_DIR / (KID + '.pem')} --aud {url})
+  call it:   TOKEN=$(.venv/bin/cds-service token --issuer {ISSUER} --key {DEMO_DIR / (KID + ".pem")} --aud {url})
              curl -s -X POST {url} -H "Authorization: Bearer $TOKEN" \\
                   -H 'Content-Type: application/json' -d @fixtures/hooks/lbp-osteoporosis.order-select.json
-  logs:      {service_log}{'' if args.fhir_base else f', {fhir_log}'}
+  logs:      {service_log}{"" if args.fhir_base else f", {fhir_log}"}
   database:  {database} (evaluations, feedback, token ids; demo history marked synthetic)
   report:    .venv/bin/cds-service report            (or --format html --out report.html)
   dashboard: {base}/dashboard  (user: any, password: {dashboard_token})""",
-              flush=True)
+            flush=True,
+        )
         if args.no_wait:
             return 0
         print("Ctrl-C stops the service" + ("" if args.fhir_base else " and the FHIR server") + ".", flush=True)

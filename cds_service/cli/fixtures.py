@@ -4,6 +4,7 @@ Each patient Bundle's `timestamp` is the day its scenario was written for ("2 we
 two weeks before it). Shifting all dates by (today - timestamp) keeps a 2-week episode a
 2-week episode whenever the demo or the tests run.
 """
+
 from __future__ import annotations
 
 import json

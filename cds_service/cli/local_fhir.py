@@ -5,6 +5,7 @@ The local server is sekmet-fhir (PyPI, pinned 0.1.1), installed by scripts/boots
 simulator off (it would rewrite data within seconds), on loopback, with a throw-away data
 directory and a base URL matching its port.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,13 @@ class LocalFhirServer:
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log:
-            self.process = subprocess.Popen([str(command), "serve", "--config", str(config)], cwd=self.data_dir,
-                                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            self.process = subprocess.Popen(
+                [str(command), "serve", "--config", str(config)],
+                cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,12 +80,17 @@ class LocalFhirServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def seed_bundle(base_url: str, bundle: dict, session: requests.Session | None = None,
-                headers: dict | None = None) -> list[tuple[str, str]]:
+def seed_bundle(
+    base_url: str, bundle: dict, session: requests.Session | None = None, headers: dict | None = None
+) -> list[tuple[str, str]]:
     """POST a transaction Bundle (PUT entries keep their ids); returns (resource, status) per entry."""
     session = session or requests.Session()
-    reply = session.post(base_url.rstrip("/"), json=bundle, timeout=60,
-                         headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **(headers or {})})
+    reply = session.post(
+        base_url.rstrip("/"),
+        json=bundle,
+        timeout=60,
+        headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **(headers or {})},
+    )
     try:
         body = reply.json()
     except ValueError:
@@ -88,7 +99,7 @@ def seed_bundle(base_url: str, bundle: dict, session: requests.Session | None = 
         issues = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in body.get("issue", []))
         raise RuntimeError(f"the FHIR server refused the Bundle (HTTP {reply.status_code}): {issues}")
     results = []
-    for sent, got in zip(bundle.get("entry", []), body.get("entry", [])):
+    for sent, got in zip(bundle.get("entry", []), body.get("entry", []), strict=False):
         name = sent.get("request", {}).get("url") or sent.get("resource", {}).get("resourceType", "?")
         results.append((name, (got.get("response") or {}).get("status", "?")))
     return results

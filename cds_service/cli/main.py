@@ -3,23 +3,21 @@
 Every mistake a user can make here (a bad file, a bad setting, a port in use, a closed pipe)
 ends in one line on stderr and a non-zero exit, never a traceback: commands raise `CliError`.
 """
+
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
-import socket
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from ..hooks.discovery import SERVICE_HOOKS
-from ..web.logs import JsonLogFormatter
+from ..web.logs import AUTHENTICATION_OFF, JsonGunicornLogger, JsonLogFormatter, LogEntry
 from .checks import CliError, check_fhir_base, checked_mappings, ensure_port_free
-
 
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 
@@ -28,7 +26,7 @@ def tune_gc_for_serving() -> None:
     """Once the app is built: the mappings, schemas and code caches live as long as the worker, so
     they are kept out of every collection, and young objects are collected less often (a
     1,000-resource body makes hundreds of thousands of containers, each collection walking them).
-    Measured with bench/bench.py (see README, Speed), whose bare app is tuned the same way."""
+    Measured with bench/bench.py (docs/speed.md), whose bare app is tuned the same way."""
     import gc
 
     gc.collect()
@@ -57,6 +55,7 @@ def _load_json_file(path: Path, what: str):
 
 # ----------------------------------------------------------------------------- serve
 
+
 def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -71,9 +70,9 @@ def cmd_serve(args) -> int:
     if problem:
         raise CliError(f"refusing to start: {problem}")
     checked_mappings(settings.mappings_dir)
+    startup = logging.getLogger("cds_service.serve")
     if settings.trusted_issuers is None:
-        print("\n*** WARNING: AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1). Any caller can use this "
-              "service and send it patient data. Development only. ***\n", file=sys.stderr, flush=True)
+        startup.warning(LogEntry(event="startup", warning=AUTHENTICATION_OFF))
     else:
         from ..web.auth import TrustConfigError, load_trusted_issuers
 
@@ -81,7 +80,7 @@ def cmd_serve(args) -> int:
             issuers = load_trusted_issuers(settings.trusted_issuers)
         except TrustConfigError as error:
             raise CliError(f"refusing to start: {error}") from None
-        print(f"trusted CDS clients: {', '.join(sorted(issuers))}", file=sys.stderr)
+        startup.info(LogEntry(event="startup", trusted_clients=sorted(issuers)))
     ensure_port_free(args.host, args.port, "--port or CDS_PORT")
     from ..utilization.store import Store, StoreError, database_url, describe_url
 
@@ -89,10 +88,15 @@ def cmd_serve(args) -> int:
         Store.from_settings(settings).close()
     except StoreError as error:
         raise CliError(f"refusing to start: {error}") from None
-    print(f"database: {describe_url(database_url(settings))}; mode: {settings.mode}"
-          + ("" if settings.record_evaluations else "; evaluation log OFF (CDS_RECORD_EVALUATIONS=0)")
-          + ("" if settings.patient_hash_key else "; patient ids hashed with a key kept in the database "
-             "(set CDS_PATIENT_HASH_KEY to choose one)"), file=sys.stderr)
+    startup.info(
+        LogEntry(
+            event="startup",
+            database=describe_url(database_url(settings)),
+            mode=settings.mode,
+            evaluation_log="on" if settings.record_evaluations else "OFF (CDS_RECORD_EVALUATIONS=0)",
+            patient_hash_key="CDS_PATIENT_HASH_KEY" if settings.patient_hash_key else "kept in the database",
+        )
+    )
 
     class Server(BaseApplication):
         def load_config(self):
@@ -103,26 +107,35 @@ def cmd_serve(args) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
+            self.cfg.set("logger_class", JsonGunicornLogger)  # gunicorn's own lines as JSON, like ours
             # gunicorn's control socket defaults to one path per user: instances would replace and
             # delete each other's. The service needs none.
             self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            app = create_app(settings, base_urls, migrate=False)  # migrated above, once
+            # migrated above, once; the master said whether authentication is off
+            app = create_app(settings, base_urls, migrate=False, announce=False)
             tune_gc_for_serving()
             return app
 
-    print(f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services "
-          f"({args.workers} workers x {args.threads} threads)", file=sys.stderr, flush=True)
+    startup.info(
+        LogEntry(
+            event="startup",
+            message=f"spine-imaging CDS serving on http://{args.host}:{args.port}/cds-services",
+            workers=args.workers,
+            threads=args.threads,
+        )
+    )
     Server().run()
     return 0
 
 
 # ----------------------------------------------------------------------------- evaluate
 
+
 def _service_for(body, path: Path, explicit: str | None) -> str:
     if not isinstance(body, dict):
-        kind = {list: "an array", str: "a string"}.get(type(body), type(body).__name__)
+        kind = {"list": "an array", "str": "a string"}.get(type(body).__name__, type(body).__name__)
         raise CliError(f"{path} is not a CDS Hooks request: expected a JSON object, got {kind}")
     if explicit:
         return explicit
@@ -131,8 +144,10 @@ def _service_for(body, path: Path, explicit: str | None) -> str:
     for service_id, hook in SERVICE_HOOKS.items():
         if body.get("hook") == hook:
             return service_id
-    raise CliError(f"no service answers hook {body.get('hook')!r} (this service answers "
-                   f"{', '.join(sorted(SERVICE_HOOKS.values()))}); pass --service")
+    raise CliError(
+        f"no service answers hook {body.get('hook')!r} (this service answers "
+        f"{', '.join(sorted(SERVICE_HOOKS.values()))}); pass --service"
+    )
 
 
 def cmd_evaluate(args) -> int:
@@ -152,18 +167,21 @@ def cmd_evaluate(args) -> int:
 
 # ----------------------------------------------------------------------------- mappings
 
+
 def cmd_validate_mappings(args) -> int:
-    from ..clinical.validation import validate_mappings
     from ..clinical.mappings import default_mappings_dir
+    from ..clinical.validation import check_mappings
 
     directory = Path(args.dir) if args.dir else default_mappings_dir()
-    errors = validate_mappings(directory)
-    if errors:
-        print(f"{len(errors)} problem(s) in {directory}:", file=sys.stderr)
-        for error in errors:
-            print(f"  - {error}", file=sys.stderr)
+    problems = check_mappings(directory)
+    if problems:
+        print(
+            f"{len(problems)} problem(s) in {directory}; cds-service serve refuses to start on them:", file=sys.stderr
+        )
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
         return 1
-    print(f"mappings in {directory}: all files valid, all codes checked")
+    print(f"mappings in {directory}: all files valid, all codes checked, rules and mappings fit (as serve checks)")
     return 0
 
 
@@ -171,15 +189,18 @@ def report_engine(db: str | None):
     """A read-only engine on the evaluation database (`--db` file, else the configured one), or CliError."""
     import sqlalchemy as sa
 
-    from ..web.config import Settings
     from ..utilization.store import describe_url, schema_problem
+    from ..web.config import Settings
 
     settings = Settings.from_env()
     if db or not settings.database_url:
         path = Path(db) if db else settings.feedback_db
         if not path.is_file():
-            raise CliError(f"no database at {path} yet (run the service or the demo first, or pass --db FILE; "
-                           "the service writes to CDS_DATABASE_URL or CDS_FEEDBACK_DB)", 1)
+            raise CliError(
+                f"no database at {path} yet (run the service or the demo first, or pass --db FILE; "
+                "the service writes to CDS_DATABASE_URL or CDS_FEEDBACK_DB)",
+                1,
+            )
         # read-only: a file that is not our database is reported, never written to
         url, shown = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", str(path)
     else:
@@ -201,7 +222,7 @@ def cmd_report(args) -> int:
 
     if args.format == "html" and not args.out:
         raise CliError("--format html writes a file: add --out report.html")
-    until = args.until or datetime.now(timezone.utc).date()
+    until = args.until or datetime.now(UTC).date()
     since = args.since or until - timedelta(days=29)
     if since > until:
         raise CliError(f"--since {since} is after --until {until}")
@@ -219,6 +240,7 @@ def cmd_report(args) -> int:
 
 
 # ----------------------------------------------------------------------------- keys and tokens
+
 
 def cmd_keygen(args) -> int:
     from ..web.auth import generate_key_pair
@@ -240,8 +262,7 @@ def cmd_keygen(args) -> int:
         trust_path.write_text(json.dumps(trust, indent=2) + "\n")
     except OSError as error:
         raise CliError(f"cannot write the key pair into {out}: {error.strerror or error}") from None
-    print(f"private key: {key_path} (kid {kid})\ntrusted issuers file: {trust_path} "
-          f"(point CDS_TRUSTED_ISSUERS at it)")
+    print(f"private key: {key_path} (kid {kid})\ntrusted issuers file: {trust_path} (point CDS_TRUSTED_ISSUERS at it)")
     return 0
 
 
@@ -255,6 +276,7 @@ def signing_algorithm(pem: bytes, requested: str | None, where: str) -> str:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CliError(f"{where} is not an unencrypted PEM private key (make one with cds-service keygen)") from None
+    fits: tuple[str, ...]
     if isinstance(key, ec.EllipticCurvePrivateKey):
         fits = {"secp384r1": ("ES384",), "secp256r1": ("ES256",)}.get(key.curve.name, ())
         kind = f"an EC {key.curve.name} key"
@@ -284,6 +306,7 @@ def cmd_token(args) -> int:
 
 
 # ----------------------------------------------------------------------------- FHIR servers
+
 
 def cmd_seed(args) -> int:
     import requests
@@ -318,6 +341,7 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------- the parser
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + error
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -334,6 +358,7 @@ def _number(low: int, high: int | None, setting: str | None):
             bounds = f"{low}-{high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"expected {bounds}, got {value}{source}")
         return value
+
     return parse
 
 
@@ -371,10 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="serve, fire order-select for demo patients, print the cards")
     demo.add_argument("--port", type=_number(1, 65535, "CDS_PORT"), default=env("CDS_PORT", "8765"))
-    demo.add_argument("--fhir-port", type=_number(1, 65535, "CDS_DEMO_FHIR_PORT"),
-                      default=env("CDS_DEMO_FHIR_PORT", "8080"), help="port of the local FHIR server it starts")
-    demo.add_argument("--fhir-base", help="use this FHIR R4 server (e.g. a HAPI server) instead of starting one; "
-                      "every hook is then sent without prefetch, so the service reads that server")
+    demo.add_argument(
+        "--fhir-port",
+        type=_number(1, 65535, "CDS_DEMO_FHIR_PORT"),
+        default=env("CDS_DEMO_FHIR_PORT", "8080"),
+        help="port of the local FHIR server it starts",
+    )
+    demo.add_argument(
+        "--fhir-base",
+        help="use this FHIR R4 server (e.g. a HAPI server) instead of starting one; "
+        "every hook is then sent without prefetch, so the service reads that server",
+    )
     demo.add_argument("--no-seed", action="store_true", help="with --fhir-base: do not load the fixtures into it")
     demo.add_argument("--no-wait", action="store_true", help="stop the service after the demo requests")
     demo.add_argument("patients", nargs="*", help="fixture patient ids (default: a representative few)")
@@ -399,15 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed", help="load fixture Bundles into a FHIR R4 server (transaction, ids kept)")
     seed.add_argument("--fhir-base", required=True, help="the FHIR server's base URL")
     seed.add_argument("--token", help="a bearer token for the FHIR server")
-    seed.add_argument("--wait", type=_number(0, 3600, None), default=0,
-                      help="wait up to this many seconds for the server's /metadata")
-    seed.add_argument("--keep-dates", action="store_true",
-                      help="do not move the fixtures' dates to today (they are written for 2026-11-22)")
+    seed.add_argument(
+        "--wait", type=_number(0, 3600, None), default=0, help="wait up to this many seconds for the server's /metadata"
+    )
+    seed.add_argument(
+        "--keep-dates",
+        action="store_true",
+        help="do not move the fixtures' dates to today (they are written for 2026-11-22)",
+    )
     seed.add_argument("files", nargs="*", help="transaction Bundle files (default: fixtures/patients/*.json)")
     seed.set_defaults(func=cmd_seed)
 
-    report = commands.add_parser("report", help="orders, verdicts, advice taken or overridden, clinicians, trend, "
-                                 "latency and data completeness, for utilization analysts")
+    report = commands.add_parser(
+        "report",
+        help="orders, verdicts, advice taken or overridden, clinicians, trend, "
+        "latency and data completeness, for utilization analysts",
+    )
     report.add_argument("--db", help="an SQLite database file (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
     report.add_argument("--since", type=_iso_date, help="first day, YYYY-MM-DD (default: 29 days before --until)")
     report.add_argument("--until", type=_iso_date, help="last day, YYYY-MM-DD (default: today, UTC)")

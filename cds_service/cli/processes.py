@@ -1,6 +1,8 @@
 """Small helpers for starting local servers: a free loopback port, and waiting until one answers."""
+
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -36,10 +38,9 @@ def die_with_parent() -> None:
     import ctypes
     import signal
 
-    try:
+    # not Linux (no prctl): the demo's own signal handlers still stop its children
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the demo's own signal handlers still stop its children
 
 
 def stop_process(process, seconds: float = 10) -> None:

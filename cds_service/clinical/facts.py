@@ -4,15 +4,17 @@ Malformed resources never raise: each is skipped with a note that reaches the ca
 What counts as a red flag, and for how long, is decided in `rules`; this module only
 says what is there, when, and where it came from.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime
+from typing import Any
 
 from .codesystems import short_system
 from .mappings import CodeMatch, Mappings
-from .record import ClinicalData
 from .model import (
     FROM_ORDER,
     FROM_RECORD,
@@ -22,6 +24,7 @@ from .model import (
     MriOrder,
     PriorImaging,
 )
+from .record import ClinicalData, Resource
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ SYSTEM_LABELS = {
 DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
 
 
-def parse_date(value) -> date | None:
+def parse_date(value: object) -> date | None:
     """A FHIR date/dateTime (any precision) as a date; None when absent or malformed."""
     if not isinstance(value, str) or len(value) < 4:
         return None
@@ -60,38 +63,56 @@ def parse_date(value) -> date | None:
         return None
 
 
-def _ref(resource: dict) -> str:
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> Resource:
+    return value if isinstance(value, dict) else {}
+
+
+def _ref(resource: Resource) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
 
 
-def _codes(concept) -> list[dict]:
+def _codes(concept: object) -> list[Resource]:
     if not isinstance(concept, dict):
         return []
     codings = concept.get("coding")
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
-def _describe_coding(coding: dict, match: CodeMatch) -> str:
+def _describe_coding(coding: Resource, match: CodeMatch) -> str:
     system = SYSTEM_LABELS.get(match.system, match.system)
     display = coding.get("display") or match.display
     return f"{system} {coding.get('code')} {display}".strip()
 
 
-def _status_code(concept) -> str | None:
+def _status_code(concept: object) -> str | None:
     for coding in _codes(concept):
         if coding.get("code"):
             return str(coding["code"])
     return None
 
 
-def _code_matches(mappings, concept) -> list[tuple[dict, CodeMatch]]:
+def _code_matches(mappings: Mappings, concept: object) -> list[tuple[Resource, CodeMatch]]:
     """(coding, match) for each coding of the concept the mappings know. Most of a patient's record
     matches nothing: the extractors ask this first and skip dates and status for the rest."""
-    return [(coding, match) for coding in _codes(concept)
-            for match in mappings.match_coding(coding.get("system"), coding.get("code"))]
+    return [
+        (coding, match)
+        for coding in _codes(concept)
+        for match in mappings.match_coding(coding.get("system"), coding.get("code"))
+    ]
 
 
-def _evidence_from_concept(mappings, concept, reference, origin, when, matches=None) -> list[Evidence]:
+def _evidence_from_concept(
+    mappings: Mappings,
+    concept: object,
+    reference: str,
+    origin: str,
+    when: date | None,
+    matches: list[tuple[Resource, CodeMatch]] | None = None,
+) -> list[Evidence]:
     found = []
     for coding, match in _code_matches(mappings, concept) if matches is None else matches:
         found.append(
@@ -114,12 +135,13 @@ def _evidence_from_concept(mappings, concept, reference, origin, when, matches=N
 
 # ---------------------------------------------------------------------------- orders
 
-def find_mri_orders(draft_orders, mappings: Mappings, selections: list[str] | None) -> list[MriOrder]:
+
+def find_mri_orders(draft_orders: object, mappings: Mappings, selections: list[str] | None) -> list[MriOrder]:
     """The spine MRI ServiceRequests among the draft orders (only the selected ones if given)."""
     orders: list[MriOrder] = []
     if not isinstance(draft_orders, dict):
         return orders
-    entries = draft_orders.get("entry") if isinstance(draft_orders.get("entry"), list) else []
+    entries = _list(draft_orders.get("entry"))
     wanted = set(selections) if selections is not None else None
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -134,7 +156,7 @@ def find_mri_orders(draft_orders, mappings: Mappings, selections: list[str] | No
     return orders
 
 
-def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOrder | None:
+def _classify_order(resource: Resource, reference: str, mappings: Mappings) -> MriOrder | None:
     code = resource.get("code")
     best = None
     for coding in _codes(code):
@@ -149,11 +171,18 @@ def _classify_order(resource: dict, reference: str, mappings: Mappings) -> MriOr
         return None
     _, order, coding = best
     display = (code or {}).get("text") or coding.get("display") or f"{coding.get('code')}"
-    return MriOrder(reference=reference, resource=resource, region=order.region, contrast=order.contrast, display=display,
-                    code=f"{short_system(coding.get('system'))}|{str(coding.get('code')).strip()[:64]}")
+    return MriOrder(
+        reference=reference,
+        resource=resource,
+        region=order.region,
+        contrast=order.contrast,
+        display=display,
+        code=f"{short_system(coding.get('system'))}|{str(coding.get('code')).strip()[:64]}",
+    )
 
 
 # ---------------------------------------------------------------------------- facts
+
 
 def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     """The facts of the patient's record, the same for every order of one hook call."""
@@ -176,7 +205,7 @@ def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     return facts
 
 
-def _with_known_coding(resources: list, field: str, mappings: Mappings, always: str | None = None) -> list:
+def _with_known_coding(resources: list[Any], field: str, mappings: Mappings, always: str | None = None) -> list[Any]:
     """The resources whose `field` CodeableConcept has a coding the mappings know (`Mappings.knows`),
     plus any that is not a JSON object (its extractor notes it) or of type `always`. One loop over
     the list, not a call per resource: this runs for every resource of every record."""
@@ -203,8 +232,9 @@ def _with_known_coding(resources: list, field: str, mappings: Mappings, always: 
     return worth
 
 
-def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date,
-                  record: Facts | None = None) -> Facts:
+def extract_facts(
+    order: MriOrder, data: ClinicalData, mappings: Mappings, as_of: date, record: Facts | None = None
+) -> Facts:
     """The facts for one order: its own reasons first, then the record's (`record` when already read)."""
     record = record or record_facts(data, mappings, as_of)
     # the rules only read facts: the record's lists are shared, the findings get the order's own first
@@ -214,7 +244,7 @@ def extract_facts(order: MriOrder, data: ClinicalData, mappings: Mappings, as_of
     return facts
 
 
-def _guarded(facts: Facts, resource, handler, *args) -> None:
+def _guarded(facts: Facts, resource: object, handler: Callable[..., None], *args: Any) -> None:
     """Run one extractor; a malformed resource is skipped with a note, never a crash."""
     if not isinstance(resource, dict):
         facts.skipped.append("a prefetch entry that is not a JSON object was skipped")
@@ -226,7 +256,7 @@ def _guarded(facts: Facts, resource, handler, *args) -> None:
         facts.skipped.append(f"{_ref(resource)} was skipped: it is malformed ({type(error).__name__})")
 
 
-def _patient_facts(facts: Facts, patient: dict | None) -> None:
+def _patient_facts(facts: Facts, patient: Resource | None) -> None:
     if not isinstance(patient, dict):
         return
     birth = parse_date(patient.get("birthDate"))
@@ -245,12 +275,10 @@ def _order_reasons(facts: Facts, order: MriOrder, mappings: Mappings, as_of: dat
         return
     for reason in reasons:
         # The clinician states the indication today; it dates from the order.
-        facts.findings.extend(
-            _evidence_from_concept(mappings, reason, order.reference, FROM_ORDER, None)
-        )
+        facts.findings.extend(_evidence_from_concept(mappings, reason, order.reference, FROM_ORDER, None))
 
 
-def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
+def _condition_facts(facts: Facts, condition: Resource, mappings: Mappings) -> None:
     matches = _code_matches(mappings, condition.get("code"))
     if not matches:
         return
@@ -269,18 +297,28 @@ def _condition_facts(facts: Facts, condition: dict, mappings: Mappings) -> None:
         return
     if clinical in INACTIVE_CLINICAL:
         # A resolved cancer is still a history of cancer; every other resolved condition is set aside.
-        history = [item for item in found
-                   if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts]
+        history = [
+            item
+            for item in found
+            if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts
+        ]
         facts.set_aside.extend((item, f"clinical status {clinical}") for item in found if item not in history)
         found = [
-            Evidence("cancer_history", mappings.concepts["cancer_history"].label, item.reference,
-                     item.origin, item.description + f" ({clinical})", item.date, item.region)
+            Evidence(
+                "cancer_history",
+                mappings.concepts["cancer_history"].label,
+                item.reference,
+                item.origin,
+                item.description + f" ({clinical})",
+                item.date,
+                item.region,
+            )
             for item in history
         ]
     facts.findings.extend(found)
 
 
-def _quantity(value: dict) -> tuple[float | None, str | None]:
+def _quantity(value: Resource) -> tuple[float | None, str | None]:
     number = value.get("value")
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         return None, None
@@ -288,13 +326,14 @@ def _quantity(value: dict) -> tuple[float | None, str | None]:
     return float(number), unit or value.get("code") or value.get("unit")
 
 
-def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> None:
+def _observation_facts(facts: Facts, observation: Resource, mappings: Mappings) -> None:
     if observation.get("status") not in USABLE_OBSERVATION_STATUS:
         return
     codings = _codes(observation.get("code"))
     matches = _code_matches(mappings, observation.get("code"))
-    if not matches and not any(c.get("system") == "http://loinc.org" and str(c.get("code")) in mappings.thresholds
-                               for c in codings):
+    if not matches and not any(
+        c.get("system") == "http://loinc.org" and str(c.get("code")) in mappings.thresholds for c in codings
+    ):
         return
     when = parse_date(observation.get("effectiveDateTime")) or parse_date(observation.get("issued"))
     if when is None and isinstance(observation.get("effectivePeriod"), dict):
@@ -332,13 +371,15 @@ def _observation_facts(facts: Facts, observation: dict, mappings: Mappings) -> N
                 )
     # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
     facts.findings.extend(
-        item for item in _evidence_from_concept(mappings, observation.get("code"), _ref(observation), FROM_RECORD, when,
-                                                matches)
+        item
+        for item in _evidence_from_concept(
+            mappings, observation.get("code"), _ref(observation), FROM_RECORD, when, matches
+        )
         if item.concept_id not in mappings.threshold_concepts
     )
 
 
-def _medication_concept(request: dict, included: dict) -> dict | None:
+def _medication_concept(request: Resource, included: dict[str, Resource]) -> Resource | None:
     concept = request.get("medicationCodeableConcept")
     if isinstance(concept, dict):
         return concept
@@ -357,10 +398,10 @@ def _medication_concept(request: dict, included: dict) -> dict | None:
     return {"text": display} if isinstance(display, str) else None
 
 
-def _medication_days(request: dict) -> tuple[date | None, int | None]:
-    dispense = request.get("dispenseRequest") if isinstance(request.get("dispenseRequest"), dict) else {}
+def _medication_days(request: Resource) -> tuple[date | None, int | None]:
+    dispense = _dict(request.get("dispenseRequest"))
     start = parse_date(request.get("authoredOn"))
-    validity = dispense.get("validityPeriod") if isinstance(dispense.get("validityPeriod"), dict) else {}
+    validity = _dict(dispense.get("validityPeriod"))
     start = parse_date(validity.get("start")) or start
     days = None
     supply = dispense.get("expectedSupplyDuration")
@@ -369,7 +410,7 @@ def _medication_days(request: dict) -> tuple[date | None, int | None]:
         if per_unit:
             repeats = dispense.get("numberOfRepeatsAllowed")
             repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
-            days = int(round(supply["value"] * per_unit * (1 + repeats)))
+            days = round(supply["value"] * per_unit * (1 + repeats))
     for dosage in request.get("dosageInstruction") or []:
         timing = dosage.get("timing") if isinstance(dosage, dict) else None
         repeat = timing.get("repeat") if isinstance(timing, dict) else None
@@ -385,11 +426,11 @@ def _medication_days(request: dict) -> tuple[date | None, int | None]:
         if isinstance(duration, dict) and days is None and isinstance(duration.get("value"), (int, float)):
             per_unit = DAYS_PER_UNIT.get(str(duration.get("code") or duration.get("unit") or "").lower())
             if per_unit:
-                days = int(round(duration["value"] * per_unit))
+                days = round(duration["value"] * per_unit)
     return start, days
 
 
-def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included: dict) -> None:
+def _medication_facts(facts: Facts, request: Resource, mappings: Mappings, included: dict[str, Resource]) -> None:
     if request.get("status") not in USABLE_MEDICATION_STATUS:
         return
     concept = _medication_concept(request, included)
@@ -417,12 +458,13 @@ def _medication_facts(facts: Facts, request: dict, mappings: Mappings, included:
         facts.medications.append(MedicationCourse(concept_id, label, _ref(request), description, start, days))
 
 
-def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
+def _procedure_facts(facts: Facts, procedure: Resource, mappings: Mappings) -> None:
     if procedure.get("status") not in USABLE_PROCEDURE_STATUS:
         return
     matches = _code_matches(mappings, procedure.get("code"))
-    if not matches and not any(mappings.order_for_coding(c.get("system"), c.get("code"))
-                               for c in _codes(procedure.get("code"))):
+    if not matches and not any(
+        mappings.order_for_coding(c.get("system"), c.get("code")) for c in _codes(procedure.get("code"))
+    ):
         return
     when = parse_date(procedure.get("performedDateTime"))
     if when is None and isinstance(procedure.get("performedPeriod"), dict):
@@ -431,13 +473,13 @@ def _procedure_facts(facts: Facts, procedure: dict, mappings: Mappings) -> None:
     if _prior_imaging(facts, procedure, [procedure.get("code")], when, mappings):
         return
     for item in _evidence_from_concept(mappings, procedure.get("code"), _ref(procedure), FROM_RECORD, when, matches):
-        if mappings.concepts[item.concept_id].source_file == "conservative_therapy":
+        if mappings.concepts[item.concept_id].kind == "therapy":
             facts.therapy_procedures.append(item)
         else:
             facts.findings.append(item)
 
 
-def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
+def _imaging_facts(facts: Facts, resource: Resource, mappings: Mappings) -> None:
     kind = resource.get("resourceType")
     status = resource.get("status")
     if kind == "DiagnosticReport" and status not in USABLE_REPORT_STATUS:
@@ -447,9 +489,11 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
     if kind == "ImagingStudy" and status not in ("available", None):
         return
     concepts = [resource.get("code")] if kind != "ImagingStudy" else list(resource.get("procedureCode") or [])
-    if not any(mappings.order_for_coding(c.get("system"), c.get("code")) for concept in concepts for c in _codes(concept)):
+    if not any(
+        mappings.order_for_coding(c.get("system"), c.get("code")) for concept in concepts for c in _codes(concept)
+    ):
         return
-    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
+    period = _dict(resource.get("effectivePeriod"))
     when = (
         parse_date(resource.get("effectiveDateTime"))
         or parse_date(period.get("start"))
@@ -461,12 +505,17 @@ def _imaging_facts(facts: Facts, resource: dict, mappings: Mappings) -> None:
     _prior_imaging(facts, resource, concepts, when, mappings)
 
 
-def _prior_imaging(facts: Facts, resource: dict, concepts: list, when: date | None, mappings: Mappings) -> bool:
+def _prior_imaging(
+    facts: Facts, resource: Resource, concepts: list[Any], when: date | None, mappings: Mappings
+) -> bool:
     """Record the resource as a prior spine study when one of its codes is a spine imaging code."""
     for concept in concepts:
         for coding in _codes(concept):
             order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
-            if order is not None:
+            if order is not None and when is None:
+                facts.skipped.append(f"{_ref(resource)}: a spine study without a date was not counted as prior imaging")
+                return True
+            if order is not None and when is not None:
                 facts.prior_imaging.append(
                     PriorImaging(
                         modality=order.modality,

@@ -7,16 +7,18 @@ An ICD-10 prefix or range may also require a 7th character (`seventh: [A]`:
 the injury's initial encounter), which ICD-10-CM codes carry and WHO ICD-10
 codes do not: a WHO code matches on its category alone.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Any, TypeVar
 
 import yaml
 
@@ -25,14 +27,20 @@ from .codesystems import normalise_icd10, short_system
 ICD_SYSTEMS = ("icd10cm", "icd10")
 REQUIRED_KINDS = ("concepts", "orders", "guidelines")
 MATCH_CACHE_SIZE = 100_000
+# A mapping file's object as YAML gives it (checked against its JSON Schema first).
+Json = dict[str, Any]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def bounded_put(cache: dict, key, value, limit: int = MATCH_CACHE_SIZE) -> None:
+def bounded_put(cache: dict[K, V], key: K, value: V, limit: int = MATCH_CACHE_SIZE) -> None:
     """Remember `value` under `key`, emptying the cache first when it holds `limit` entries: the
     caches' keys come from records, whose variety has no end."""
     if len(cache) >= limit:
         cache.clear()
     cache[key] = value
+
+
 PACKAGED_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
@@ -57,7 +65,7 @@ class Threshold:
     comparator: str
     value: float
     unit: str
-    units: dict  # accepted UCUM unit -> {"scale", "offset"} to convert into `unit`
+    units: dict[str, dict[str, float]]  # accepted UCUM unit -> {"scale", "offset"} to convert into `unit`
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """The value in the threshold's unit, or None when the unit is not one we accept."""
@@ -82,6 +90,7 @@ class Concept:
     id: str
     label: str
     source_file: str
+    kind: str = "other"  # what kind of finding (neurological, cancer, therapy, ...): mappings/README.md
     region: str = "any"
     guidelines: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
@@ -117,7 +126,7 @@ class OrderCode:
     region: str  # lumbar | cervical | thoracic | multi | unspecified
     contrast: str  # without | with | with-and-without | unspecified
     preferred: bool
-    codes: tuple[dict, ...]  # the entry's codings (system short name, code, display)
+    codes: tuple[Json, ...]  # the entry's codings (system short name, code, display)
 
 
 @dataclass
@@ -129,16 +138,16 @@ class Mappings:
     thresholds: dict[str, list[Threshold]] = field(default_factory=dict)
     orders: list[OrderCode] = field(default_factory=list)
     _order_index: dict[tuple[str, str], OrderCode] = field(default_factory=dict)
-    guidelines: dict[str, dict] = field(default_factory=dict)
+    guidelines: dict[str, Json] = field(default_factory=dict)
     medication_names: list[tuple[str, Concept]] = field(default_factory=list)
     version: str = ""  # a digest of the files' contents: which knowledge rated an order
     # Answers already worked out, by (system URI, code): a record's codes repeat across patients
     # and ICD-10 codes walk their ancestors and ranges. Bounded; the lists are never mutated.
-    _matched: dict[tuple, tuple[CodeMatch, ...]] = field(default_factory=dict)
+    _matched: dict[tuple[object, object], tuple[CodeMatch, ...]] = field(default_factory=dict)
     # Whether a (system URI, code) means anything here at all: the one question asked of every
     # coding in a record, most of which mean nothing. Filled by `knows`; the record's screen in
     # facts reads it inline. Bounded like `_matched`.
-    known_codings: dict[tuple, bool] = field(default_factory=dict)
+    known_codings: dict[tuple[object, object], bool] = field(default_factory=dict)
     _named: dict[str, tuple[Concept, ...]] = field(default_factory=dict)  # medication text -> concepts
 
     # ---- codes -> concepts -------------------------------------------------
@@ -161,8 +170,11 @@ class Mappings:
             return self.known_codings[key]
         except (KeyError, TypeError):
             pass
-        known = bool(self.match_coding(system_uri, code) or self.order_for_coding(system_uri, code)
-                     or (short_system(system_uri) == "loinc" and str(code).strip() in self.thresholds))
+        known = bool(
+            self.match_coding(system_uri, code)
+            or self.order_for_coding(system_uri, code)
+            or (short_system(system_uri) == "loinc" and str(code).strip() in self.thresholds)
+        )
         # EHRs add codings in their own systems (e.g. Epic's urn:oid:1.2.840.114350...) beside the
         # standard ones: those are remembered as unknown too.
         if isinstance(code, str) and len(code) <= 64 and isinstance(system_uri, str) and len(system_uri) <= 200:
@@ -191,8 +203,11 @@ class Mappings:
             found.extend(self._exact.get((system, normalised), ()))
             ancestor = normalised
             while len(ancestor) >= 3:
-                found.extend(rule.match for rule in self._prefix.get((system, ancestor), ())
-                             if rule.accepts(coded_in, normalised))
+                found.extend(
+                    rule.match
+                    for rule in self._prefix.get((system, ancestor), ())
+                    if rule.accepts(coded_in, normalised)
+                )
                 ancestor = ancestor[:-1].rstrip(".")
         category = normalised[:3]
         for range_system, low, high, rule in self._ranges:
@@ -201,7 +216,7 @@ class Mappings:
         return _unique(found)
 
     @cached_property
-    def _medication_name_pattern(self) -> re.Pattern:
+    def _medication_name_pattern(self) -> re.Pattern[str]:
         # one scan of the text for every ingredient name (substring matches, as the names are written)
         names = sorted({name for name, _ in self.medication_names}, key=len, reverse=True)
         return re.compile("|".join(re.escape(name) for name in names) or r"(?!)")
@@ -243,10 +258,10 @@ class Mappings:
         return None
 
     # ---- guidelines --------------------------------------------------------
-    def guideline(self, guideline_id: str) -> dict:
+    def guideline(self, guideline_id: str) -> Json:
         return self.guidelines.get(guideline_id, {"id": guideline_id, "title": guideline_id})
 
-    def variant(self, variant_id: str) -> tuple[dict, dict]:
+    def variant(self, variant_id: str) -> tuple[Json, Json]:
         """(guideline, variant) for a variant id such as LBP-V1."""
         for guideline in self.guidelines.values():
             for variant in guideline.get("variants", ()):
@@ -282,56 +297,67 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _schemas(directory: Path) -> dict[str, dict]:
+def _schemas(directory: Path) -> dict[str, Json]:
     """The JSON Schemas of the mapping kinds: the folder's own, else those shipped with the service."""
     folder = directory / "schema" if (directory / "schema").is_dir() else PACKAGED_MAPPINGS / "schema"
-    return {path.name.split(".")[0]: json.loads(path.read_text(encoding="utf-8"))
-            for path in sorted(folder.glob("*.schema.json"))}
+    return {
+        path.name.split(".")[0]: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(folder.glob("*.schema.json"))
+    }
 
 
-def read_mapping_documents(directory: Path) -> tuple[dict[Path, dict], str]:
-    """Every mapping file parsed and checked against its kind's JSON Schema, and the contents' digest.
-
-    Raises MappingsError on the first problem, so a service never starts on knowledge it cannot
-    read (it would otherwise answer no card at all, even for cauda equina).
-    """
+def read_mapping_documents(directory: Path) -> tuple[dict[Path, Json], str, list[str]]:
+    """Every mapping file parsed and checked against its kind's JSON Schema: the files that passed,
+    the digest of all files' contents, and every problem found (one line each, file first).
+    `load_mappings` refuses on the first; `validation.check_mappings` lists them all."""
     import jsonschema
 
     if not directory.exists():
-        raise MappingsError(f"mappings folder {directory} does not exist (set CDS_MAPPINGS_DIR to the mappings/ folder)")
+        return {}, "", [f"mappings folder {directory} does not exist (set CDS_MAPPINGS_DIR to the mappings/ folder)"]
     if not directory.is_dir():
-        raise MappingsError(f"mappings folder {directory} is a file, not a folder")
+        return {}, "", [f"mappings folder {directory} is a file, not a folder"]
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
-        raise MappingsError(f"mappings folder {directory} holds no mapping files (*.yaml)")
+        return {}, "", [f"mappings folder {directory} holds no mapping files (*.yaml)"]
     schemas = _schemas(directory)
     digest = hashlib.sha256()
-    documents: dict[Path, dict] = {}
+    documents: dict[Path, Json] = {}
+    problems: list[str] = []
     for path in paths:
         raw = path.read_bytes()
         digest.update(path.name.encode() + b"\0" + raw + b"\0")
         try:
             document = yaml.safe_load(raw)
         except yaml.YAMLError as error:
-            raise MappingsError(f"{path}: not valid YAML ({_one_line(error)})") from None
+            problems.append(f"{path}: not valid YAML ({_one_line(error)})")
+            continue
         kind = document.get("kind") if isinstance(document, dict) else None
         if kind not in schemas:
-            raise MappingsError(f"{path}: 'kind' must be one of {', '.join(sorted(schemas))}, got {kind!r}")
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schemas[kind]).iter_errors(document))
-        if error is not None:
-            where = "/".join(str(part) for part in error.absolute_path) or "(top)"
-            raise MappingsError(f"{path}: {where}: {_one_line(error.message)[:300]}")
-        documents[path] = document
+            problems.append(f"{path}: 'kind' must be one of {', '.join(sorted(schemas))}, got {kind!r}")
+            continue
+        refusals = sorted(
+            jsonschema.Draft202012Validator(schemas[kind]).iter_errors(document),
+            key=lambda refusal: [str(part) for part in refusal.absolute_path],
+        )
+        for refusal in refusals:
+            where = "/".join(str(part) for part in refusal.absolute_path) or "(top)"
+            problems.append(f"{path}: {where}: {_one_line(refusal.message)[:300]}")
+        if not refusals:
+            documents[path] = document
     kinds = {document["kind"] for document in documents.values()}
     missing = [kind for kind in REQUIRED_KINDS if kind not in kinds]
-    if missing:
-        raise MappingsError(f"mappings folder {directory} has no file of kind {', '.join(missing)}")
-    return documents, digest.hexdigest()[:12]
+    if missing and not problems:
+        problems.append(f"mappings folder {directory} has no file of kind {', '.join(missing)}")
+    return documents, digest.hexdigest()[:12], problems
 
 
 def load_mappings(directory: Path | None = None) -> Mappings:
+    """The mappings folder as lookups; MappingsError (one line) on the first problem, so a service
+    never starts on knowledge it cannot read (it would answer no card at all, even for cauda equina)."""
     directory = Path(directory or default_mappings_dir())
-    documents, version = read_mapping_documents(directory)
+    documents, version, problems = read_mapping_documents(directory)
+    if problems:
+        raise MappingsError(problems[0])
     mappings = Mappings(version=version)
     for path, document in documents.items():
         kind = document.get("kind")
@@ -345,12 +371,13 @@ def load_mappings(directory: Path | None = None) -> Mappings:
     return mappings
 
 
-def _load_concepts(mappings: Mappings, document: dict, source_file: str) -> None:
+def _load_concepts(mappings: Mappings, document: Json, source_file: str) -> None:
     for raw in document.get("concepts", ()):
         concept = Concept(
             id=raw["id"],
             label=raw.get("label", raw["id"]),
             source_file=source_file,
+            kind=raw.get("kind", "other"),
             region=raw.get("region", "any"),
             guidelines=tuple(raw.get("guidelines", ())),
             names=tuple(name.lower() for name in raw.get("names", ())),
@@ -393,7 +420,7 @@ def _load_concepts(mappings: Mappings, document: dict, source_file: str) -> None
             mappings.thresholds.setdefault(threshold.code, []).append(threshold)
 
 
-def _load_orders(mappings: Mappings, document: dict) -> None:
+def _load_orders(mappings: Mappings, document: Json) -> None:
     for raw in document.get("orders", ()):
         order = OrderCode(
             modality=raw["modality"],

@@ -1,8 +1,11 @@
 """Plain data passed between the layers: facts in, verdict out. No I/O here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+
+from .record import Resource
 
 # Where a fact came from: the clinician's draft order (its reasonCode) or the patient's record.
 FROM_ORDER = "order"
@@ -53,11 +56,13 @@ class MedicationCourse:
 
 @dataclass(frozen=True)
 class PriorImaging:
+    """A spine study already done (undated ones are not kept: the rules could not place them)."""
+
     modality: str  # radiograph | ct | mri
     region: str
     reference: str
     description: str
-    date: date | None
+    date: date
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class MriOrder:
     """A spine MRI among the draft orders."""
 
     reference: str  # "ServiceRequest/<id>"
-    resource: dict
+    resource: Resource
     region: str  # lumbar | cervical | thoracic | multi | unspecified
     contrast: str  # without | with | with-and-without | unspecified
     display: str

@@ -2,9 +2,14 @@
 and what could not be read and why. Filled by `fhir` (prefetch, then the EHR's FHIR server);
 read by `facts`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+# A FHIR resource (or any JSON object) as parsed: the record is read as it came, never trusted.
+Resource = dict[str, Any]
 
 # prefetch key -> the resource type its template asks for
 EXPECTED_TYPES = {
@@ -23,17 +28,17 @@ EXPECTED_TYPES = {
 class ClinicalData:
     """The patient's resources by prefetch key, plus what could not be read and why."""
 
-    resources: dict[str, list[dict]] = field(default_factory=dict)
+    resources: dict[str, list[Resource]] = field(default_factory=dict)
     # Resources a search returned with search.mode = include (e.g. Medication for
     # MedicationRequest.medicationReference), by "Type/id".
-    included: dict[str, dict] = field(default_factory=dict)
+    included: dict[str, Resource] = field(default_factory=dict)
     unread: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
-    def patient(self) -> dict | None:
+    def patient(self) -> Resource | None:
         patients = self.resources.get("patient") or []
         return patients[0] if patients else None
 
-    def of(self, key: str) -> list[dict]:
+    def of(self, key: str) -> list[Resource]:
         return self.resources.get(key, [])

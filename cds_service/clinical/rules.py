@@ -10,9 +10,11 @@ variant ids name entries in mappings/guidelines.yaml.
 
 Where guidelines disagree the choice is made here, in a comment beside the rule.
 """
+
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 from .model import (
     FROM_ORDER,
@@ -25,6 +27,9 @@ from .model import (
     PriorImaging,
     Verdict,
 )
+
+if TYPE_CHECKING:
+    from .mappings import Mappings
 
 # ----------------------------------------------------------------------------- parameters
 # ACR LBP 2021 V1/V2, Choosing Wisely (AAFP, NASS, ACR): no imaging in the first 6 weeks.
@@ -60,16 +65,39 @@ FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
 ANKYLOSED_SPINE_CONCEPTS = ("axial_spa", "dish")
 # Every red flag the card reports as "checked" (found, found but not relevant, or absent).
 CHECKED_RED_FLAGS = (
-    "cauda_equina", "progressive_neuro_deficit", "possible_motor_deficit", "myelopathy", "spinal_cord_injury",
-    "cancer", "cancer_history", "spinal_infection", "fever", "bacteremia_sepsis", "inflammatory_markers",
-    "ivdu", "immunosuppression", "trauma", "recent_injury", "vertebral_fracture", "prior_spine_surgery",
-    "osteoporosis_fracture", "long_term_steroids", "weight_loss", "axial_spa",
+    "cauda_equina",
+    "progressive_neuro_deficit",
+    "possible_motor_deficit",
+    "myelopathy",
+    "spinal_cord_injury",
+    "cancer",
+    "cancer_history",
+    "spinal_infection",
+    "fever",
+    "bacteremia_sepsis",
+    "inflammatory_markers",
+    "ivdu",
+    "immunosuppression",
+    "trauma",
+    "recent_injury",
+    "vertebral_fracture",
+    "prior_spine_surgery",
+    "osteoporosis_fracture",
+    "long_term_steroids",
+    "weight_loss",
+    "axial_spa",
 )
 # Findings that speak for today's problem only when recent (days).
 RECENCY_DAYS = {
-    "fever": RECENT_FINDING_DAYS, "inflammatory_markers": RECENT_FINDING_DAYS, "bacteremia_sepsis": RECENT_FINDING_DAYS,
-    "trauma": TRAUMA_WINDOW_DAYS, "recent_injury": TRAUMA_WINDOW_DAYS, "vertebral_fracture": TRAUMA_WINDOW_DAYS,
-    "dangerous_mechanism": TRAUMA_WINDOW_DAYS, "possible_motor_deficit": NEW_DEFICIT_DAYS, "ivdu": IVDU_WINDOW_DAYS,
+    "fever": RECENT_FINDING_DAYS,
+    "inflammatory_markers": RECENT_FINDING_DAYS,
+    "bacteremia_sepsis": RECENT_FINDING_DAYS,
+    "trauma": TRAUMA_WINDOW_DAYS,
+    "recent_injury": TRAUMA_WINDOW_DAYS,
+    "vertebral_fracture": TRAUMA_WINDOW_DAYS,
+    "dangerous_mechanism": TRAUMA_WINDOW_DAYS,
+    "possible_motor_deficit": NEW_DEFICIT_DAYS,
+    "ivdu": IVDU_WINDOW_DAYS,
 }
 MODALITY_WORDS = {"radiograph": "radiographs", "ct": "CT", "mri": "MRI"}
 
@@ -92,7 +120,16 @@ VARIANTS = {
     "no_therapy": {"lumbar": "LBP-V2", "cervical": "CN-V7", "thoracic": "TH-NONSPECIFIC"},
 }
 # Thoracic verdicts that rest on lumbar evidence by analogy (PAMA: no criteria apply).
-EXTRAPOLATED_THORACIC = {"LBP-V3", "LBP-V5", "LBP-V6", "LBP-V7", "LBP-ACP-DEFER", "TH-NONSPECIFIC", "TH-VCF", "TRAUMA-TL"}
+EXTRAPOLATED_THORACIC = {
+    "LBP-V3",
+    "LBP-V5",
+    "LBP-V6",
+    "LBP-V7",
+    "LBP-ACP-DEFER",
+    "TH-NONSPECIFIC",
+    "TH-VCF",
+    "TRAUMA-TL",
+}
 RATING = {
     "indicated-urgent": "appropriate",
     "indicated-routine": "appropriate",
@@ -101,20 +138,23 @@ RATING = {
     "low-value": "not-appropriate",
 }
 # ACP 2017 recommendations 1-2 (the reference's LBP-V1/V2 "suggest").
-CONSERVATIVE_CARE_ADVICE = ("Conservative care first: heat, massage, acupuncture or spinal manipulation; an NSAID or "
-                            "skeletal muscle relaxant if needed; exercise or physical therapy if pain persists; "
-                            "reassess at 4-6 weeks (ACP 2017).")
+CONSERVATIVE_CARE_ADVICE = (
+    "Conservative care first: heat, massage, acupuncture or spinal manipulation; an NSAID or "
+    "skeletal muscle relaxant if needed; exercise or physical therapy if pain persists; "
+    "reassess at 4-6 weeks (ACP 2017)."
+)
 REGION_WORDS = {"lumbar": "low back", "cervical": "neck", "thoracic": "thoracic back"}
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _weeks(since: date | None, as_of: date) -> float | None:
     return None if since is None else max((as_of - since).days, 0) / 7
 
 
 def plural(count: int, word: str) -> str:
-    """ "1 week", "3 weeks": the card never says "1 weeks". """
+    """ "1 week", "3 weeks": the card never says "1 weeks"."""
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
@@ -172,6 +212,8 @@ class _Context:
     """The facts read once, for the rules below."""
 
     def __init__(self, facts: Facts):
+        if facts.order is None:
+            raise ValueError("the rules rate one order: these facts name none")
         self.facts = facts
         self.as_of = facts.as_of
         self.region = facts.order.region
@@ -191,10 +233,12 @@ class _Context:
         self.episode_weeks = _weeks(self.episode_start, self.as_of)
         self.radicular = bool(self.flags.get("radiculopathy") or self.flags.get("stenosis"))
         self._therapy()
-        self.missing = [f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in RED_FLAG_SOURCES
-                        if k in facts.unread_sources]
-        self.imaging_unread = [f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in IMAGING_SOURCES
-                               if k in facts.unread_sources]
+        self.missing = [
+            f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in RED_FLAG_SOURCES if k in facts.unread_sources
+        ]
+        self.imaging_unread = [
+            f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in IMAGING_SOURCES if k in facts.unread_sources
+        ]
 
     def _derive_flags(self) -> None:
         facts, as_of = self.facts, self.as_of
@@ -216,32 +260,51 @@ class _Context:
         if days >= STEROID_DAYS:
             courses = [c for c in facts.medications if c.concept_id == "systemic_corticosteroid"]
             self.flags.setdefault("long_term_steroids", []).append(
-                Evidence("long_term_steroids", labels.get("long_term_steroids", "Long-term systemic steroids"),
-                         ", ".join(c.reference for c in courses), "record",
-                         f"{days} days of systemic corticosteroid in the last year ({courses[0].description})")
+                Evidence(
+                    "long_term_steroids",
+                    labels.get("long_term_steroids", "Long-term systemic steroids"),
+                    ", ".join(c.reference for c in courses),
+                    "record",
+                    f"{days} days of systemic corticosteroid in the last year ({courses[0].description})",
+                )
             )
         for course in facts.medications:
             if course.concept_id == "immunosuppressant_medication":
                 self.flags.setdefault("immunosuppression", []).append(
-                    Evidence("immunosuppression", labels.get("immunosuppression", "Immunosuppression"),
-                             course.reference, "record", course.description, course.start))
+                    Evidence(
+                        "immunosuppression",
+                        labels.get("immunosuppression", "Immunosuppression"),
+                        course.reference,
+                        "record",
+                        course.description,
+                        course.start,
+                    )
+                )
         age, sex = facts.age, facts.sex
         if age is not None and sex in FRACTURE_AGE and age > FRACTURE_AGE[sex]:
-            self.flags["age_fracture_risk"] = [Evidence(
-                "age_fracture_risk", f"Age {age} ({sex}): vertebral fracture risk", "Patient", "record",
-                f"age {age}, {sex} (ACP threshold > {FRACTURE_AGE[sex]})")]
+            self.flags["age_fracture_risk"] = [
+                Evidence(
+                    "age_fracture_risk",
+                    f"Age {age} ({sex}): vertebral fracture risk",
+                    "Patient",
+                    "record",
+                    f"age {age}, {sex} (ACP threshold > {FRACTURE_AGE[sex]})",
+                )
+            ]
         if age is not None and age > WEAKER_CANCER_AGE:
-            self.flags["age_over_50"] = [Evidence(
-                "age_over_50", f"Age {age} (> 50)", "Patient", "record", f"age {age}")]
+            self.flags["age_over_50"] = [
+                Evidence("age_over_50", f"Age {age} (> 50)", "Patient", "record", f"age {age}")
+            ]
 
     def _therapy(self) -> None:
         facts = self.facts
-        floor = (self.episode_start - timedelta(days=14)) if self.episode_start else (
-            self.as_of - timedelta(days=365))
+        floor = (self.episode_start - timedelta(days=14)) if self.episode_start else (self.as_of - timedelta(days=365))
         items: list[tuple[date | None, str, str]] = [
-            (p.date, p.description, p.reference) for p in facts.therapy_procedures]
-        items += [(c.start, c.description, c.reference) for c in facts.medications
-                  if c.concept_id == "analgesic_medication"]
+            (p.date, p.description, p.reference) for p in facts.therapy_procedures
+        ]
+        items += [
+            (c.start, c.description, c.reference) for c in facts.medications if c.concept_id == "analgesic_medication"
+        ]
         items = [item for item in items if item[0] is None or item[0] >= floor]
         # One line per kind of therapy: "CPT 97110 Therapeutic exercise x 9, 2026-09-20 to 2026-11-15".
         grouped: dict[str, list[tuple[date | None, str]]] = {}
@@ -250,11 +313,17 @@ class _Context:
         self.therapy_descriptions = []
         for description, uses in grouped.items():
             dates = sorted(when for when, _ in uses if when is not None)
-            span = ("undated" if not dates else dates[0].isoformat() if len(dates) == 1
-                    else f"{dates[0].isoformat()} to {dates[-1].isoformat()}")
+            span = (
+                "undated"
+                if not dates
+                else dates[0].isoformat()
+                if len(dates) == 1
+                else f"{dates[0].isoformat()} to {dates[-1].isoformat()}"
+            )
             count = f" x {len(uses)}" if len(uses) > 1 else ""
-            self.therapy_descriptions.append(f"{description}{count}, {span} ({uses[0][1]}"
-                                             + (", ..." if len(uses) > 1 else "") + ")")
+            self.therapy_descriptions.append(
+                f"{description}{count}, {span} ({uses[0][1]}" + (", ..." if len(uses) > 1 else "") + ")"
+            )
         dated = [when for when, _, _ in items if when is not None]
         self.therapy_undated = bool(items) and not dated
         self.therapy_weeks = _weeks(min(dated), self.as_of) if dated else None
@@ -274,9 +343,11 @@ class _Context:
         start = since or self.episode_start or (self.as_of - timedelta(days=UNDATED_EPISODE_LOOKBACK_DAYS))
         start = max(start, self.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
         found = [
-            study for study in self.facts.prior_imaging
-            if study.modality in modalities and (study.region in (self.region, "multi") or self.region == "multi")
-            and study.date is not None and start <= study.date <= self.as_of
+            study
+            for study in self.facts.prior_imaging
+            if study.modality in modalities
+            and (study.region in (self.region, "multi") or self.region == "multi")
+            and start <= study.date <= self.as_of
         ]
         return sorted(found, key=lambda study: study.date)
 
@@ -289,6 +360,7 @@ def _label_phrase(item: Evidence) -> str:
 
 
 # ----------------------------------------------------------------------------- the rules
+
 
 def decide(facts: Facts) -> Verdict:
     ctx = _Context(facts)
@@ -334,7 +406,7 @@ def _urgent(ctx: _Context) -> Verdict | None:
     found = [(name, evidence, rule) for name, evidence, rule in checks if evidence]
     if not found:
         return None
-    name, evidence, rule = found[0]
+    _name, evidence, rule = found[0]
     variant = ctx.variant(rule)
     all_evidence = [e for _, ev, _ in found for e in ev]
     verdict = Verdict(
@@ -345,8 +417,10 @@ def _urgent(ctx: _Context) -> Verdict | None:
         # ACP/APS 2007 and NASS speak of low back pain: a cervical card cites only its ACR source.
         guideline_ids=[] if ctx.rule_region == "cervical" else ["ACP_APS_2007", "CW_NASS"],
         red_flags_found=all_evidence,
-        would_change=["If this red flag is not current (resolved, refuted or entered in error), "
-                      "update the record: the advice will be re-evaluated."],
+        would_change=[
+            "If this red flag is not current (resolved, refuted or entered in error), "
+            "update the record: the advice will be re-evaluated."
+        ],
     )
     verdict.contrast_needed = any(rule in ("infection", "cancer") for _, _, rule in found)
     if ctx.region == "thoracic" and rule == "cancer":
@@ -356,10 +430,12 @@ def _urgent(ctx: _Context) -> Verdict | None:
 
 def _deficits_by_age(ctx: _Context) -> tuple[list[Evidence], list[Evidence]]:
     """Focal motor deficits split into new (on the order, or first recorded <= 12 weeks ago) and older or undated."""
-    new, old = [], []
+    new: list[Evidence] = []
+    old: list[Evidence] = []
     for item in ctx.evidence("progressive_neuro_deficit"):
         is_new = item.origin == FROM_ORDER or (
-            item.date is not None and (ctx.as_of - item.date).days <= NEW_DEFICIT_DAYS)
+            item.date is not None and (ctx.as_of - item.date).days <= NEW_DEFICIT_DAYS
+        )
         (new if is_new else old).append(item)
     return new, old
 
@@ -386,15 +462,23 @@ def _motor_deficit_to_verify(ctx: _Context) -> Verdict | None:
         code="indicated-routine",
         variant_id=ctx.variant("progressive_neuro_deficit"),
         decisive_reason=f"{_label_phrase(first).lower()} ({when}): verify it is new or progressing",
-        reasons=[f"Motor deficit to verify: {_label_phrase(e)}: {e.description} ({e.reference}, "
-                 + (f"recorded {e.date.isoformat()}" if e.date else "undated") + ")" for e in evidence]
-        + ["The code alone cannot tell whether this deficit is new or progressing: examine strength, "
-           "reflexes and sensation. A new or progressing deficit makes the MRI urgent (ACP 2007); a stable, "
-           "known deficit does not by itself."],
+        reasons=[
+            f"Motor deficit to verify: {_label_phrase(e)}: {e.description} ({e.reference}, "
+            + (f"recorded {e.date.isoformat()}" if e.date else "undated")
+            + ")"
+            for e in evidence
+        ]
+        + [
+            "The code alone cannot tell whether this deficit is new or progressing: examine strength, "
+            "reflexes and sensation. A new or progressing deficit makes the MRI urgent (ACP 2007); a stable, "
+            "known deficit does not by itself."
+        ],
         guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"],
         red_flags_found=evidence,
-        would_change=["A new or progressing motor deficit: MRI urgently. A deficit known to be old and stable, "
-                      "with no other red flag: the pain rules apply (often conservative care first)."],
+        would_change=[
+            "A new or progressing motor deficit: MRI urgently. A deficit known to be old and stable, "
+            "with no other red flag: the pain rules apply (often conservative care first)."
+        ],
     )
 
 
@@ -419,12 +503,16 @@ def _vertebral_compression_fracture(ctx: _Context) -> Verdict | None:
         decisive_reason=f"new vertebral compression fracture with {_flag_words(fragility[0])}: MRI is the next study",
         reasons=[f"Recent vertebral fracture: {e.description} ({e.reference})" for e in fractures]
         + [f"Fragility: {_label_phrase(e)}: {e.description}" for e in fragility]
-        + ["A fracture diagnosis means radiographs or CT found it: MRI without contrast is the next study "
-           "(fracture age, underlying lesion, vertebral augmentation planning)."],
+        + [
+            "A fracture diagnosis means radiographs or CT found it: MRI without contrast is the next study "
+            "(fracture age, underlying lesion, vertebral augmentation planning)."
+        ],
         guideline_ids=["ACR_VCF_2018", "ACR_LBP_2021"],
         red_flags_found=fractures + [e for e in fragility if e not in fractures],
-        would_change=["A fracture from high-energy trauma in a younger patient: CT first (ACR Suspected Spine "
-                      "Trauma). Known malignancy or a neurological deficit: MRI urgently."],
+        would_change=[
+            "A fracture from high-energy trauma in a younger patient: CT first (ACR Suspected Spine "
+            "Trauma). Known malignancy or a neurological deficit: MRI urgently."
+        ],
     )
 
 
@@ -434,16 +522,25 @@ def _missing_data(ctx: _Context) -> Verdict:
         code="insufficient-information",
         variant_id=None,
         decisive_reason="patient data not available: " + ", ".join(m.split(" (")[0] for m in ctx.missing),
-        reasons=["No urgent red flag was found in the data that could be read, but 'no red flags' "
-                 "cannot be asserted without: " + "; ".join(ctx.missing) + "."],
+        reasons=[
+            "No urgent red flag was found in the data that could be read, but 'no red flags' "
+            "cannot be asserted without: " + "; ".join(ctx.missing) + "."
+        ],
         missing=ctx.missing,
-        would_change=["Send the missing data in the hook's prefetch (or allow the service to read the "
-                      "EHR's FHIR server): the order will then be rated."],
+        would_change=[
+            "Send the missing data in the hook's prefetch (or allow the service to read the "
+            "EHR's FHIR server): the order will then be rated."
+        ],
     )
 
 
-def _first_study_done(ctx: _Context, verdict: Verdict, subject: str, modalities=("radiograph", "ct"),
-                      since: date | None = None) -> Verdict:
+def _first_study_done(
+    ctx: _Context,
+    verdict: Verdict,
+    subject: str,
+    modalities: tuple[str, ...] = ("radiograph", "ct"),
+    since: date | None = None,
+) -> Verdict:
     """A radiographs-first verdict whose first study is already in the record: MRI is the next step.
 
     ACP 2007: MRI if radiographs are negative but suspicion remains; ACR LBP V6 and CN-V8 rate
@@ -453,8 +550,11 @@ def _first_study_done(ctx: _Context, verdict: Verdict, subject: str, modalities=
     done = ctx.prior_studies(modalities, since)
     if not done:
         if ctx.imaging_unread:
-            verdict.reasons.append("Prior imaging could not be read (" + "; ".join(ctx.imaging_unread)
-                                   + "): if radiographs or CT were already done, MRI may be the next step.")
+            verdict.reasons.append(
+                "Prior imaging could not be read ("
+                + "; ".join(ctx.imaging_unread)
+                + "): if radiographs or CT were already done, MRI may be the next step."
+            )
         return verdict
     study = done[-1]
     words = study_words(study, ctx.as_of)
@@ -463,8 +563,10 @@ def _first_study_done(ctx: _Context, verdict: Verdict, subject: str, modalities=
     verdict.suggest_cancel = False
     verdict.suggest_first_study = None
     verdict.decisive_reason = f"{subject}; {words}: MRI is the next study"
-    verdict.reasons.append(f"The first study ({first}) is done: {study.description} ({study.reference}, "
-                           f"{study.date.isoformat()}, {words}). MRI is the next step if it did not explain the symptoms.")
+    verdict.reasons.append(
+        f"The first study ({first}) is done: {study.description} ({study.reference}, "
+        f"{study.date.isoformat()}, {words}). MRI is the next step if it did not explain the symptoms."
+    )
     verdict.would_change = ["If the earlier study already explains the symptoms, MRI adds little."]
     return verdict
 
@@ -482,8 +584,15 @@ def _trauma_high_risk(ctx: _Context) -> list[Evidence]:
         risk += ctx.evidence("paresthesia")
         age = ctx.facts.age
         if age is not None and age >= CCR_AGE:
-            risk.append(Evidence("age_trauma_risk", f"age {age} (>= {CCR_AGE})", "Patient", "record",
-                                 f"age {age}: Canadian C-spine rule high-risk factor"))
+            risk.append(
+                Evidence(
+                    "age_trauma_risk",
+                    f"age {age} (>= {CCR_AGE})",
+                    "Patient",
+                    "record",
+                    f"age {age}: Canadian C-spine rule high-risk factor",
+                )
+            )
     return risk
 
 
@@ -509,22 +618,31 @@ def _trauma(ctx: _Context) -> Verdict | None:
         done = ctx.prior_studies(("radiograph", "ct"), since)
         if not done:
             return None
-    what = (f"recent spinal fracture ({fracture[0].description.split(' ', 2)[-1]})" if fracture
-            else f"recent injury with {_flag_words(risk[0])}" if risk else "recent injury")
+    what = (
+        f"recent spinal fracture ({fracture[0].description.split(' ', 2)[-1]})"
+        if fracture
+        else f"recent injury with {_flag_words(risk[0])}"
+        if risk
+        else "recent injury"
+    )
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("trauma"),
         decisive_reason=f"{what}, no neurological deficit",
         reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in fracture + injury]
         + [f"High-risk factor: {_label_phrase(e)}: {e.description}" for e in risk]
-        + ["No cord injury or neurological deficit is documented: CT is the first study for a fracture; MRI is "
-           "for suspected cord or ligament injury."],
+        + [
+            "No cord injury or neurological deficit is documented: CT is the first study for a fracture; MRI is "
+            "for suspected cord or ligament injury."
+        ],
         guideline_ids=["ACR_TRAUMA"] + (["CCR_2001"] if ctx.rule_region == "cervical" and not fracture else []),
         red_flags_found=evidence,
         suggest_cancel=True,
         suggest_first_study="ct",
-        would_change=["A neurological deficit or suspected cord/ligament injury makes MRI the study of choice; "
-                      "after a negative CT, MRI is the next study when that suspicion remains."],
+        would_change=[
+            "A neurological deficit or suspected cord/ligament injury makes MRI the study of choice; "
+            "after a negative CT, MRI is the next study when that suspicion remains."
+        ],
     )
     return _first_study_done(ctx, verdict, what, since=since)
 
@@ -534,28 +652,28 @@ def _prior_surgery(ctx: _Context) -> Verdict | None:
     if not ctx.has("prior_spine_surgery"):
         return None
     evidence = ctx.evidence("prior_spine_surgery")
-    variant = ctx.variant("prior_surgery")
-    common = dict(
-        variant_id=variant,
+    verdict = Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("prior_surgery"),
+        decisive_reason="prior spine surgery with new symptoms",
         red_flags_found=evidence,
         reasons=[f"Prior spine surgery: {e.description} ({e.reference})" for e in evidence],
         guideline_ids=["OP8", "HEDIS_LBP_MY2025"],
+        would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
     )
     if ctx.rule_region == "cervical":
-        verdict = Verdict(
-            code="radiographs-first", decisive_reason="prior cervical spine surgery: radiographs or CT come first",
-            suggest_cancel=True, suggest_first_study="radiograph",
-            would_change=["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."],
-            **common)
+        verdict.code = "radiographs-first"
+        verdict.decisive_reason = "prior cervical spine surgery: radiographs or CT come first"
+        verdict.suggest_cancel = True
+        verdict.suggest_first_study = "radiograph"
+        verdict.would_change = ["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."]
         return _first_study_done(ctx, verdict, "prior cervical spine surgery")
-    return Verdict(
-        code="indicated-routine", decisive_reason="prior spine surgery with new symptoms",
-        would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
-        **common)
+    return verdict
 
 
 def _infection_risk(ctx: _Context) -> Verdict | None:
-    """Immunosuppression or injection drug use with back/neck pain: MRI usually appropriate (ACR LBP V7, ACR Infection 2021)."""
+    """Immunosuppression or injection drug use with back or neck pain: MRI usually appropriate
+    (ACR LBP V7, ACR Suspected Spine Infection 2021)."""
     if not ctx.has(*INFECTION_RISK_CONCEPTS):
         return None
     evidence = ctx.evidence(*INFECTION_RISK_CONCEPTS)
@@ -582,10 +700,13 @@ def _therapy_failed(ctx: _Context) -> Verdict | None:
         return None
     if ctx.therapy_undated:
         return Verdict(
-            code="insufficient-information", variant_id=None,
+            code="insufficient-information",
+            variant_id=None,
             decisive_reason="conservative therapy is documented without dates",
-            reasons=["Radiculopathy/stenosis with conservative therapy whose dates are missing: "
-                     "whether 6 weeks of therapy have failed cannot be told."],
+            reasons=[
+                "Radiculopathy/stenosis with conservative therapy whose dates are missing: "
+                "whether 6 weeks of therapy have failed cannot be told."
+            ],
             not_documented=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
             would_change=["Therapy dated >= 6 weeks ago: MRI indicated. Under 6 weeks: MRI is low-value."],
         )
@@ -596,11 +717,15 @@ def _therapy_failed(ctx: _Context) -> Verdict | None:
         code="indicated-routine",
         variant_id=ctx.variant("therapy_failed"),
         decisive_reason=f"{kind} persisting after {format_weeks(ctx.therapy_weeks)} of conservative therapy",
-        reasons=[f"{kind.capitalize()} documented and conservative therapy started {format_weeks(ctx.therapy_weeks)} ago "
-                 f"(>= {THERAPY_TRIAL_WEEKS} weeks)."],
+        reasons=[
+            f"{kind.capitalize()} documented and conservative therapy started {format_weeks(ctx.therapy_weeks)} ago "
+            f"(>= {THERAPY_TRIAL_WEEKS} weeks)."
+        ],
         guideline_ids=["ACP_APS_2007", "NOR_2010"],
-        would_change=["If symptoms are improving, or the patient is not a candidate for surgery or "
-                      "epidural injection, MRI will not change management (ACP 2007)."],
+        would_change=[
+            "If symptoms are improving, or the patient is not a candidate for surgery or "
+            "epidural injection, MRI will not change management (ACP 2007)."
+        ],
     )
 
 
@@ -615,7 +740,8 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
     weeks = ctx.episode_weeks
     if weeks is None:
         return Verdict(
-            code="insufficient-information", variant_id=None,
+            code="insufficient-information",
+            variant_id=None,
             decisive_reason="cervical radiculopathy of unknown duration",
             reasons=["Cervical radiculopathy is documented without an onset or recorded date."],
             not_documented=["onset date of the radiculopathy (Condition.onsetDateTime)"],
@@ -623,14 +749,16 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
         )
     if weeks >= ACUTE_WEEKS:
         return Verdict(
-            code="indicated-routine", variant_id="CN-V2",
+            code="indicated-routine",
+            variant_id="CN-V2",
             decisive_reason=f"cervical radiculopathy persisting {format_weeks(weeks)}",
             reasons=[f"Cervical radiculopathy for {format_weeks(weeks)} (>= {ACUTE_WEEKS} weeks)."],
             guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
             would_change=["If symptoms are resolving, MRI will not change management."],
         )
     return Verdict(
-        code="low-value", variant_id="CN-V2",
+        code="low-value",
+        variant_id="CN-V2",
         decisive_reason=f"cervical radiculopathy for {format_weeks(weeks)} without deficit: most resolve",
         reasons=[f"Acute cervical radiculopathy ({format_weeks(weeks)}), no red flag, no motor deficit."],
         guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
@@ -644,9 +772,16 @@ def _flag_words(item: Evidence) -> str:
     return item.label if item.concept_id.startswith("age_") else _label_phrase(item).lower()
 
 
-def _radiographs_first(ctx: _Context, rule: str, evidence: list[Evidence], why: str, kind: str,
-                       would_change: str, modalities=("radiograph", "ct"), guideline_ids=("ACP_APS_2007", "CW_NASS")
-                       ) -> Verdict:
+def _radiographs_first(
+    ctx: _Context,
+    rule: str,
+    evidence: list[Evidence],
+    why: str,
+    kind: str,
+    would_change: str,
+    modalities: tuple[str, ...] = ("radiograph", "ct"),
+    guideline_ids: tuple[str, ...] = ("ACP_APS_2007", "CW_NASS"),
+) -> Verdict:
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant(rule),
@@ -677,9 +812,14 @@ def _fracture_risk(ctx: _Context) -> Verdict | None:
     if not evidence:
         return None
     return _radiographs_first(
-        ctx, "fracture_risk", evidence, ", no neurological deficit (compression fracture?)", "Vertebral fracture risk",
+        ctx,
+        "fracture_risk",
+        evidence,
+        ", no neurological deficit (compression fracture?)",
+        "Vertebral fracture risk",
         "A neurological deficit, or radiographs done and inconclusive, make MRI appropriate "
-        "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs).")
+        "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs).",
+    )
 
 
 def _weaker_risk(ctx: _Context) -> Verdict | None:
@@ -697,9 +837,14 @@ def _weaker_risk(ctx: _Context) -> Verdict | None:
     if not evidence:
         return None
     return _radiographs_first(
-        ctx, "weaker_risk", evidence, ": radiographs and ESR first", "Weaker risk factor",
+        ctx,
+        "weaker_risk",
+        evidence,
+        ": radiographs and ESR first",
+        "Weaker risk factor",
         "Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate.",
-        guideline_ids=("ACP_APS_2007", "ACP_2011", "CW_NASS"))
+        guideline_ids=("ACP_APS_2007", "ACP_2011", "CW_NASS"),
+    )
 
 
 def _no_indication(ctx: _Context) -> Verdict | None:
@@ -713,19 +858,27 @@ def _no_indication(ctx: _Context) -> Verdict | None:
         other = elsewhere[0]
         where = "the order's reason" if other.origin == FROM_ORDER else "the record"
         return Verdict(
-            code="insufficient-information", variant_id=None,
+            code="insufficient-information",
+            variant_id=None,
             decisive_reason=f"{where} names {other.label.lower()} of another region, not {words} pain",
-            reasons=[f"{where.capitalize()} names {other.label.lower()} ({other.description}, {other.reference}), "
-                     f"which is not an indication for MRI of the {ctx.region} spine; nothing names {words} "
-                     "pain, radiculopathy, stenosis or a red flag."],
+            reasons=[
+                f"{where.capitalize()} names {other.label.lower()} ({other.description}, {other.reference}), "
+                f"which is not an indication for MRI of the {ctx.region} spine; nothing names {words} "
+                "pain, radiculopathy, stenosis or a red flag."
+            ],
             not_documented=[f"an indication for MRI of the {ctx.region} spine"],
-            would_change=[f"If the study meant is of the {other.region} spine, change the order; otherwise add "
-                          f"the {words} indication to the order's reason or the problem list."],
+            would_change=[
+                f"If the study meant is of the {other.region} spine, change the order; otherwise add "
+                f"the {words} indication to the order's reason or the problem list."
+            ],
         )
     return Verdict(
-        code="insufficient-information", variant_id=None,
+        code="insufficient-information",
+        variant_id=None,
         decisive_reason=f"no {words} pain, radiculopathy or red flag documented",
-        reasons=[f"Neither the order's reason nor the record names {words} pain, radiculopathy, stenosis or a red flag."],
+        reasons=[
+            f"Neither the order's reason nor the record names {words} pain, radiculopathy, stenosis or a red flag."
+        ],
         not_documented=["the indication for the MRI (order reasonCode or an active Condition)"],
         would_change=["Add the indication to the order (reason) or the problem list."],
     )
@@ -738,13 +891,17 @@ def _no_red_flags(ctx: _Context) -> Verdict:
     if ctx.rule_region == "cervical" and weeks is not None and weeks >= ACUTE_WEEKS:
         # CN-V7: chronic neck pain -> radiographs are the first study; CN-V8 once they are done.
         verdict = Verdict(
-            code="radiographs-first", variant_id="CN-V7",
+            code="radiographs-first",
+            variant_id="CN-V7",
             decisive_reason=f"neck pain for {format_weeks(weeks)}: radiographs are the first study",
             reasons=[f"Chronic neck pain ({format_weeks(weeks)}) without red flags or radiculopathy."],
             guideline_ids=["ACR_CNECK_2018", "NOR_2010"],
-            suggest_cancel=True, suggest_first_study="radiograph",
-            would_change=["Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
-                          "radiculopathy or myelopathic signs."],
+            suggest_cancel=True,
+            suggest_first_study="radiograph",
+            would_change=[
+                "Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
+                "radiculopathy or myelopathic signs."
+            ],
         )
         return _first_study_done(ctx, verdict, f"neck pain for {format_weeks(weeks)}", modalities=("radiograph",))
     if weeks is not None and weeks >= ACUTE_WEEKS:
@@ -767,17 +924,30 @@ def _no_red_flags(ctx: _Context) -> Verdict:
         code="low-value",
         variant_id=variant,
         decisive_reason=reason,
-        reasons=["No red flag documented and no failed trial of >= 6 weeks of conservative therapy"
-                 + (" with radiculopathy." if ctx.rule_region != "cervical" else ".")]
-        + ([] if weeks is not None else ["The episode has no onset date: under 6 weeks (ACR V1) and over "
-                                        "6 weeks without therapy (ACR V2) both rate MRI usually not appropriate."]),
+        reasons=[
+            "No red flag documented and no failed trial of >= 6 weeks of conservative therapy"
+            + (" with radiculopathy." if ctx.rule_region != "cervical" else ".")
+        ]
+        + (
+            []
+            if weeks is not None
+            else [
+                "The episode has no onset date: under 6 weeks (ACR V1) and over "
+                "6 weeks without therapy (ACR V2) both rate MRI usually not appropriate."
+            ]
+        ),
         guideline_ids=guidelines,
         suggest_cancel=True,
         advice=CONSERVATIVE_CARE_ADVICE,
-        would_change=([
-            "A Canadian C-spine rule high-risk factor (age >= 65, dangerous mechanism, paresthesias in the "
-            "extremities) or inability to rotate the neck 45 degrees: CT of the cervical spine first."]
-            if variant == "TRAUMA-C-LOW" else []) + [
+        would_change=(
+            [
+                "A Canadian C-spine rule high-risk factor (age >= 65, dangerous mechanism, paresthesias in the "
+                "extremities) or inability to rotate the neck 45 degrees: CT of the cervical spine first."
+            ]
+            if variant == "TRAUMA-C-LOW"
+            else []
+        )
+        + [
             "A red flag: new urinary retention, saddle anaesthesia, progressive weakness, fever, "
             "cancer history, immunosuppression, injection drug use, osteoporosis or steroid use.",
             "Radiculopathy persisting after >= 6 weeks of documented conservative therapy in a "
@@ -802,29 +972,38 @@ def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
         return verdict
     latest = mris[-1]
     words = study_words(latest, ctx.as_of)
-    verdict.reasons.append(f"Prior MRI of this region: {latest.description} ({latest.reference}, "
-                           f"{latest.date.isoformat()}: {words}).")
+    verdict.reasons.append(
+        f"Prior MRI of this region: {latest.description} ({latest.reference}, {latest.date.isoformat()}: {words})."
+    )
     if verdict.code in ("indicated-urgent", "insufficient-information"):
         return verdict
-    since_mri = [e for e in verdict.red_flags_found + ctx.episode
-                 if e.origin != FROM_ORDER and e.date is not None and e.date > latest.date]
+    since_mri = [
+        (e, e.date)
+        for e in verdict.red_flags_found + ctx.episode
+        if e.origin != FROM_ORDER and e.date is not None and e.date > latest.date
+    ]
     if since_mri:
         # Something recorded after the MRI: a new problem, rated as if first seen.
-        verdict.reasons.append(f"New since that MRI: {_label_phrase(since_mri[0])} ({since_mri[0].date.isoformat()}).")
+        new, when = since_mri[0]
+        verdict.reasons.append(f"New since that MRI: {_label_phrase(new)} ({when.isoformat()}).")
         return verdict
     return Verdict(
         code="low-value",
         variant_id="REPEAT-MRI",
         decisive_reason=f"repeat MRI: {words}, nothing new documented since",
-        reasons=verdict.reasons + [
+        reasons=[
+            *verdict.reasons,
             f"No red flag and no finding recorded after the MRI of {latest.date.isoformat()}: a repeat MRI is "
-            "indicated only for new or progressing symptoms or a new red flag."],
+            "indicated only for new or progressing symptoms or a new red flag.",
+        ],
         guideline_ids=["ACP_2011", "ACR_LBP_2021"],
         red_flags_found=verdict.red_flags_found,
         suggest_cancel=True,
         advice="Review the MRI of " + latest.date.isoformat() + " (" + latest.reference + ") before repeating it.",
-        would_change=["New or progressing symptoms or a new red flag since that MRI: the repeat is then indicated "
-                      "(record the change, or override with 'red flag present, not yet documented')."],
+        would_change=[
+            "New or progressing symptoms or a new red flag since that MRI: the repeat is then indicated "
+            "(record the change, or override with 'red flag present, not yet documented')."
+        ],
     )
 
 
@@ -836,15 +1015,20 @@ def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
             verdict.red_flags_found.extend(ctx.flags[concept_id])
             found_ids.add(concept_id)
     # What the record holds but this order does not count is said as such, never "not found".
-    verdict.red_flags_not_relevant = [(item, why) for item, why in ctx.not_relevant
-                                      if item.concept_id in CHECKED_RED_FLAGS and item.concept_id not in found_ids]
+    verdict.red_flags_not_relevant = [
+        (item, why)
+        for item, why in ctx.not_relevant
+        if item.concept_id in CHECKED_RED_FLAGS and item.concept_id not in found_ids
+    ]
     present_ids = found_ids | {item.concept_id for item, _ in verdict.red_flags_not_relevant}
     labels = ctx.facts.concept_labels
     if not ctx.missing:
         verdict.red_flags_absent = [labels.get(c, c) for c in CHECKED_RED_FLAGS if c not in present_ids]
     verdict.prior_imaging = [
         f"{study_words(study, ctx.as_of)}: {study.description} ({study.reference}, {study.date.isoformat()})"
-        for study in ctx.prior_studies(("radiograph", "ct", "mri"), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
+        for study in ctx.prior_studies(
+            ("radiograph", "ct", "mri"), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS)
+        )
     ]
     verdict.episode_weeks = ctx.episode_weeks
     verdict.episode_evidence = ctx.episode
@@ -867,16 +1051,42 @@ def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
 
 # Concept ids and guideline variants these rules read by name. A mappings folder without them
 # would let the service start and silently never find that flag: `knowledge_gaps` stops it.
-READ_CONCEPTS = (EPISODE_CONCEPTS + CHECKED_RED_FLAGS + ANKYLOSED_SPINE_CONCEPTS
-                 + ("paresthesia", "dangerous_mechanism", "systemic_corticosteroid",
-                    "immunosuppressant_medication", "analgesic_medication"))
+READ_CONCEPTS = (
+    EPISODE_CONCEPTS
+    + CHECKED_RED_FLAGS
+    + ANKYLOSED_SPINE_CONCEPTS
+    + (
+        "paresthesia",
+        "dangerous_mechanism",
+        "systemic_corticosteroid",
+        "immunosuppressant_medication",
+        "analgesic_medication",
+    )
+)
+# Concepts read by their kind rather than by name: every therapy concept is a trial of care (_therapy).
+READ_KINDS = ("therapy",)
 NAMED_VARIANTS = ("CN-V2", "CN-V7", "TRAUMA-C-LOW", "REPEAT-MRI")
-CITED_GUIDELINES = ("ACP_2011", "ACP_APS_2007", "ACR_CNECK_2018", "ACR_CNECK_2024", "ACR_INFX_2021", "ACR_LBP_2021",
-                    "ACR_TRAUMA", "ACR_VCF_2018", "CCR_2001", "CW_AAFP", "CW_ACR", "CW_NASS", "HEDIS_LBP_MY2025",
-                    "NICE_NG59", "NOR_2010", "OP8")
+CITED_GUIDELINES = (
+    "ACP_2011",
+    "ACP_APS_2007",
+    "ACR_CNECK_2018",
+    "ACR_CNECK_2024",
+    "ACR_INFX_2021",
+    "ACR_LBP_2021",
+    "ACR_TRAUMA",
+    "ACR_VCF_2018",
+    "CCR_2001",
+    "CW_AAFP",
+    "CW_ACR",
+    "CW_NASS",
+    "HEDIS_LBP_MY2025",
+    "NICE_NG59",
+    "NOR_2010",
+    "OP8",
+)
 
 
-def knowledge_gaps(mappings) -> list[str]:
+def knowledge_gaps(mappings: Mappings) -> list[str]:
     """What these rules read by name that the mappings do not define (empty when they fit)."""
     gaps = [f"concept '{c}'" for c in dict.fromkeys(READ_CONCEPTS) if c not in mappings.concepts]
     variants = {v for by_region in VARIANTS.values() for v in by_region.values()} | set(NAMED_VARIANTS)

@@ -1,33 +1,53 @@
-"""`cds-service validate-mappings`: every mapping file against its JSON Schema and the code checks.
+"""Is a mappings folder fit to serve? The one list of checks that `cds-service validate-mappings`
+prints and `cds-service serve` refuses to start on, so "all files valid" never precedes a refusal.
 
-Catches the mistakes that silently produce wrong verdicts: a mistyped SNOMED CT id (Verhoeff
-check digit), LOINC code (mod-10 check digit) or ICD-10-CM code (not in the FY2026 code set),
-a concept citing a guideline that does not exist, a duplicated concept id.
+- every file against its kind's JSON Schema (`mappings/schema/`);
+- every code: a SNOMED CT id with its Verhoeff check digit, a LOINC code with its mod-10 check
+  digit, an ICD-10-CM code in the FY2026 code set, a five-character CPT code;
+- a concept id defined twice, a guideline a concept cites that guidelines.yaml lacks;
+- the rules and the mappings fit each other: a concept, variant or guideline a rule reads by name
+  that the mappings lack, and a concept no rule reads (it would look active to a reviewer and
+  change nothing);
+- one code filed under concepts of different kinds (a cancer code under cauda equina would make
+  every cancer patient's MRI a cauda equina emergency).
 """
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
-import jsonschema
-import yaml
-
-from .codesystems import icd10cm_exists, loinc_check_digit_valid, verhoeff_valid
-
-
-def _load_schemas(directory: Path) -> dict[str, dict]:
-    schemas = {}
-    for path in sorted((directory / "schema").glob("*.schema.json")):
-        schemas[path.name.split(".")[0]] = json.loads(path.read_text(encoding="utf-8"))
-    return schemas
+from .codesystems import SYSTEM_URIS, icd10cm_exists, loinc_check_digit_valid, verhoeff_valid
+from .mappings import Json, Mappings, load_mappings, read_mapping_documents
+from .rules import READ_CONCEPTS, READ_KINDS, knowledge_gaps
 
 
-def _code_errors(where: str, entry: dict) -> list[str]:
+def check_mappings(directory: Path) -> list[str]:
+    """Every problem with the mappings folder, one line each; empty when it may be served."""
+    directory = Path(directory)
+    documents, _, problems = read_mapping_documents(directory)
+    if not documents:
+        return problems
+    problems += _reference_problems(documents)
+    if problems:
+        return problems  # the checks below need a folder that loads
+    mappings = load_mappings(directory)
+    problems += [f"the rules read {gap}, which the mappings do not define" for gap in knowledge_gaps(mappings)]
+    problems += [
+        f"{concept.source_file}.yaml: {concept.id}: read by no rule (make a rule read it in "
+        "cds_service/clinical/rules.py, or remove it)"
+        for concept in mappings.concepts.values()
+        if concept.id not in READ_CONCEPTS and concept.kind not in READ_KINDS
+    ]
+    return problems + _kind_conflicts(documents, mappings)
+
+
+def _code_errors(where: str, entry: Json) -> list[str]:
     system = entry.get("system")
     values = [entry[k] for k in ("code", "prefix") if k in entry] + list(entry.get("range", []))
     errors = []
-    for value in values:
-        value = str(value)
+    for raw in values:
+        value = str(raw)
         if system == "snomed" and not verhoeff_valid(value):
             errors.append(f"{where}: SNOMED CT {value} fails its Verhoeff check digit")
         elif system == "loinc" and not loinc_check_digit_valid(value):
@@ -42,57 +62,59 @@ def _code_errors(where: str, entry: dict) -> list[str]:
     return errors
 
 
-def validate_mappings(directory: Path) -> list[str]:
-    directory = Path(directory)
-    if not directory.exists():
-        return [f"{directory}: no such folder"]
-    if not directory.is_dir():
-        return [f"{directory}: is a file; --dir takes the mappings folder"]
-    errors: list[str] = []
-    schemas = _load_schemas(directory)
-    if not schemas:
-        return [f"{directory / 'schema'}: no JSON Schemas found"]
-    documents: dict[str, dict] = {}
-    for path in sorted(directory.glob("*.yaml")):
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            errors.append(f"{path.name}: not valid YAML ({error})")
-            continue
-        kind = document.get("kind") if isinstance(document, dict) else None
-        if kind not in schemas:
-            errors.append(f"{path.name}: 'kind' must be one of {sorted(schemas)}, got {kind!r}")
-            continue
-        validator = jsonschema.Draft202012Validator(schemas[kind])
-        for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path)):
-            location = "/".join(str(p) for p in error.absolute_path) or "(top)"
-            errors.append(f"{path.name}: {location}: {error.message}")
-        documents[path.name] = document
-    if not documents:
-        return errors + [f"{directory}: no mapping files (*.yaml) found"]
+def _objects(value: Any) -> list[Json]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
-    guideline_ids = {g.get("id") for d in documents.values() if d.get("kind") == "guidelines"
-                     for g in d.get("guidelines", []) if isinstance(g, dict)}
+
+def _reference_problems(documents: dict[Path, Json]) -> list[str]:
+    guideline_ids = {
+        guideline.get("id")
+        for document in documents.values()
+        if document.get("kind") == "guidelines"
+        for guideline in _objects(document.get("guidelines"))
+    }
+    problems: list[str] = []
     seen: dict[str, str] = {}
-    for name, document in documents.items():
+    for path, document in documents.items():
         if document.get("kind") == "concepts":
-            for concept in document.get("concepts", []):
-                if not isinstance(concept, dict):
-                    continue
-                concept_id = concept.get("id")
-                where = f"{name}: {concept_id}"
+            for concept in _objects(document.get("concepts")):
+                concept_id = str(concept.get("id"))
+                where = f"{path.name}: {concept_id}"
                 if concept_id in seen:
-                    errors.append(f"{where}: concept id also defined in {seen[concept_id]}")
-                seen[concept_id] = name
-                for guideline in concept.get("guidelines", []):
-                    if guideline not in guideline_ids:
-                        errors.append(f"{where}: guideline '{guideline}' is not in guidelines.yaml")
-                for entry in concept.get("codes", []) + concept.get("observations", []):
-                    if isinstance(entry, dict):
-                        errors.extend(_code_errors(where, entry))
+                    problems.append(f"{where}: concept id also defined in {seen[concept_id]}")
+                seen[concept_id] = path.name
+                problems += [
+                    f"{where}: guideline '{guideline}' is not in guidelines.yaml"
+                    for guideline in concept.get("guidelines", [])
+                    if guideline not in guideline_ids
+                ]
+                for entry in _objects(concept.get("codes")) + _objects(concept.get("observations")):
+                    problems += _code_errors(where, entry)
         elif document.get("kind") == "orders":
-            for index, order in enumerate(document.get("orders", [])):
-                for entry in order.get("codes", []) if isinstance(order, dict) else []:
-                    if isinstance(entry, dict):
-                        errors.extend(_code_errors(f"{name}: orders[{index}]", entry))
-    return errors
+            for index, order in enumerate(_objects(document.get("orders"))):
+                for entry in _objects(order.get("codes")):
+                    problems += _code_errors(f"{path.name}: orders[{index}]", entry)
+    return problems
+
+
+def _kind_conflicts(documents: dict[Path, Json], mappings: Mappings) -> list[str]:
+    """Each code entry (an exact code, a prefix, a range's bounds) looked up as a record's code would
+    be: every concept it lands in must be of the entry's own concept's kind."""
+    problems = []
+    for document in documents.values():
+        for concept in _objects(document.get("concepts")) if document.get("kind") == "concepts" else []:
+            own = mappings.concepts[concept["id"]]
+            for entry in _objects(concept.get("codes")):
+                uri = SYSTEM_URIS.get(entry["system"])
+                for value in [entry[k] for k in ("code", "prefix") if k in entry] + list(entry.get("range", [])):
+                    others = {
+                        match.concept.id: match.concept.kind
+                        for match in mappings.match_coding(uri, str(value))
+                        if match.concept.kind != own.kind and match.concept.id not in entry.get("also_under", ())
+                    }
+                    problems += [
+                        f"{own.source_file}.yaml: {entry['system']} {value} is filed under {own.id} ({own.kind}) "
+                        f"and {other} ({kind}): a code means one kind of finding"
+                        for other, kind in sorted(others.items())
+                    ]
+    return list(dict.fromkeys(problems))

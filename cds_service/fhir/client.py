@@ -9,6 +9,7 @@ retrying idempotent GETs on 429/502/503/504 with backoff. Every read ends at the
 budget, on the socket, and each answer is refused beyond CDS_FHIR_MAX_RESPONSE_BYTES decoded
 bytes; whatever is not back stays unread and the rules say so. The access token is never logged.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, urljoin
 
 from ..clinical.record import EXPECTED_TYPES, ClinicalData
-from .prefetch import operation_outcome_text, read_prefetch_value
 from .outbound import Outbound, OutboundError, describe_host, is_base_url, within
+from .prefetch import operation_outcome_text, read_prefetch_value
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ def authorization_header(body: dict) -> str | None:
         return None
     token = auth["access_token"]
     if not isinstance(token, str) or not ACCESS_TOKEN.fullmatch(token):
-        raise FhirAuthorizationError("fhirAuthorization.access_token must be a string of visible ASCII characters "
-                                     "(an RFC 6750 bearer token)")
+        raise FhirAuthorizationError(
+            "fhirAuthorization.access_token must be a string of visible ASCII characters (an RFC 6750 bearer token)"
+        )
     return f"Bearer {token}"
 
 
@@ -97,16 +99,18 @@ class FhirFetcher:
 
     def __init__(self, settings: FhirSettings):
         self.settings = settings
-        self.outbound = Outbound(pool_connections=max(8, len(settings.allowed_servers)),
-                                 pool_maxsize=max(settings.concurrency, 4))
+        self.outbound = Outbound(
+            pool_connections=max(8, len(settings.allowed_servers)), pool_maxsize=max(settings.concurrency, 4)
+        )
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
 
     def _pool(self, allowed_server: str) -> ThreadPoolExecutor:
         with self._lock:
             if allowed_server not in self._pools:
-                self._pools[allowed_server] = ThreadPoolExecutor(max_workers=self.settings.concurrency,
-                                                                 thread_name_prefix="fhir")
+                self._pools[allowed_server] = ThreadPoolExecutor(
+                    max_workers=self.settings.concurrency, thread_name_prefix="fhir"
+                )
             return self._pools[allowed_server]
 
     # ------------------------------------------------------------------ one query
@@ -125,8 +129,9 @@ class FhirFetcher:
             if reply.status in (301, 302, 303, 307, 308) and reply.headers.get("Location"):
                 url = urljoin(url, reply.headers["Location"])
                 if not within(url, base):
-                    raise FetchFailed(f"the FHIR server redirected outside its base {describe_host(base)}; "
-                                      "not followed")
+                    raise FetchFailed(
+                        f"the FHIR server redirected outside its base {describe_host(base)}; not followed"
+                    )
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise FetchFailed(f"the FHIR server redirected more than {MAX_REDIRECTS} times; not followed")
@@ -176,8 +181,14 @@ class FhirFetcher:
                 raise FetchFailed("the FHIR server answered a malformed Bundle (entry or link is not an array)")
             entries.extend(page_entries)
             pages += 1
-            url = next((link.get("url") for link in links
-                        if isinstance(link, dict) and link.get("relation") == "next"), None)
+            url = next(
+                (
+                    link["url"]
+                    for link in links
+                    if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str)
+                ),
+                "",
+            )
             if url and not within(url, base):
                 raise FetchFailed("a next link points away from the FHIR server; not followed")
             if url and pages >= self.settings.max_pages:
@@ -235,7 +246,7 @@ def _render(template: str, context: dict) -> str:
     """A prefetch template with its {{context.x}} tokens filled (URL-encoded)."""
     out = template
     for name, value in context.items():
-        token = "{{context.%s}}" % name
+        token = f"{{{{context.{name}}}}}"
         if token in out:
             if not isinstance(value, str):
                 raise FetchFailed(f"context.{name} is not a string")
@@ -251,6 +262,14 @@ def fetchable(data: ClinicalData) -> list[str]:
 
 
 def log_fetch(hook_instance: str, base: str, timings: dict, data: ClinicalData) -> None:
-    log.info(json.dumps({"event": "fhir-fetch", "hookInstance": hook_instance, "fhirServer": describe_host(base),
-                         "timings_ms": {k: round(v, 1) for k, v in timings.items()},
-                         "unread": sorted(data.unread)}))
+    log.info(
+        json.dumps(
+            {
+                "event": "fhir-fetch",
+                "hookInstance": hook_instance,
+                "fhirServer": describe_host(base),
+                "timings_ms": {k: round(v, 1) for k, v in timings.items()},
+                "unread": sorted(data.unread),
+            }
+        )
+    )

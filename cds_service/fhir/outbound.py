@@ -9,8 +9,10 @@
   second would never trip them: a watchdog shuts down the socket of any request still in
   flight at its deadline, which frees the thread waiting on it.
 """
+
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -31,6 +34,7 @@ READ_CHUNK_BYTES = 64 * 1024
 
 
 # ------------------------------------------------------------------ which URLs
+
 
 @dataclass(frozen=True)
 class _Location:
@@ -66,8 +70,9 @@ def within(url, base: str) -> bool:
     target, root = _locate(url), _locate(base)
     if target is None or root is None:
         return False
-    return ((target.scheme, target.host, target.port) == (root.scheme, root.host, root.port)
-            and target.segments[:len(root.segments)] == root.segments)
+    return (target.scheme, target.host, target.port) == (root.scheme, root.host, root.port) and target.segments[
+        : len(root.segments)
+    ] == root.segments
 
 
 def is_base_url(url) -> bool:
@@ -93,6 +98,7 @@ def describe_host(url) -> str:
 
 
 # ------------------------------------------------------------------ the deadline, on the socket
+
 
 class _Watchdog:
     """Shuts down the socket of a request still in flight at its deadline.
@@ -130,10 +136,9 @@ class _Watchdog:
                     del self._armed[connection]
                     sock = getattr(connection, "sock", None)
                     if sock is not None:
-                        try:
+                        # OSError: already closed; TypeError: not a socket (TLS in TLS)
+                        with contextlib.suppress(OSError, TypeError):
                             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw fd, TLS or not
-                        except (OSError, TypeError):  # already closed; TypeError: not a socket (TLS in TLS)
-                            pass
                 soonest = min(self._armed.values(), default=None)
                 self._wake.wait(None if soonest is None else max(soonest - now, 0.001))
 
@@ -141,7 +146,7 @@ class _Watchdog:
 def _watched_pools(watchdog: _Watchdog) -> dict[str, type]:
     """urllib3 pool classes whose connections the watchdog arms on send and disarms on return."""
 
-    def connection_class(base):
+    def connection_class(base: Any) -> type:
         class Watched(base):
             def request(self, *args, **kwargs):
                 watchdog.arm(self)
@@ -149,7 +154,7 @@ def _watched_pools(watchdog: _Watchdog) -> dict[str, type]:
 
         return Watched
 
-    def pool_class(base, connection):
+    def pool_class(base: Any, connection: type) -> type:
         class WatchedPool(base):
             ConnectionCls = connection
 
@@ -159,8 +164,10 @@ def _watched_pools(watchdog: _Watchdog) -> dict[str, type]:
 
         return WatchedPool
 
-    return {"http": pool_class(HTTPConnectionPool, connection_class(HTTPConnection)),
-            "https": pool_class(HTTPSConnectionPool, connection_class(HTTPSConnection))}
+    return {
+        "http": pool_class(HTTPConnectionPool, connection_class(HTTPConnection)),
+        "https": pool_class(HTTPSConnectionPool, connection_class(HTTPSConnection)),
+    }
 
 
 class _WatchedAdapter(HTTPAdapter):
@@ -181,6 +188,7 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 # ------------------------------------------------------------------ one GET
+
 
 class OutboundError(Exception):
     """Why a GET gave nothing usable; the message reads after "the server ..." (e.g. "did not answer ...")."""
@@ -238,8 +246,9 @@ class Outbound:
     def __init__(self, pool_connections: int = 8, pool_maxsize: int = 8):
         self._watchdog = _Watchdog()
         self.session = requests.Session()
-        adapter = _WatchedAdapter(self._watchdog, pool_connections=pool_connections, pool_maxsize=pool_maxsize,
-                                  max_retries=0)
+        adapter = _WatchedAdapter(
+            self._watchdog, pool_connections=pool_connections, pool_maxsize=pool_maxsize, max_retries=0
+        )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -252,8 +261,9 @@ class Outbound:
         self._watchdog.local.deadline = deadline
         reply = None
         try:
-            reply = self.session.get(url, headers=headers, timeout=(min(left, 1.0), left), stream=True,
-                                     allow_redirects=False)
+            reply = self.session.get(
+                url, headers=headers, timeout=(min(left, 1.0), left), stream=True, allow_redirects=False
+            )
             body = b"" if reply.is_redirect else _read_body(reply, max_bytes)
         except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError) as error:
             if time.monotonic() >= deadline or isinstance(error, requests.Timeout):

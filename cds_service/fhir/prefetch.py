@@ -5,16 +5,27 @@ is null means the EHR has no such data; an OperationOutcome (alone or inside a B
 the EHR failed to fetch it; a Bundle with a `next` link holds only its first page.
 A later data source (the EHR's FHIR server) fills in the keys this one leaves unread.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 from ..clinical.record import EXPECTED_TYPES, ClinicalData
 
-def operation_outcome_text(outcome: dict) -> str:
-    issues = outcome.get("issue") if isinstance(outcome.get("issue"), list) else []
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def operation_outcome_text(outcome: dict[str, Any]) -> str:
     texts = []
-    for issue in issues:
+    for issue in _list(outcome.get("issue")):
         if isinstance(issue, dict):
-            details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+            details = _dict(issue.get("details"))
             text = issue.get("diagnostics") or details.get("text") or issue.get("code")
             if text:
                 texts.append(str(text))
@@ -40,10 +51,10 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
     if resource_type != "Bundle":
         data.unread[key] = f"expected a Bundle of {expected}, got {resource_type or 'no resourceType'}"
         return
-    resources, failed = [], []
-    entries = value.get("entry") if isinstance(value.get("entry"), list) else []
+    resources: list[dict[str, Any]] = []
+    failed: list[str] = []
     append = resources.append
-    for entry in entries:
+    for entry in _list(value.get("entry")):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             data.notes.append(f"{key}: a Bundle entry without a resource was skipped")
@@ -63,8 +74,7 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
             resources.append(resource)
         else:
             data.notes.append(f"{key}: a {kind} in a Bundle of {expected} was skipped")
-    links = value.get("link") if isinstance(value.get("link"), list) else []
-    has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+    has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in _list(value.get("link")))
     if failed and not resources:
         data.unread[key] = f"the EHR could not fetch it ({'; '.join(failed)})"
         return

@@ -3,27 +3,34 @@
 Nothing clinical is decided here; wording only. Codes for suggested orders come from
 mappings/orders.yaml.
 """
+
 from __future__ import annotations
 
 import re
-from .ids import new_uuid
 from dataclasses import dataclass
 
 from ..clinical.mappings import Mappings, bounded_put
 from ..clinical.model import FROM_ORDER, MriOrder, Verdict
 from ..clinical.rules import format_weeks
+from .ids import new_uuid
 
 VERDICT_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/mri-verdict"
 OVERRIDE_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/override-reason"
 PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
 # The Argonaut IG names StructureDefinition URLs; the CDS Hooks sandbox reads ".../Extension/...".
 PAMA_URLS = {
-    "rating": ("http://fhir.org/argonaut/StructureDefinition/pama-rating",
-               "http://fhir.org/argonaut/Extension/pama-rating"),
-    "consult-id": ("http://fhir.org/argonaut/StructureDefinition/pama-rating-consult-id",
-                   "http://fhir.org/argonaut/Extension/pama-rating-consult-id"),
-    "auc-applied": ("http://fhir.org/argonaut/StructureDefinition/pama-rating-auc-applied",
-                    "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"),
+    "rating": (
+        "http://fhir.org/argonaut/StructureDefinition/pama-rating",
+        "http://fhir.org/argonaut/Extension/pama-rating",
+    ),
+    "consult-id": (
+        "http://fhir.org/argonaut/StructureDefinition/pama-rating-consult-id",
+        "http://fhir.org/argonaut/Extension/pama-rating-consult-id",
+    ),
+    "auc-applied": (
+        "http://fhir.org/argonaut/StructureDefinition/pama-rating-auc-applied",
+        "http://fhir.org/argonaut/Extension/pama-rating-auc-applied",
+    ),
 }
 ALL_PAMA_URLS = {url for pair in PAMA_URLS.values() for url in pair}
 SYSTEM_URIS = {
@@ -83,7 +90,7 @@ def _clean(text, limit: int = MAX_TEXT_CHARS) -> str:
 def md(text, limit: int = MAX_TEXT_CHARS * 2) -> str:
     """A string as literal markdown text: one line, markup characters escaped."""
     key = (text, limit) if isinstance(text, str) else None
-    escaped = _ESCAPED.get(key)
+    escaped = _ESCAPED.get(key) if key is not None else None
     if escaped is None:
         escaped = _WWW.sub(r"\1\\.", _MARKDOWN_ACTIVE.sub(r"\\\1", _clean(text, limit)))
         if key is not None:
@@ -167,9 +174,10 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("")
     if verdict.red_flags_not_relevant:
         lines.append("**Found, not relevant to this study**")
-        lines += _bullets(verdict.red_flags_not_relevant,
-                          lambda pair: f"**{md(pair[0].label)}**: {md(pair[0].description)} ({md(pair[0].reference)}): "
-                                       f"{md(pair[1])}")
+        lines += _bullets(
+            verdict.red_flags_not_relevant,
+            lambda pair: f"**{md(pair[0].label)}**: {md(pair[0].description)} ({md(pair[0].reference)}): {md(pair[1])}",
+        )
         lines.append("")
     if verdict.red_flags_absent:
         lines.append("**Checked and not found:** " + ", ".join(md(label) for label in verdict.red_flags_absent) + ".")
@@ -178,16 +186,24 @@ def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
         lines.append("**Prior imaging of this region (last 12 months)**")
         lines += _bullets(verdict.prior_imaging)
         lines.append("")
-    lines.append("**Episode:** " + (
-        f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
-        if verdict.episode_weeks is not None else "duration not documented"
-    ))
+    lines.append(
+        "**Episode:** "
+        + (
+            f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
+            if verdict.episode_weeks is not None
+            else "duration not documented"
+        )
+    )
     lines += _bullets(verdict.episode_evidence, _evidence_line)
     lines.append("")
-    lines.append("**Conservative therapy:** " + (
-        f"started {format_weeks(verdict.therapy_weeks)} ago" if verdict.therapy_weeks is not None
-        else ("documented without dates" if verdict.therapy_evidence else "none documented")
-    ))
+    lines.append(
+        "**Conservative therapy:** "
+        + (
+            f"started {format_weeks(verdict.therapy_weeks)} ago"
+            if verdict.therapy_weeks is not None
+            else ("documented without dates" if verdict.therapy_evidence else "none documented")
+        )
+    )
     lines += _bullets(verdict.therapy_evidence)
     lines.append("")
     if verdict.would_change:
@@ -224,8 +240,9 @@ def pama_extensions(rating: str, verdict_code: str | None, consult_id: str, auc_
     (the CDS Hooks sandbox shows the first coding's code); our finer verdict second when given."""
     value = {"coding": [{"system": PAMA_RATING_SYSTEM, "code": rating}]}
     if verdict_code:
-        value["coding"].append({"system": VERDICT_SYSTEM, "code": verdict_code,
-                                "display": VERDICT_DISPLAY[verdict_code]})
+        value["coding"].append(
+            {"system": VERDICT_SYSTEM, "code": verdict_code, "display": VERDICT_DISPLAY[verdict_code]}
+        )
     extensions = []
     for url in PAMA_URLS["rating"]:
         extensions.append({"url": url, "valueCodeableConcept": _json_copy(value)})
@@ -264,7 +281,7 @@ def _recoded(order: MriOrder, codes: tuple[dict, ...], extensions: list[dict], n
     if text:
         updated["code"]["text"] = text
     if note:
-        updated["note"] = list(updated.get("note") or []) + [{"text": note}]
+        updated["note"] = [*list(updated.get("note") or []), {"text": note}]
     return updated
 
 
@@ -274,8 +291,9 @@ SUGGEST_CANCEL = "cancel"
 SUGGEST_NO_CONTRAST = "drop-contrast"
 
 
-def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str,
-                 auc_url: str | None, rating_extensions) -> list[tuple[str, dict]]:
+def _suggestions(
+    order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str, auc_url: str | None, rating_extensions
+) -> list[tuple[str, dict]]:
     """(kind, suggestion) pairs, the recommended one first."""
     suggestions: list[tuple[str, dict]] = []
     if verdict.suggest_first_study:
@@ -286,37 +304,75 @@ def _suggestions(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_
             name = "radiographs" if modality == "radiograph" else "CT without contrast"
             # The guideline variant behind the verdict names this study as the first one: it adheres.
             rating = "no-criteria-apply" if verdict.extrapolated else "appropriate"
-            switched = _recoded(order, first.codes, pama_extensions(rating, None, consult_id, auc_url),
-                                f"Changed by spine-imaging CDS from {order_label(order)}: {name} first.")
-            suggestions.append((SUGGEST_FIRST_STUDY, {
-                "label": f"Order {name} of the {region} spine instead of MRI",
-                "uuid": new_uuid(),
-                "isRecommended": True,
-                "actions": [{"type": "update", "description": f"Change the draft order from {order_label(order)} "
-                             f"to {name} of the {region} spine.", "resource": switched}],
-            }))
+            switched = _recoded(
+                order,
+                first.codes,
+                pama_extensions(rating, None, consult_id, auc_url),
+                f"Changed by spine-imaging CDS from {order_label(order)}: {name} first.",
+            )
+            suggestions.append(
+                (
+                    SUGGEST_FIRST_STUDY,
+                    {
+                        "label": f"Order {name} of the {region} spine instead of MRI",
+                        "uuid": new_uuid(),
+                        "isRecommended": True,
+                        "actions": [
+                            {
+                                "type": "update",
+                                "description": f"Change the draft order from {order_label(order)} "
+                                f"to {name} of the {region} spine.",
+                                "resource": switched,
+                            }
+                        ],
+                    },
+                )
+            )
     if verdict.suggest_cancel:
         # Removing a draft is what no update can say: CDS Hooks' delete (which the sandbox's PAMA
         # view does not apply; EHRs do).
-        suggestions.append((SUGGEST_CANCEL, {
-            "label": "Cancel the MRI order",
-            "uuid": new_uuid(),
-            "isRecommended": not suggestions,
-            "actions": [{"type": "delete", "description": f"Remove the draft order for {order_label(order)}.",
-                         "resourceId": order.reference}],
-        }))
-    if (verdict.code.startswith("indicated-") and order.contrast in ("with", "with-and-without")
-            and not verdict.contrast_needed):
+        suggestions.append(
+            (
+                SUGGEST_CANCEL,
+                {
+                    "label": "Cancel the MRI order",
+                    "uuid": new_uuid(),
+                    "isRecommended": not suggestions,
+                    "actions": [
+                        {
+                            "type": "delete",
+                            "description": f"Remove the draft order for {order_label(order)}.",
+                            "resourceId": order.reference,
+                        }
+                    ],
+                },
+            )
+        )
+    if (
+        verdict.code.startswith("indicated-")
+        and order.contrast in ("with", "with-and-without")
+        and not verdict.contrast_needed
+    ):
         without = mappings.mri_order(order.region, "without")
         if without is not None:
-            suggestions.append((SUGGEST_NO_CONTRAST, {
-                "label": f"Change to MRI {order.region} spine without contrast",
-                "uuid": new_uuid(),
-                "isRecommended": True,
-                "actions": [{"type": "update", "description": "No infection or tumour flag needs contrast: "
-                             "order the MRI without contrast.",
-                             "resource": _recoded(order, without.codes, rating_extensions or [])}],
-            }))
+            suggestions.append(
+                (
+                    SUGGEST_NO_CONTRAST,
+                    {
+                        "label": f"Change to MRI {order.region} spine without contrast",
+                        "uuid": new_uuid(),
+                        "isRecommended": True,
+                        "actions": [
+                            {
+                                "type": "update",
+                                "description": "No infection or tumour flag needs contrast: "
+                                "order the MRI without contrast.",
+                                "resource": _recoded(order, without.codes, rating_extensions or []),
+                            }
+                        ],
+                    },
+                )
+            )
     return suggestions
 
 
@@ -347,7 +403,7 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
         clearing_action = {
             "type": "update",
             "description": f"No PAMA rating for {order_label(order)} ({verdict.code}): "
-                           "any earlier rating of this order is removed.",
+            "any earlier rating of this order is removed.",
             "resource": with_rating(order.resource, []),
         }
     card = {
@@ -362,7 +418,9 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
         card["suggestions"] = [suggestion for _, suggestion in suggestions]
         card["selectionBehavior"] = "at-most-one"
         reasons = CONTRAST_OVERRIDE_REASONS if verdict.code.startswith("indicated-") else OVERRIDE_REASONS
-        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
-                                   for code, display in reasons]
-    return CardResult(card, rating_action, clearing_action,
-                      {suggestion["uuid"]: kind for kind, suggestion in suggestions})
+        card["overrideReasons"] = [
+            {"system": OVERRIDE_SYSTEM, "code": code, "display": display} for code, display in reasons
+        ]
+    return CardResult(
+        card, rating_action, clearing_action, {suggestion["uuid"]: kind for kind, suggestion in suggestions}
+    )

@@ -1,4 +1,5 @@
 """CDS Hooks discovery: the two services and the prefetch templates the rules read."""
+
 from __future__ import annotations
 
 from ..clinical.mappings import Mappings
@@ -8,11 +9,12 @@ SERVICE_HOOKS = {
     "spine-mri-order-sign": "order-sign",
 }
 USAGE = (
-    "Send the prefetch below (or let the service read your FHIR server: see the README). "
+    "Send the prefetch below (or let the service read your FHIR server: see docs/integrating.md in the "
+    "service's repository). "
     "The service reads Patient, Conditions, vital-sign and lab Observations, MedicationRequests, "
     "Procedures and prior spine imaging (radiographs, CT, MRI of the last 12 months, as ImagingStudy, "
-    "DiagnosticReport, completed ServiceRequest or Procedure), and rates each spine MRI ServiceRequest among draftOrders "
-    "(order-select: the selected ones) with a card and a PAMA rating systemAction."
+    "DiagnosticReport, completed ServiceRequest or Procedure), and rates each spine MRI ServiceRequest "
+    "among draftOrders (order-select: the selected ones) with a card and a PAMA rating systemAction."
 )
 
 
@@ -45,7 +47,8 @@ def discovery_document(mappings: Mappings) -> dict:
                 "title": "Spine MRI appropriateness (order-select)",
                 "description": "When a spine MRI is selected, says whether it is indicated (urgently or "
                 "routinely), whether radiographs come first, or whether it is low-value, with the red flags "
-                "and guideline variant behind the advice (ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE NG59).",
+                "and guideline variant behind the advice (ACR Appropriateness Criteria, ACP, Choosing Wisely, "
+                "NICE NG59).",
                 "usageRequirements": USAGE,
                 "prefetch": prefetch,
             },

@@ -2,27 +2,25 @@
 decide, and build the CDS Hooks response. HTTP lives in `web`; this module is called by the
 server and by `cds-service evaluate` alike.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
-from functools import lru_cache
-from pathlib import Path
-
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
-from .cards import build_card
-from .ids import new_uuid
-from ..clinical.record import ClinicalData
-from ..fhir.prefetch import from_prefetch
-from .discovery import SERVICE_HOOKS, prefetch_templates
-from .request import HookRequestError, check_request
-from ..fhir.client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
 from ..clinical.facts import extract_facts, find_mri_orders, record_facts
 from ..clinical.mappings import Mappings
+from ..clinical.record import ClinicalData
 from ..clinical.rules import decide
+from ..fhir.client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
+from ..fhir.prefetch import from_prefetch
+from .cards import build_card
+from .discovery import SERVICE_HOOKS, prefetch_templates
+from .ids import new_uuid
+from .request import HookRequestError, check_request
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ class HookResult:
 CLINICAL_SOURCES = ("conditions", "observations", "medications", "procedures")
 
 
-def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: "HookResult") -> ClinicalData:
+def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: HookResult) -> ClinicalData:
     """Prefetch first; what it lacks, from the EHR's FHIR server when that server is allowed."""
     data = from_prefetch(body.get("prefetch"))
     missing = fetchable(data)
@@ -71,14 +69,23 @@ def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: 
         result.timings_ms["fhir"] = (time.perf_counter() - started) * 1000
         result.timings_ms["fhir_slowest"] = max(timings.values(), default=0.0)
         result.timings_ms["fhir_sum"] = sum(timings.values())
-        log_fetch(body.get("hookInstance", ""), base, timings, data)
+        log_fetch(str(body.get("hookInstance", "")), str(base), timings, data)
         return data
     if isinstance(base, str) and base:
         why = "and the request's fhirServer is not on this service's allowlist (CDS_FHIR_ALLOWED_SERVERS)"
-        data.notes.append(f"the FHIR server {describe_host(base)} is not on this service's allowlist "
-                          "(CDS_FHIR_ALLOWED_SERVERS): evaluated from the prefetch alone")
-        log.info(json.dumps({"event": "fhir-not-allowed", "hookInstance": body.get("hookInstance"),
-                             "fhirServer": describe_host(base)}))
+        data.notes.append(
+            f"the FHIR server {describe_host(base)} is not on this service's allowlist "
+            "(CDS_FHIR_ALLOWED_SERVERS): evaluated from the prefetch alone"
+        )
+        log.info(
+            json.dumps(
+                {
+                    "event": "fhir-not-allowed",
+                    "hookInstance": body.get("hookInstance"),
+                    "fhirServer": describe_host(base),
+                }
+            )
+        )
     else:
         why = "and the request names no fhirServer to read it from"
     for key in missing:  # so a 412 says why each source stayed unread
@@ -86,8 +93,14 @@ def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: 
     return data
 
 
-def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date | None = None,
-                  data: ClinicalData | None = None, fetcher: FhirFetcher | None = None) -> HookResult:
+def evaluate_hook(
+    service_id: str,
+    body: dict,
+    mappings: Mappings,
+    as_of: date | None = None,
+    data: ClinicalData | None = None,
+    fetcher: FhirFetcher | None = None,
+) -> HookResult:
     started = time.perf_counter()
     check_request(service_id, body)
     context = body["context"]
@@ -97,7 +110,7 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
     if not orders:
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
-    as_of = as_of or datetime.now(timezone.utc).date()
+    as_of = as_of or datetime.now(UTC).date()
     read_started = time.perf_counter()
     data = data or gather(body, mappings, fetcher, result)
     result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
@@ -113,18 +126,31 @@ def evaluate_hook(service_id: str, body: dict, mappings: Mappings, as_of: date |
             rating_actions.append(built.rating_action)
         if built.clearing_action is not None:
             clearing_actions.append(built.clearing_action)
-        result.evaluations.append(Evaluation(
-            card_uuid=built.card["uuid"], consult_id=consult_id, order_reference=order.reference,
-            region=order.region, contrast=order.contrast, verdict=verdict.code,
-            variant=verdict.variant_id, rating=verdict.pama_rating, suggestion_kinds=built.suggestion_kinds,
-            order_code=order.code, red_flags=[e.concept_id for e in verdict.red_flags_found],
-            unread_sources=sorted(data.unread),
-        ))
+        result.evaluations.append(
+            Evaluation(
+                card_uuid=built.card["uuid"],
+                consult_id=consult_id,
+                order_reference=order.reference,
+                region=order.region,
+                contrast=order.contrast,
+                verdict=verdict.code,
+                variant=verdict.variant_id,
+                rating=verdict.pama_rating,
+                suggestion_kinds=built.suggestion_kinds,
+                order_code=order.code,
+                red_flags=[e.concept_id for e in verdict.red_flags_found],
+                unread_sources=sorted(data.unread),
+            )
+        )
     if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(
-            key in data.unread for key in CLINICAL_SOURCES):
+        key in data.unread for key in CLINICAL_SOURCES
+    ):
         # Nothing to judge with: CDS Hooks 2.0 says 412 when the service cannot get the data it needs.
-        raise HookRequestError(412, "the patient's data could be read neither from the prefetch nor from an "
-                               "allowed FHIR server", {"missing": dict(sorted(data.unread.items()))})
+        raise HookRequestError(
+            412,
+            "the patient's data could be read neither from the prefetch nor from an allowed FHIR server",
+            {"missing": dict(sorted(data.unread.items()))},
+        )
     result.response = {"cards": cards}
     if rating_actions or clearing_actions:
         # CDS Hooks 2.0 reads top-level systemActions; the CDS Hooks sandbox (Argonaut PAMA IG's

@@ -5,6 +5,7 @@ costs more than the rest of a small hook. The same kernel randomness is drawn he
 time and dealt out 16 bytes per id; a forked worker starts with a fresh pool, so no two
 processes ever deal the same bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,6 @@ def new_uuid() -> str:
     with _lock:
         if _offset + 16 > len(_pool):
             _pool, _offset = os.urandom(_POOL_BYTES), 0
-        chunk = _pool[_offset:_offset + 16]
+        chunk = _pool[_offset : _offset + 16]
         _offset += 16
     return str(uuid.UUID(bytes=chunk, version=4))

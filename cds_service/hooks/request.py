@@ -1,10 +1,11 @@
 """What makes a hook request one the service can evaluate: the CDS Hooks 2.0 request schema and
 the hook's context schema, checked fast (fastjsonschema) and worded by jsonschema when refused.
 """
+
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import fastjsonschema
@@ -31,17 +32,17 @@ def _require(condition: bool, message: str, status: int = 400) -> None:
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema(name: str) -> dict:
     return json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(_schema(name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fast_check(name: str):
     """The same schema compiled to Python code (fastjsonschema): about 2 us instead of 50 per request.
     Formats stay unchecked, as jsonschema leaves them by default."""
@@ -52,7 +53,7 @@ def _schema_error(name: str, instance, prefix: str) -> str | None:
     try:
         _fast_check(name)(instance)
         return None
-    except Exception:  # noqa: BLE001 - any refusal (or a crash on odd input) goes to the reference validator
+    except Exception:
         pass
     # jsonschema decides what is wrong and says it (fastjsonschema only waves through what it accepts)
     error = next(iter(sorted(_validator(name).iter_errors(instance), key=lambda e: len(e.absolute_path))), None)

@@ -13,6 +13,7 @@ behind a load balancer share feedback, the evaluation log and replay protection.
 Evaluations are written off the request path by a background writer in batches; it is flushed
 when the process exits (SIGTERM included) and before a feedback post looks a card up.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,8 +26,8 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -44,7 +45,8 @@ MAX_BATCH = 500
 metadata = sa.MetaData()
 
 evaluations = sa.Table(
-    "evaluations", metadata,
+    "evaluations",
+    metadata,
     sa.Column("card_uuid", sa.String(64), primary_key=True),
     sa.Column("order_key", sa.String(64), nullable=False, index=True),
     sa.Column("evaluated_at", sa.DateTime, nullable=False, index=True),  # UTC
@@ -71,7 +73,8 @@ evaluations = sa.Table(
 )
 
 orders = sa.Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     sa.Column("order_key", sa.String(64), primary_key=True),
     sa.Column("latest_card_uuid", sa.String(64), nullable=False),
     sa.Column("latest_at", sa.DateTime, nullable=False, index=True),
@@ -80,7 +83,8 @@ orders = sa.Table(
 )
 
 feedback = sa.Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("dedup_key", sa.String(64), nullable=False, unique=True),
     sa.Column("service_id", sa.String(64), nullable=False),
@@ -96,14 +100,16 @@ feedback = sa.Table(
 )
 
 seen_tokens = sa.Table(
-    "seen_tokens", metadata,
+    "seen_tokens",
+    metadata,
     sa.Column("iss", sa.String(512), primary_key=True),
     sa.Column("jti", sa.String(512), primary_key=True),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
 
 service_settings = sa.Table(
-    "service_settings", metadata,
+    "service_settings",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
@@ -118,7 +124,7 @@ class StoreError(RuntimeError):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def database_url(settings) -> str:
@@ -153,11 +159,13 @@ def make_engine(url: str) -> sa.Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing
             cursor.close()
+
         return engine
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
-    raise StoreError(f"CDS_DATABASE_URL must name SQLite or PostgreSQL (postgresql+psycopg://...), "
-                     f"got {parsed.get_backend_name()}")
+    raise StoreError(
+        f"CDS_DATABASE_URL must name SQLite or PostgreSQL (postgresql+psycopg://...), got {parsed.get_backend_name()}"
+    )
 
 
 @contextmanager
@@ -188,15 +196,33 @@ def _migration_lock(engine: sa.Engine, url: str):
 
 
 def migrate(engine: sa.Engine, url: str) -> None:
-    """Bring the schema to the newest migration (a no-op when it is there)."""
-    from alembic import command
-    from alembic.config import Config
+    """Bring the schema to the newest migration. At the newest already (every start but the first
+    after an upgrade), nothing is logged; a real migration logs one line of ours. Alembic's own
+    lines (plugins, context) only at debug level."""
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        alembic_log.setLevel(logging.WARNING)  # before the import: it logs its plugins then
+    try:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with _migration_lock(engine, url), engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        with _migration_lock(engine, url), engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == head:
+                return
+            log.info(
+                json.dumps({"event": "database-migration", "from": current, "to": head, "database": describe_url(url)})
+            )
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        alembic_log.setLevel(level)
 
 
 def schema_problem(engine: sa.Engine) -> str | None:
@@ -269,23 +295,28 @@ class Store:
                 migrate(self.engine, url)
             self.patient_key = (patient_hash_key or self._stored_patient_key()).encode()
         except sa.exc.DBAPIError as error:  # unreachable, refused, no permission, not a database
-            raise StoreError(f"cannot use the database {describe_url(url)}: "
-                             f"{(str(error.orig or error).strip().splitlines() or ['?'])[0]}") from None
+            raise StoreError(
+                f"cannot use the database {describe_url(url)}: "
+                f"{(str(error.orig or error).strip().splitlines() or ['?'])[0]}"
+            ) from None
         self._pruned_at = 0.0
         self.writer = EvaluationWriter(self)
 
     @classmethod
-    def from_settings(cls, settings, migrate: bool = True) -> "Store":
+    def from_settings(cls, settings, migrate: bool = True) -> Store:
         return cls(database_url(settings), settings.patient_hash_key, migrate_schema=migrate)
 
     def _stored_patient_key(self) -> str:
         """CDS_PATIENT_HASH_KEY when unset: a random key kept in the database, so every instance
         hashes a patient alike and the raw id is never stored."""
         with self.engine.begin() as connection:
-            connection.execute(self._insert_ignore(service_settings, ["name"]),
-                               {"name": "patient_hash_key", "value": secrets.token_hex(32)})
-            return connection.execute(sa.select(service_settings.c.value).where(
-                service_settings.c.name == "patient_hash_key")).scalar_one()
+            connection.execute(
+                self._insert_ignore(service_settings, ["name"]),
+                {"name": "patient_hash_key", "value": secrets.token_hex(32)},
+            )
+            return connection.execute(
+                sa.select(service_settings.c.value).where(service_settings.c.name == "patient_hash_key")
+            ).scalar_one()
 
     def _insert_ignore(self, table, keys):
         return self._insert(table).on_conflict_do_nothing(index_elements=keys)
@@ -302,19 +333,29 @@ class Store:
 
     def _row(self, record: OrderRecord) -> dict:
         return {
-            "card_uuid": record.card_uuid, "order_key": self.order_key(record), "evaluated_at": record.evaluated_at,
-            "service_id": record.service_id, "hook": record.hook, "hook_instance": record.hook_instance[:128],
+            "card_uuid": record.card_uuid,
+            "order_key": self.order_key(record),
+            "evaluated_at": record.evaluated_at,
+            "service_id": record.service_id,
+            "hook": record.hook,
+            "hook_instance": record.hook_instance[:128],
             "user_id": (record.user_id or None) and record.user_id[:256],
             "patient_hash": self.patient_hash(record.patient_id),
-            "order_reference": record.order_reference[:256], "order_code": (record.order_code or None) and
-            record.order_code[:256],
-            "region": record.region, "contrast": record.contrast, "verdict": record.verdict,
-            "variant": record.variant, "rating": record.rating,
+            "order_reference": record.order_reference[:256],
+            "order_code": (record.order_code or None) and record.order_code[:256],
+            "region": record.region,
+            "contrast": record.contrast,
+            "verdict": record.verdict,
+            "variant": record.variant,
+            "rating": record.rating,
             "red_flags": json.dumps(sorted(set(record.red_flags))),
             "unread_sources": json.dumps(sorted(record.unread_sources)),
             "suggestion_kinds": json.dumps(record.suggestion_kinds, sort_keys=True),
-            "latency_ms": record.latency_ms, "mappings_version": record.mappings_version,
-            "consult_id": record.consult_id, "mode": record.mode, "synthetic": record.synthetic,
+            "latency_ms": record.latency_ms,
+            "mappings_version": record.mappings_version,
+            "consult_id": record.consult_id,
+            "mode": record.mode,
+            "synthetic": record.synthetic,
         }
 
     def write_evaluations(self, records: list[OrderRecord]) -> None:
@@ -326,9 +367,12 @@ class Store:
         for row in sorted(rows, key=lambda r: r["evaluated_at"]):
             seen = per_order.get(row["order_key"])
             per_order[row["order_key"]] = {
-                "order_key": row["order_key"], "latest_card_uuid": row["card_uuid"], "latest_at": row["evaluated_at"],
+                "order_key": row["order_key"],
+                "latest_card_uuid": row["card_uuid"],
+                "latest_at": row["evaluated_at"],
                 "first_at": seen["first_at"] if seen else row["evaluated_at"],
-                "evaluations": (seen["evaluations"] if seen else 0) + 1}
+                "evaluations": (seen["evaluations"] if seen else 0) + 1,
+            }
         with self.engine.begin() as connection:
             connection.execute(self._insert_ignore(evaluations, ["card_uuid"]), rows)
             connection.execute(self._order_upsert, list(per_order.values()))
@@ -339,12 +383,15 @@ class Store:
         upsert = self._insert(orders)
         newer = upsert.excluded.latest_at >= orders.c.latest_at
         earliest = sa.func.least if self.dialect == "postgresql" else sa.func.min
-        return upsert.on_conflict_do_update(index_elements=["order_key"], set_={
-            "latest_card_uuid": sa.case((newer, upsert.excluded.latest_card_uuid), else_=orders.c.latest_card_uuid),
-            "latest_at": sa.case((newer, upsert.excluded.latest_at), else_=orders.c.latest_at),
-            "first_at": earliest(orders.c.first_at, upsert.excluded.first_at),
-            "evaluations": orders.c.evaluations + upsert.excluded.evaluations,
-        })
+        return upsert.on_conflict_do_update(
+            index_elements=["order_key"],
+            set_={
+                "latest_card_uuid": sa.case((newer, upsert.excluded.latest_card_uuid), else_=orders.c.latest_card_uuid),
+                "latest_at": sa.case((newer, upsert.excluded.latest_at), else_=orders.c.latest_at),
+                "first_at": earliest(orders.c.first_at, upsert.excluded.first_at),
+                "evaluations": orders.c.evaluations + upsert.excluded.evaluations,
+            },
+        )
 
     def record(self, records: list[OrderRecord]) -> None:
         """Queue the cards for the background writer (the hook does not wait for the database)."""
@@ -353,8 +400,11 @@ class Store:
     # ------------------------------------------------------------------ feedback
     def _cards(self, card_uuids: set[str]) -> dict:
         with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(evaluations.c.card_uuid, evaluations.c.suggestion_kinds)
-                                      .where(evaluations.c.card_uuid.in_(sorted(card_uuids)))).all()
+            rows = connection.execute(
+                sa.select(evaluations.c.card_uuid, evaluations.c.suggestion_kinds).where(
+                    evaluations.c.card_uuid.in_(sorted(card_uuids))
+                )
+            ).all()
         return {row.card_uuid: row for row in rows}
 
     def _wait_for_cards(self, card_uuids: set[str]) -> dict:
@@ -377,8 +427,10 @@ class Store:
         cards = self._wait_for_cards({item["card"] for item in items})
         unknown = sorted({item["card"] for item in items} - set(cards))
         if unknown:
-            raise FeedbackError(f"no card with uuid {unknown[0]!r} was issued by this service"
-                                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+            raise FeedbackError(
+                f"no card with uuid {unknown[0]!r} was issued by this service"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            )
         displays = override_displays or {}
         now = utcnow()
         rows = []
@@ -388,16 +440,23 @@ class Store:
             reason = item["overrideReason"].get("reason") or {}
             code = reason.get("code")
             # The CDS Hooks sandbox sends the code only: the display is ours, by code.
-            display = displays.get(code) or reason.get("display")
+            display = (displays.get(code) if isinstance(code, str) else None) or reason.get("display")
             raw = json.dumps(item, sort_keys=True)
-            rows.append({
-                "dedup_key": hashlib.sha256(f"{service_id}\0{raw}".encode()).hexdigest(),
-                "service_id": service_id, "card_uuid": item["card"], "outcome": item["outcome"],
-                "accepted_kinds": json.dumps(accepted), "override_code": code and str(code)[:128],
-                "override_display": display and str(display)[:512],
-                "user_comment": item["overrideReason"].get("userComment"),
-                "outcome_timestamp": item["outcomeTimestamp"][:64], "received_at": now, "raw": raw,
-            })
+            rows.append(
+                {
+                    "dedup_key": hashlib.sha256(f"{service_id}\0{raw}".encode()).hexdigest(),
+                    "service_id": service_id,
+                    "card_uuid": item["card"],
+                    "outcome": item["outcome"],
+                    "accepted_kinds": json.dumps(accepted),
+                    "override_code": code and str(code)[:128],
+                    "override_display": display and str(display)[:512],
+                    "user_comment": item["overrideReason"].get("userComment"),
+                    "outcome_timestamp": item["outcomeTimestamp"][:64],
+                    "received_at": now,
+                    "raw": raw,
+                }
+            )
         with self.engine.begin() as connection:
             result = connection.execute(self._insert_ignore(feedback, ["dedup_key"]).returning(feedback.c.id), rows)
             return len(result.fetchall())
@@ -411,8 +470,10 @@ class Store:
                 # an index range scan over expired rows only, at most every 30 s per process
                 self._pruned_at = now
                 connection.execute(seen_tokens.delete().where(seen_tokens.c.expires_at < now - 60))
-            inserted = connection.execute(self._insert_ignore(seen_tokens, ["iss", "jti"]).returning(seen_tokens.c.jti),
-                                          {"iss": _bounded(iss), "jti": _bounded(jti), "expires_at": expires_at})
+            inserted = connection.execute(
+                self._insert_ignore(seen_tokens, ["iss", "jti"]).returning(seen_tokens.c.jti),
+                {"iss": _bounded(iss), "jti": _bounded(jti), "expires_at": expires_at},
+            )
             return inserted.first() is not None
 
     def close(self) -> None:
@@ -439,15 +500,17 @@ def parse_feedback(body) -> list[dict]:
         if not isinstance(item.get("outcomeTimestamp"), str):
             raise FeedbackError(f"{where}.outcomeTimestamp is required (a string)")
         accepted = item.get("acceptedSuggestions", [])
-        if not isinstance(accepted, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
-                                                     for s in accepted):
-            raise FeedbackError(f"{where}.acceptedSuggestions must be an array of {{\"id\": \"<uuid>\"}}")
+        if not isinstance(accepted, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("id"), str) for s in accepted
+        ):
+            raise FeedbackError(f'{where}.acceptedSuggestions must be an array of {{"id": "<uuid>"}}')
         override = item.get("overrideReason", {})
         if not isinstance(override, dict):
             raise FeedbackError(f"{where}.overrideReason must be an object")
         reason = override.get("reason", {})
-        if not isinstance(reason, dict) or not all(isinstance(reason.get(k), (str, type(None)))
-                                                   for k in ("code", "system", "display")):
+        if not isinstance(reason, dict) or not all(
+            isinstance(reason.get(k), (str, type(None))) for k in ("code", "system", "display")
+        ):
             raise FeedbackError(f"{where}.overrideReason.reason must be a Coding (code, system, display strings)")
         if not isinstance(override.get("userComment"), (str, type(None))):
             raise FeedbackError(f"{where}.overrideReason.userComment must be a string")
@@ -493,7 +556,7 @@ class EvaluationWriter:
                 batch, self._buffer = self._buffer, []
                 closing = self._closing
             for start in range(0, len(batch), MAX_BATCH):
-                self._write(batch[start:start + MAX_BATCH])
+                self._write(batch[start : start + MAX_BATCH])
             if closing:
                 with self._lock:
                     if not self._buffer:
@@ -506,14 +569,25 @@ class EvaluationWriter:
                     self.store.write_evaluations(batch)
                     return
                 except sa.exc.OperationalError as error:  # locked, unreachable: worth another try
-                    log.warning(json.dumps({"event": "evaluation-log-retry", "rows": len(batch),
-                                            "attempt": attempt + 1, "error": type(error).__name__}))
+                    log.warning(
+                        json.dumps(
+                            {
+                                "event": "evaluation-log-retry",
+                                "rows": len(batch),
+                                "attempt": attempt + 1,
+                                "error": type(error).__name__,
+                            }
+                        )
+                    )
                     time.sleep(0.2 * (attempt + 1))
                 except Exception:  # a row the database refuses must not take the batch with it
                     self._write_one_by_one(batch)
                     return
-            log.error(json.dumps({"event": "evaluation-log-failed", "rows": len(batch),
-                                  "cards": [r.card_uuid for r in batch][:20]}))
+            log.error(
+                json.dumps(
+                    {"event": "evaluation-log-failed", "rows": len(batch), "cards": [r.card_uuid for r in batch][:20]}
+                )
+            )
         finally:
             with self._written:
                 self._pending -= len(batch)
@@ -524,8 +598,11 @@ class EvaluationWriter:
             try:
                 self.store.write_evaluations([record])
             except Exception as error:
-                log.error(json.dumps({"event": "evaluation-log-row-refused", "card": record.card_uuid,
-                                      "error": type(error).__name__}))
+                log.error(
+                    json.dumps(
+                        {"event": "evaluation-log-row-refused", "card": record.card_uuid, "error": type(error).__name__}
+                    )
+                )
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, now; False if that took longer than `timeout`."""

@@ -1,28 +1,28 @@
 """HTTP layer: routes, JSON in and out, error answers, CORS. No clinical logic here."""
+
 from __future__ import annotations
 
 import functools
 import hmac
 import json
 import logging
-
-import orjson
 import time
 from collections.abc import Sequence
 
+import orjson
 from flask import Flask, Response, abort, g, request
 
-from .auth import AuthError, Authenticator, forwarded_base, load_trusted_issuers
-from .config import Settings
-from ..hooks.discovery import SERVICE_HOOKS, discovery_document
-from ..utilization.store import FeedbackError, Store
+from ..clinical.mappings import get_mappings
 from ..fhir.client import FhirFetcher
 from ..hooks.cards import CONTRAST_OVERRIDE_REASONS, OVERRIDE_REASONS
+from ..hooks.discovery import SERVICE_HOOKS, discovery_document
 from ..hooks.evaluation import evaluate_hook
 from ..hooks.request import HookRequestError
+from ..utilization.store import FeedbackError, Store
+from .auth import Authenticator, AuthError, forwarded_base, load_trusted_issuers
+from .config import Settings
+from .logs import AUTHENTICATION_OFF, LogEntry
 from .recording import order_records
-from .logs import LogEntry
-from ..clinical.mappings import get_mappings
 
 log = logging.getLogger("cds_service.http")
 
@@ -86,10 +86,13 @@ def _deeper_than(value, limit: int) -> bool:
     return False
 
 
-def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), migrate: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None, base_urls: Sequence[str] = (), migrate: bool = True, announce: bool = True
+) -> Flask:
     """The WSGI app. `base_urls`: the URLs this server is called at by its bound address (`serve`
     passes them); with CDS_PUBLIC_BASE_URL they are the only bases a token's aud may name.
-    `migrate`: bring the database schema up to date (`serve` does it once, before forking workers)."""
+    `migrate`: bring the database schema up to date (`serve` does it once, before forking workers).
+    `announce`: log that authentication is off (`serve` says it once, not once per worker)."""
     settings = settings or Settings.from_env()
     problem = settings.authentication_problem(base_urls)
     if problem:
@@ -100,11 +103,14 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
     audience_bases = [url.rstrip("/") for url in [settings.public_base_url, *base_urls] if url]
     authenticator = None
     if settings.trusted_issuers is not None:
-        authenticator = Authenticator(load_trusted_issuers(settings.trusted_issuers), settings.jwt_leeway_seconds,
-                                      store.first_use_of_token, max_lifetime_seconds=settings.jwt_max_lifetime_seconds)
-    else:
-        log.warning(json.dumps({"event": "startup", "warning": "AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1): "
-                                "any caller can use this service. Development only."}))
+        authenticator = Authenticator(
+            load_trusted_issuers(settings.trusted_issuers),
+            settings.jwt_leeway_seconds,
+            store.first_use_of_token,
+            max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
+        )
+    elif announce:
+        log.warning(LogEntry(event="startup", warning=AUTHENTICATION_OFF))
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -116,8 +122,11 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
             raise HookRequestError(415, f"send the body as application/json, not {request.mimetype}")
         raw = request.get_data(cache=False)
         # Werkzeug stops a chunked body at the limit without a word: one more byte means it was longer.
-        if (request.content_length is None and len(raw) >= settings.max_body_bytes
-                and request.environ["wsgi.input"].read(1)):
+        if (
+            request.content_length is None
+            and len(raw) >= settings.max_body_bytes
+            and request.environ["wsgi.input"].read(1)
+        ):
             abort(413)
         too_deep = HookRequestError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
         try:
@@ -175,9 +184,11 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         except AuthError as error:
             response = _error(401, error.reason)
             # Nothing from the token goes into a header (CR/LF, NUL or non-Latin-1 would break it).
-            response.headers["WWW-Authenticate"] = ('Bearer realm="cds-services", error="invalid_token"'
-                                                    if request.headers.get("Authorization") else
-                                                    'Bearer realm="cds-services"')
+            response.headers["WWW-Authenticate"] = (
+                'Bearer realm="cds-services", error="invalid_token"'
+                if request.headers.get("Authorization")
+                else 'Bearer realm="cds-services"'
+            )
             return response
         return None
 
@@ -202,9 +213,15 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
     @app.after_request
     def log_answer(response: Response) -> Response:
         # One line per answer, whatever its status; never a token or a credential.
-        entry = LogEntry({"event": "answer", "method": request.method, "path": request.path[:200],
-                 "status": response.status_code,
-                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)})
+        entry = LogEntry(
+            {
+                "event": "answer",
+                "method": request.method,
+                "path": request.path[:200],
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            }
+        )
         body = g.get("body")
         if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
             entry["hookInstance"] = body["hookInstance"][:100]
@@ -219,10 +236,17 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
 
     @app.get("/healthz")
     def healthz():
-        return _json({"status": "ok", "services": sorted(SERVICE_HOOKS), "mappings_version": mappings.version,
-                      "mode": settings.mode, "recording": "on" if settings.record_evaluations else "off",
-                      "database": store.dialect,
-                      "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)"})
+        return _json(
+            {
+                "status": "ok",
+                "services": sorted(SERVICE_HOOKS),
+                "mappings_version": mappings.version,
+                "mode": settings.mode,
+                "recording": "on" if settings.record_evaluations else "off",
+                "database": store.dialect,
+                "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)",
+            }
+        )
 
     @app.get("/cds-services")
     def services():
@@ -239,8 +263,10 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         # what the hook decided goes on the answer's one log line
         g.log_details = {
             "service": service_id,
-            "patient": store.patient_hash(body["context"].get("patientId")), "cards": len(result.response["cards"]),
-            "verdicts": [e.verdict for e in result.evaluations], "mode": settings.mode,
+            "patient": store.patient_hash(body["context"].get("patientId")),
+            "cards": len(result.response["cards"]),
+            "verdicts": [e.verdict for e in result.evaluations],
+            "mode": settings.mode,
             "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         }
         if settings.mode == "shadow":
@@ -263,12 +289,22 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
             return _error(404, "the dashboard is off: set CDS_DASHBOARD_TOKEN to turn it on")
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
-        offered = value.strip() if scheme.lower() == "bearer" else (
-            request.authorization.password if request.authorization and request.authorization.type == "basic" else "")
+        offered = (
+            value.strip()
+            if scheme.lower() == "bearer"
+            else (
+                request.authorization.password
+                if request.authorization and request.authorization.type == "basic"
+                else ""
+            )
+        )
         if offered and hmac.compare_digest(str(offered).encode(), settings.dashboard_token.encode()):
             return None
-        response = _error(401, "the dashboard needs its credential (CDS_DASHBOARD_TOKEN): as a bearer token, "
-                               "or as the password of basic authentication (any user name)")
+        response = _error(
+            401,
+            "the dashboard needs its credential (CDS_DASHBOARD_TOKEN): as a bearer token, "
+            "or as the password of basic authentication (any user name)",
+        )
         response.headers["WWW-Authenticate"] = 'Basic realm="spine-imaging CDS dashboard", charset="UTF-8"'
         return response
 
@@ -280,8 +316,7 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         from ..utilization.report import Window, build_report, render_html
 
         report = build_report(store.engine, Window.last_days(90), top=10)
-        page = render_html(report, plotly_script="/dashboard/plotly.min.js",
-                           title="Spine MRI orders, last 90 days")
+        page = render_html(report, plotly_script="/dashboard/plotly.min.js", title="Spine MRI orders, last 90 days")
         return Response(page, mimetype="text/html", headers={"Cache-Control": "no-store"})
 
     @app.get("/dashboard/plotly.min.js")
@@ -290,10 +325,12 @@ def create_app(settings: Settings | None = None, base_urls: Sequence[str] = (), 
         refusal = dashboard_refusal()
         if refusal is not None:
             return refusal
-        return Response(_plotly_js(), mimetype="application/javascript",
-                        headers={"Cache-Control": "private, max-age=86400"})
+        return Response(
+            _plotly_js(), mimetype="application/javascript", headers={"Cache-Control": "private, max-age=86400"}
+        )
 
     if settings.bench_bare_endpoint:
+
         @app.post("/_bench/bare")
         def bare():
             # The benchmark's baseline: the same JSON parsing, no clinical work.

@@ -16,6 +16,7 @@ token meant to live longer than the configured maximum.
 Reasons are shown to the caller in the JSON body only (token fields quoted with `_shown`); the
 `WWW-Authenticate` header never carries anything taken from the token.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ JWKS_BACKOFF_SECONDS = (5, 300)  # after a failed fetch: first pause, doubling u
 
 def _shown(value, limit: int = 80) -> str:
     """A token field fit to quote in an answer or a log: JSON-escaped (no CR/LF/NUL) and short."""
-    text = json.dumps(value if isinstance(value, (str, int, float, bool, type(None))) else str(value),
-                      ensure_ascii=True)
+    text = json.dumps(
+        value if isinstance(value, (str, int, float, bool, type(None))) else str(value), ensure_ascii=True
+    )
     return text if len(text) <= limit else text[:limit] + '..."'
 
 
@@ -84,7 +86,7 @@ def load_trusted_issuers(path: Path) -> dict[str, Issuer]:
     except (OSError, ValueError) as error:
         raise TrustConfigError(f"CDS_TRUSTED_ISSUERS: cannot read {path}: {error}") from error
     if not isinstance(document, dict) or not document:
-        raise TrustConfigError(f"{path}: expected an object of issuers, e.g. {{\"<iss>\": {{\"jwks\": {{...}}}}}}")
+        raise TrustConfigError(f'{path}: expected an object of issuers, e.g. {{"<iss>": {{"jwks": {{...}}}}}}')
     issuers = {}
     for iss, entry in document.items():
         if not isinstance(entry, dict) or ("jwks" in entry) == ("jwks_url" in entry):
@@ -118,8 +120,14 @@ class _UrlKeys:
 
 
 class Authenticator:
-    def __init__(self, issuers: dict[str, Issuer], leeway_seconds: float, replay_guard,
-                 fetch=None, max_lifetime_seconds: float = 300.0):
+    def __init__(
+        self,
+        issuers: dict[str, Issuer],
+        leeway_seconds: float,
+        replay_guard,
+        fetch=None,
+        max_lifetime_seconds: float = 300.0,
+    ):
         self.issuers = issuers
         self.leeway = leeway_seconds
         self.max_lifetime = max_lifetime_seconds
@@ -133,8 +141,9 @@ class Authenticator:
         with self._lock:
             self._outbound = self._outbound or Outbound(pool_maxsize=2)
         try:
-            reply = self._outbound.get(url, {"Accept": "application/json"}, time.monotonic() + JWKS_FETCH_SECONDS,
-                                       JWKS_MAX_BYTES)
+            reply = self._outbound.get(
+                url, {"Accept": "application/json"}, time.monotonic() + JWKS_FETCH_SECONDS, JWKS_MAX_BYTES
+            )
         except OutboundError as error:
             raise ValueError(f"the key server {error}") from None
         if reply.status != 200:  # a redirect included: keys come only from the configured URL
@@ -158,8 +167,7 @@ class Authenticator:
         return cached.keys
 
     def _key_for(self, issuer: Issuer, header: dict) -> PyJWK:
-        kid = header.get("kid")
-        jku = header.get("jku")
+        kid, jku = str(header["kid"]), header.get("jku")  # verify() checked both are strings
         if jku and jku in issuer.jku_allowlist:
             keys = self._keys_at(jku, kid)
         elif issuer.jwks_url:
@@ -189,8 +197,9 @@ class Authenticator:
             raise AuthError("the bearer token is not a JWT") from None
         algorithm = header.get("alg")
         if algorithm not in ACCEPTED_ALGORITHMS:
-            raise AuthError(f"signing algorithm {_shown(algorithm)} is not accepted "
-                            f"(use one of {', '.join(ACCEPTED_ALGORITHMS)})")
+            raise AuthError(
+                f"signing algorithm {_shown(algorithm)} is not accepted (use one of {', '.join(ACCEPTED_ALGORITHMS)})"
+            )
         if not header.get("kid") or not isinstance(header["kid"], str):
             raise AuthError("the JWT header has no 'kid' string")
         if not isinstance(header.get("jku", ""), str):
@@ -202,7 +211,12 @@ class Authenticator:
         key = self._key_for(issuer, header)
         try:
             claims = jwt.decode(
-                token, key=key.key, algorithms=[algorithm], audience=audiences, issuer=iss, leeway=self.leeway,
+                token,
+                key=key.key,
+                algorithms=[algorithm],
+                audience=audiences,
+                issuer=iss,
+                leeway=self.leeway,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"]},
             )
         except jwt.ExpiredSignatureError:
@@ -225,8 +239,10 @@ class Authenticator:
             raise AuthError("the token's signature does not verify with the key its kid names") from None
         lifetime = float(claims["exp"]) - float(claims["iat"])
         if lifetime > self.max_lifetime + self.leeway:
-            raise AuthError(f"the token is meant to live {lifetime:.0f} s (exp - iat); at most "
-                            f"{self.max_lifetime:.0f} s are accepted (CDS_JWT_MAX_LIFETIME_SECONDS)")
+            raise AuthError(
+                f"the token is meant to live {lifetime:.0f} s (exp - iat); at most "
+                f"{self.max_lifetime:.0f} s are accepted (CDS_JWT_MAX_LIFETIME_SECONDS)"
+            )
         if not self.replay_guard(iss, str(claims["jti"]), float(claims["exp"])):
             raise AuthError("this token (jti) was already used")
         return claims
@@ -238,8 +254,11 @@ def bound_base_urls(host: str, port: int) -> list[str]:
     host = host.strip("[]")
     if host in ("", "0.0.0.0", "::"):
         return []
-    loopback = {"127.0.0.1": ["127.0.0.1", "localhost"], "localhost": ["127.0.0.1", "localhost"],
-                "::1": ["[::1]", "localhost"]}
+    loopback = {
+        "127.0.0.1": ["127.0.0.1", "localhost"],
+        "localhost": ["127.0.0.1", "localhost"],
+        "::1": ["[::1]", "localhost"],
+    }
     names = loopback.get(host, [f"[{host}]" if ":" in host else host])
     return [f"http://{name}:{port}" for name in names]
 
@@ -259,14 +278,28 @@ def forwarded_base(headers) -> str | None:
     return base if proto and host and "/" not in host and is_base_url(base) else None
 
 
-def sign_token(issuer: str, private_key_pem: bytes, audience: str, kid: str, algorithm: str = "ES384",
-               lifetime_seconds: int = 300, subject: str | None = None, jku: str | None = None) -> str:
+def sign_token(
+    issuer: str,
+    private_key_pem: bytes,
+    audience: str,
+    kid: str,
+    algorithm: str = "ES384",
+    lifetime_seconds: int = 300,
+    subject: str | None = None,
+    jku: str | None = None,
+) -> str:
     """A client JWT as a CDS client would send it (for `cds-service token`, the demo and tests)."""
     import uuid
 
     now = int(time.time())
-    claims = {"iss": issuer, "sub": subject or issuer, "aud": audience, "iat": now, "exp": now + lifetime_seconds,
-              "jti": str(uuid.uuid4())}
+    claims = {
+        "iss": issuer,
+        "sub": subject or issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime_seconds,
+        "jti": str(uuid.uuid4()),
+    }
     headers = {"kid": kid, "typ": "JWT"}
     if jku:
         headers["jku"] = jku
@@ -278,6 +311,7 @@ def generate_key_pair(kid: str, algorithm: str = "ES384") -> tuple[bytes, dict]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if algorithm.startswith("ES"):
         curve = ec.SECP384R1() if algorithm == "ES384" else ec.SECP256R1()
         private = ec.generate_private_key(curve)
@@ -286,6 +320,7 @@ def generate_key_pair(kid: str, algorithm: str = "ES384") -> tuple[bytes, dict]:
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
     jwk.update({"kid": kid, "alg": algorithm, "use": "sig"})
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return pem, jwk

@@ -1,9 +1,10 @@
-"""Settings, all from environment variables (documented in the README)."""
+"""Settings, all from environment variables (documented in docs/operations.md)."""
+
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fhir.client import FhirSettings, checked_allowed_server
@@ -51,6 +52,8 @@ def _mode() -> str:
     if mode not in MODES:
         raise SystemExit(f"setting CDS_MODE must be live or shadow, got {mode!r}")
     return mode
+
+
 def _allowed_servers(name: str) -> frozenset[str]:
     try:
         return frozenset(checked_allowed_server(url) for url in os.environ.get(name, "").split(",") if url.strip())
@@ -61,11 +64,11 @@ def _allowed_servers(name: str) -> frozenset[str]:
 def _base_url(name: str) -> str | None:
     url = (os.environ.get(name) or "").strip().rstrip("/")
     if url and not is_base_url(url):
-        raise SystemExit(f"setting {name} must be an http(s) base URL without credentials, query or fragment, "
-                         f"got {describe_host(url)}")
+        raise SystemExit(
+            f"setting {name} must be an http(s) base URL without credentials, query or fragment, "
+            f"got {describe_host(url)}"
+        )
     return url or None
-
-
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Settings:
     trust_proxy: bool = False
     jwt_leeway_seconds: float = 5.0
     jwt_max_lifetime_seconds: float = 300.0
-    fhir: FhirSettings = FhirSettings(allowed_servers=frozenset())
+    fhir: FhirSettings = field(default_factory=lambda: FhirSettings(allowed_servers=frozenset()))
     database_url: str | None = None  # None: the SQLite file feedback_db
     patient_hash_key: str | None = None  # None: a random key kept in the database
     mode: str = "live"  # live | shadow (evaluate and record, answer no cards)
@@ -90,7 +93,7 @@ class Settings:
     record_evaluations: bool = True
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         mappings = os.environ.get("CDS_MAPPINGS_DIR")
         return cls(
             feedback_db=Path(os.environ.get("CDS_FEEDBACK_DB", "var/cds-feedback.sqlite3")),
@@ -123,9 +126,13 @@ class Settings:
         """Why the service must not start as configured (None when it may); `base_urls` are the
         URLs the server is reached at by its bound address (see auth.bound_base_urls)."""
         if self.trusted_issuers is None and not self.allow_unauthenticated:
-            return ("no trusted CDS clients: set CDS_TRUSTED_ISSUERS to a trusted-issuers JSON file "
-                    "(see README), or CDS_ALLOW_UNAUTHENTICATED=1 for development only")
+            return (
+                "no trusted CDS clients: set CDS_TRUSTED_ISSUERS to a trusted-issuers JSON file "
+                "(see docs/integrating.md), or CDS_ALLOW_UNAUTHENTICATED=1 for development only"
+            )
         if self.trusted_issuers is not None and not (self.public_base_url or base_urls or self.trust_proxy):
-            return ("no URL is known that a client's token may name as its aud: set CDS_PUBLIC_BASE_URL to the "
-                    "base URL clients call (a wildcard bind address such as 0.0.0.0 does not say it)")
+            return (
+                "no URL is known that a client's token may name as its aud: set CDS_PUBLIC_BASE_URL to the "
+                "base URL clients call (a wildcard bind address such as 0.0.0.0 does not say it)"
+            )
         return None

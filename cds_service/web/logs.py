@@ -4,6 +4,7 @@ Code that logs often (the answer line, once per request) passes a `LogEntry` (a 
 formatter writes it as it is, with orjson, instead of parsing a JSON string back. Other code may
 log a JSON string or plain text; both end up as one JSON object too.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,11 @@ import logging
 import time
 
 import orjson
+
+AUTHENTICATION_OFF = (
+    "AUTHENTICATION IS OFF (CDS_ALLOW_UNAUTHENTICATED=1): any caller can use this service and send it "
+    "patient data. Development only."
+)
 
 
 class LogEntry(dict):
@@ -24,14 +30,14 @@ class JsonLogFormatter(logging.Formatter):
     _second: int | None = None
     _second_text = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # logging's own format ("2026-11-23 11:45:20,123", local time), its date part worked out
         # once per second instead of once per line
         second = int(record.created)
         if second != self._second:
             self._second_text = time.strftime(self.default_time_format, self.converter(record.created))
             self._second = second
-        return self.default_msec_format % (self._second_text, record.msecs)
+        return f"{self._second_text},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
@@ -50,3 +56,20 @@ class JsonLogFormatter(logging.Formatter):
             return orjson.dumps(entry).decode()
         except TypeError:  # what orjson will not write (a lone surrogate, an integer beyond 64 bits)
             return json.dumps(entry)
+
+
+def _json_gunicorn_logger() -> type:
+    from gunicorn.glogging import Logger
+
+    class JsonGunicornLogger(Logger):
+        """gunicorn's own lines (start, workers booting and exiting, signals) as JSON, like the service's."""
+
+        def setup(self, cfg):
+            super().setup(cfg)
+            for handler in self.error_log.handlers:
+                handler.setFormatter(JsonLogFormatter())
+
+    return JsonGunicornLogger
+
+
+JsonGunicornLogger = _json_gunicorn_logger()

@@ -1,4 +1,5 @@
 """Alembic environment: the service runs migrations itself (store.migrate) on its own connection."""
+
 from alembic import context
 
 connection = context.config.attributes["connection"]
