@@ -382,6 +382,7 @@ class CardResult:
     rating_action: dict | None  # the PAMA rating systemAction (Argonaut and CDS Hooks 2.0 lists)
     clearing_action: dict | None  # no rating: an update that removes an earlier one (CDS Hooks 2.0 list only)
     suggestion_kinds: dict[str, str]  # suggestion uuid -> SUGGEST_* kind
+    override_reasons: dict[str, str]  # the override reason codes this card offers -> their display
 
 
 def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str) -> CardResult:
@@ -414,6 +415,7 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
         "source": source,
     }
     suggestions = _suggestions(order, verdict, mappings, consult_id, source.get("url"), rating_extensions)
+    reasons: list[tuple[str, str]] = []
     if suggestions:
         card["suggestions"] = [suggestion for _, suggestion in suggestions]
         card["selectionBehavior"] = "at-most-one"
@@ -422,5 +424,9 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
             {"system": OVERRIDE_SYSTEM, "code": code, "display": display} for code, display in reasons
         ]
     return CardResult(
-        card, rating_action, clearing_action, {suggestion["uuid"]: kind for kind, suggestion in suggestions}
+        card,
+        rating_action,
+        clearing_action,
+        {suggestion["uuid"]: kind for kind, suggestion in suggestions},
+        dict(reasons),
     )

@@ -41,6 +41,8 @@ class Evaluation:
     order_code: str = ""  # e.g. "cpt|72148"
     red_flags: list[str] = field(default_factory=list)  # concept ids found
     unread_sources: list[str] = field(default_factory=list)  # prefetch keys that could not be read
+    # The override reasons the card offered (code -> display): feedback may name only these.
+    override_reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +142,7 @@ def evaluate_hook(
                 order_code=order.code,
                 red_flags=[e.concept_id for e in verdict.red_flags_found],
                 unread_sources=sorted(data.unread),
+                override_reasons=built.override_reasons,
             )
         )
     if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(
