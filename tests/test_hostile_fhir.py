@@ -153,6 +153,10 @@ def read_one(fetcher: FhirFetcher, body: dict, key: str, mappings) -> tuple[list
         "https://EHR.example.org/fhir/Condition?x=1",
         "https://ehr.example.org:443/fhir/Condition",
         "https://ehr.example.org/fhir?_getpages=abc",
+        "https://ehr.example.org/fhir/Condition?page=../..;/admin//x",  # the query is not the path
+        "https://ehr.example.org/fhir/Patient/abc.def-1",  # dots inside a segment are no dot segment
+        "https://ehr.example.org/%66hir/Condition",  # an encoded unreserved letter is that letter
+        "https://ehr.example.org/fhir/Condition/",
     ],
 )
 def test_within_accepts_the_same_server_under_the_base(url):
@@ -172,6 +176,22 @@ def test_within_accepts_the_same_server_under_the_base(url):
         "https://ehr.example.org/fhir/../admin",
         "https://ehr.example.org/fhir/%2e%2e/admin",
         "https://ehr.example.org/fhir/a%2F..%2F..%2Fadmin",
+        # every other spelling of a dot segment, a path parameter or an empty segment (issue 18, item 5)
+        "https://ehr.example.org/fhir/..;/admin",  # Tomcat and Spring read "..;" as ".."
+        "https://ehr.example.org/fhir/..%3B/admin",
+        "https://ehr.example.org/fhir/%2e%2e;/admin",
+        "https://ehr.example.org/fhir/.%2E/admin",
+        "https://ehr.example.org/fhir/%2E./admin",
+        "https://ehr.example.org/fhir/%252e%252e/admin",  # encoded twice, for a server that decodes twice
+        "https://ehr.example.org/fhir/%c0%ae%c0%ae/admin",  # overlong UTF-8 dots
+        "https://ehr.example.org/fhir/\uff0e\uff0e/admin",  # fullwidth dots, NFKC-folded by some servers
+        "https://ehr.example.org/fhir/./Condition",
+        "https://ehr.example.org/fhir/Condition/../Condition",  # a `..` that stays under the base: still refused
+        "https://ehr.example.org/fhir//admin",
+        "https://ehr.example.org/fhir//evil.test/Condition",
+        "https://ehr.example.org/fhir/;x=1/Condition",
+        "https://ehr.example.org/fhir;jsessionid=1/Condition",
+        "https://ehr.example.org/fhir/Condition;.css",
         "https://ehr.example.org\\@evil.test/fhir",
         "https://ehr.example.org/fhir/\r\nHost: evil",
         "javascript:alert(1)",
@@ -265,6 +285,25 @@ def test_next_link_with_userinfo_to_another_host_gets_nothing(hostile, mappings)
     _resources, unread = read_one(fetcher_for(base), request_reading(base), "conditions", mappings)
     assert unread == "a next link points away from the FHIR server; not followed"
     assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize("escape", ["..;", "%2e%2e;", "..%3b", "", ";x=1/.."])
+def test_next_link_leaving_the_base_path_on_the_same_host_gets_nothing(hostile, mappings, escape):
+    """A next link on the right host whose path leaves the base (`/fhir/..;/admin/...`, `/fhir//...`)
+    is not followed: the bearer token goes to the base's path only."""
+
+    def behaviour(handler):
+        if handler.path.startswith("/fhir/Condition"):
+            next_url = f"{server.url}/fhir/{escape}/admin/Condition?p=2"
+            answer(handler, 200, {**EMPTY_BUNDLE, "link": [{"relation": "next", "url": next_url}]})
+        else:
+            fhir_answer(handler, planted=CAUDA_EQUINA_CONDITIONS)
+
+    server = hostile(behaviour)
+    base = server.url + "/fhir"
+    _resources, unread = read_one(fetcher_for(base), request_reading(base), "conditions", mappings)
+    assert unread == "a next link points away from the FHIR server; not followed"
+    assert [path for path, _ in server.requests if "admin" in path] == []
 
 
 def _port_pair() -> tuple[int, int]:

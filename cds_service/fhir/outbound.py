@@ -1,8 +1,10 @@
 """Every HTTP call the service makes (FHIR reads, JWKS fetches): which URLs, how long, how much.
 
 - `within(url, base)` is the one test of "is this URL on that server": the same scheme, host
-  and port, and a path at or under the base's path, segment by segment. It is used for the
-  `fhirServer` against the allowlist, for redirects and for `next` links.
+  and port, and a path at or under the base's path, segment by segment, judged after
+  percent-decoding; a dot segment in any spelling, a `;` parameter or an empty segment makes the
+  URL refused. It is used for the `fhirServer` against the allowlist, for redirects and for
+  `next` links.
 - `Outbound.get` sends a GET that never follows redirects (the caller checks each one), stops
   at a deadline that holds for the whole exchange, and refuses an answer beyond a number of
   decoded bytes. Socket timeouts bound each read, not their sum, so a server sending a byte a
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import requests
 import urllib3
@@ -45,6 +47,53 @@ class _Location:
     bare: bool  # no query and no fragment
 
 
+# A path segment after decoding must be printable ASCII without these: a separator the
+# server would split on ("/", "\\"), or a path parameter (";"), which Tomcat and Spring strip
+# before resolving dot segments ("..;" is "..").
+_FORBIDDEN_IN_SEGMENT = frozenset("/\\;")
+
+
+def _segment(raw: str) -> str | None:
+    """A path segment as every server reads it (percent-decoded until it no longer changes, so a
+    segment encoded twice is judged as a server that decodes twice would), or None when it is a
+    dot segment in any spelling, a path parameter, or not plain printable ASCII (overlong UTF-8,
+    fullwidth dots and the like are folded into dots by some servers)."""
+    decoded = raw
+    for _ in range(4):
+        if "%" not in decoded:
+            break
+        try:
+            decoded = unquote_to_bytes(decoded).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if "%" in decoded or decoded in (".", "..") or not decoded.isascii() or not decoded.isprintable():
+        return None
+    if any(c in _FORBIDDEN_IN_SEGMENT for c in decoded):
+        return None
+    return decoded
+
+
+def _path_segments(path: str) -> tuple[str, ...] | None:
+    """The segments of a URL path, normalised (RFC 3986 6.2.2: percent-encoding decoded; no dot
+    segments to remove, since any is refused), or None when the path is doubtful: a dot segment
+    in any spelling (`..`, `%2e%2e`, `..;`), a `;` parameter, or an empty segment (`//`) other
+    than one trailing slash."""
+    if path in ("", "/"):
+        return ()
+    if not path.startswith("/"):
+        return None
+    parts = path[1:].split("/")
+    if parts[-1] == "":
+        parts.pop()  # one trailing slash: "/fhir/" is "/fhir"
+    segments = []
+    for raw in parts:
+        segment = _segment(raw) if raw else None
+        if segment is None:
+            return None
+        segments.append(segment)
+    return tuple(segments)
+
+
 def _locate(url) -> _Location | None:
     """The parts of an http(s) URL that decide which server it reaches; None for anything doubtful."""
     if not isinstance(url, str) or any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
@@ -56,11 +105,9 @@ def _locate(url) -> _Location | None:
         return None
     if scheme not in DEFAULT_PORTS or not host or "@" in parts.netloc:
         return None  # userinfo: "good.example@evil.example" reaches evil.example
-    segments = tuple(segment for segment in parts.path.split("/") if segment)
-    for segment in segments:
-        decoded = unquote(segment)
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
-            return None  # a server may resolve these out of the base path
+    segments = _path_segments(parts.path)
+    if segments is None:
+        return None  # a server may resolve these out of the base path
     return _Location(scheme, host, port or DEFAULT_PORTS[scheme], segments, bare="?" not in url and "#" not in url)
 
 
