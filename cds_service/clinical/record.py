@@ -34,6 +34,9 @@ class ClinicalData:
     included: dict[str, Resource] = field(default_factory=dict)
     unread: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Resources left out because they are not shown to be the context patient's (another
+    # patient's, or without the subject FHIR requires): counted here, noted in `notes`.
+    other_patient: int = 0
 
     @property
     def patient(self) -> Resource | None:

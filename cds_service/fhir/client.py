@@ -23,7 +23,7 @@ from urllib.parse import quote, urljoin
 
 from ..clinical.record import EXPECTED_TYPES, ClinicalData
 from .outbound import Outbound, OutboundError, describe_host, is_base_url, within
-from .prefetch import operation_outcome_text, read_prefetch_value
+from .prefetch import log_other_patient, operation_outcome_text, read_prefetch_value
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,8 @@ class FhirFetcher:
         if authorization:
             headers["Authorization"] = authorization
         context = body.get("context") or {}
+        patient_id = context.get("patientId") if isinstance(context.get("patientId"), str) else None
+        left_out_before = data.other_patient
         budget = _Budget(self.settings.budget_seconds)
         timings: dict[str, float] = {}
 
@@ -238,7 +240,8 @@ class FhirFetcher:
                 data.unread[key] = problem
                 continue
             data.unread.pop(key, None)
-            read_prefetch_value(key, value, data)
+            read_prefetch_value(key, value, data, patient_id)  # only context.patientId's resources
+        log_other_patient(body.get("hookInstance"), "fhir-server", data.other_patient - left_out_before)
         return timings
 
 

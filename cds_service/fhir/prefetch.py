@@ -4,13 +4,22 @@ CDS Hooks 2.0 prefetch semantics: a key that is absent was not satisfied; a key 
 is null means the EHR has no such data; an OperationOutcome (alone or inside a Bundle) means
 the EHR failed to fetch it; a Bundle with a `next` link holds only its first page.
 A later data source (the EHR's FHIR server) fills in the keys this one leaves unread.
+
+Given the hook's `context.patientId`, only that patient's resources are read (`patient.py`):
+the others are left out, counted in `ClinicalData.other_patient` and noted for the card; a key
+whose resources were all another patient's stays unread.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from ..clinical.record import EXPECTED_TYPES, ClinicalData
+from .patient import SUBJECT_OPTIONAL, owner
+
+log = logging.getLogger(__name__)
 
 
 def _list(value: object) -> list[Any]:
@@ -32,8 +41,9 @@ def operation_outcome_text(outcome: dict[str, Any]) -> str:
     return "; ".join(texts) or "no detail given"
 
 
-def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
-    """Read one prefetch entry into `data` (resources, or the reason it is unread)."""
+def read_prefetch_value(key: str, value, data: ClinicalData, patient_id: str | None = None) -> None:
+    """Read one prefetch entry into `data` (resources, or the reason it is unread); with
+    `patient_id`, only that patient's resources."""
     expected = EXPECTED_TYPES[key]
     if value is None:
         data.resources[key] = []  # the EHR says it has no such data
@@ -46,10 +56,12 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
         data.unread[key] = f"the EHR could not fetch it ({operation_outcome_text(value)})"
         return
     if resource_type == expected and key == "patient":
+        if patient_id is not None and owner(value, patient_id) != "own":
+            data.other_patient += 1
+            data.unread[key] = "it is another patient's Patient resource (its id is not context.patientId); left out"
+            data.notes.append("patient: the Patient resource of another patient was left out")
+            return
         data.resources[key] = [value]
-        return
-    if resource_type != "Bundle":
-        data.unread[key] = f"expected a Bundle of {expected}, got {resource_type or 'no resourceType'}"
         return
     resources: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -74,6 +86,13 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
             resources.append(resource)
         else:
             data.notes.append(f"{key}: a {kind} in a Bundle of {expected} was skipped")
+    if patient_id is not None and resources:
+        resources = _own(key, expected, resources, patient_id, data)
+        if not resources:
+            data.unread[key] = (
+                f"only another patient's {expected} resources came back (left out): this patient's were not sent"
+            )
+            return
     has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in _list(value.get("link")))
     if failed and not resources:
         data.unread[key] = f"the EHR could not fetch it ({'; '.join(failed)})"
@@ -85,12 +104,60 @@ def read_prefetch_value(key: str, value, data: ClinicalData) -> None:
         data.unread[key] = "only the first page was prefetched (the Bundle has a next link)"
 
 
-def from_prefetch(prefetch) -> ClinicalData:
+def _count(n: int) -> str:
+    return f"{n} resource" if n == 1 else f"{n} resources"
+
+
+def _were(n: int) -> str:
+    return "was" if n == 1 else "were"
+
+
+def _own(key: str, expected: str, resources: list[dict[str, Any]], patient_id: str, data: ClinicalData):
+    """The resources of `patient_id`; the others are counted in `data.other_patient` and noted."""
+    own_reference = f"Patient/{patient_id}"
+    kept: list[dict[str, Any]] = []
+    other = unattributed = 0
+    for resource in resources:
+        subject = resource.get("subject")
+        if isinstance(subject, dict) and subject.get("reference") == own_reference:
+            kept.append(resource)  # the usual case, decided without the general check
+            continue
+        whose = owner(resource, patient_id)
+        if whose == "own" or (whose == "none" and expected in SUBJECT_OPTIONAL):
+            kept.append(resource)
+        elif whose == "none":
+            unattributed += 1
+        else:
+            other += 1
+    if other:
+        data.notes.append(f"{key}: {_count(other)} of another patient {_were(other)} left out")
+    if unattributed:
+        data.notes.append(
+            f"{key}: {_count(unattributed)} without a subject {_were(unattributed)} left out "
+            f"(FHIR requires {expected}.subject)"
+        )
+    data.other_patient += other + unattributed
+    return kept
+
+
+def log_other_patient(hook_instance: object, source: str, left_out: int) -> None:
+    """One log line when resources of another patient were left out: how many, never whose."""
+    if left_out:
+        line = {"event": "other-patient-resources", "source": source, "left_out": left_out}
+        if isinstance(hook_instance, str):
+            line["hookInstance"] = hook_instance[:100]
+        log.warning(json.dumps(line))
+
+
+def from_prefetch(prefetch, patient_id: str | None = None, hook_instance: str | None = None) -> ClinicalData:
+    """The prefetch read into ClinicalData; with `patient_id` (the hook's context.patientId), only
+    that patient's resources (without it, as it came: for offline tools and the rules' tests)."""
     data = ClinicalData()
     prefetch = prefetch if isinstance(prefetch, dict) else {}
     for key in EXPECTED_TYPES:
         if key not in prefetch:
             data.unread[key] = "not in the prefetch"
             continue
-        read_prefetch_value(key, prefetch[key], data)
+        read_prefetch_value(key, prefetch[key], data, patient_id)
+    log_other_patient(hook_instance, "prefetch", data.other_patient)
     return data

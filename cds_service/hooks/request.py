@@ -1,5 +1,7 @@
 """What makes a hook request one the service can evaluate: the CDS Hooks 2.0 request schema and
-the hook's context schema, checked fast (fastjsonschema) and worded by jsonschema when refused.
+the hook's context schema, checked fast (fastjsonschema) and worded by jsonschema when refused;
+then what a schema cannot say: every draft order is for the context patient, and every selection
+names a draft order.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import fastjsonschema
 import jsonschema
 
+from ..fhir.patient import owner
 from .discovery import SERVICE_HOOKS
 
 
@@ -76,3 +79,35 @@ def check_request(service_id: str, body) -> None:
     _require(body["hook"] == expected, f"service '{service_id}' answers the '{expected}' hook, not '{body['hook']}'")
     problem = _schema_error(f"{expected}-context", body["context"], "context")
     _require(problem is None, problem or "")
+    _check_draft_orders(body["context"], expected)
+
+
+def _shown(value: object) -> str:
+    """Request text fit to quote in an error: printable and short."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def _check_draft_orders(context: dict, hook: str) -> None:
+    """Each draft order is for the context patient (or names none); each selection is a draft order."""
+    patient_id = context["patientId"]
+    entries = context["draftOrders"].get("entry")
+    present: set[str] = set()
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+        present.update((reference, str(resource.get("id"))))  # a bare id is read as a selection too
+        _require(
+            owner(resource, patient_id) != "other",
+            f"context.draftOrders: {_shown(reference)} is for another patient: its subject is not "
+            "context.patientId (a hook carries only its own patient's orders)",
+        )
+    if hook != "order-select":
+        return
+    for selection in context.get("selections") or []:
+        _require(
+            selection in present,
+            f"context.selections names {_shown(selection)}, which is not in context.draftOrders",
+        )
