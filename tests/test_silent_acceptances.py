@@ -32,3 +32,48 @@ def test_selections_of_drafted_orders_pass(captured_sandbox):
     check_request(SELECT, fixtures.hook_request("lbp-cauda-equina"))
     for name in ("order_select", "order_select_empty_order"):
         check_request(SELECT, captured_sandbox[name])
+
+
+@pytest.mark.parametrize(
+    "aud",
+    ["127.0.0.1:8765/cds-services/spine-mri-order-select", "/cds-services/spine-mri-order-select", "", "http://", "x"],
+)
+def test_token_refuses_an_aud_that_is_not_an_absolute_url(tmp_path, capsys, aud):
+    from cds_service.cli.main import main
+
+    assert main(["keygen", "--issuer", "https://ehr.example.org", "--out", str(tmp_path), "--kid", "k"]) == 0
+    capsys.readouterr()
+    code = main(["token", "--issuer", "https://ehr.example.org", "--key", str(tmp_path / "k.pem"), "--aud", aud])
+    captured = capsys.readouterr()
+    assert code != 0 and captured.out == ""
+    error = captured.err.strip()
+    assert "\n" not in error and "--aud" in error and "absolute" in error
+
+
+def test_discovery_answers_with_a_trailing_slash_too(client):
+    plain = client.get("/cds-services")
+    slashed = client.get("/cds-services/")
+    assert slashed.status_code == 200
+    assert slashed.get_json() == plain.get_json()
+
+
+def test_discovery_with_a_trailing_slash_stays_open_with_authentication_on(tmp_path):
+    import json
+
+    from cds_service.web.app import create_app
+    from cds_service.web.config import Settings
+
+    trust = tmp_path / "trusted-issuers.json"
+    trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": []}}}))
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**6,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        trusted_issuers=trust,
+    )
+    client = create_app(settings, ["http://127.0.0.1:8765"]).test_client()
+    assert client.get("/cds-services/").status_code == 200
+    assert client.post("/cds-services/spine-mri-order-select", json={}).status_code == 401

@@ -175,8 +175,10 @@ def create_app(
     @app.before_request
     def start_clock_and_authenticate():
         g.started = time.perf_counter()
-        if request.method == "OPTIONS" or not request.path.startswith("/cds-services/"):
-            return None  # discovery, health and CORS preflight stay open, as the spec allows
+        if request.method == "OPTIONS" or request.path.rstrip("/") == "/cds-services":
+            return None  # CORS preflight and discovery (with or without a trailing slash) stay open
+        if not request.path.startswith("/cds-services/"):
+            return None  # health stays open, as the spec allows; the dashboard has its own credential
         if authenticator is None:
             return None
         try:
@@ -249,6 +251,7 @@ def create_app(
         )
 
     @app.get("/cds-services")
+    @app.get("/cds-services/")  # discovery with a trailing slash too (clients append one)
     def services():
         return _json(discovery)
 
