@@ -75,6 +75,7 @@ class LocalNginx:
     def __init__(self, port: int, upstream: str, max_body_bytes: int = 32 * 1024 * 1024):
         self.port, self.upstream, self.max_body_bytes = port, upstream, max_body_bytes
         self.base = f"http://127.0.0.1:{port}"
+        self.public_host = f"127.0.0.1:{port}"  # the only Host it answers, and the one it forwards
         self.prefix = Path(tempfile.mkdtemp(prefix="cds-nginx-"))
         self.prefix.chmod(0o755)  # nginx workers may run as another user (root starts them as nobody)
         self.process: subprocess.Popen | None = None
@@ -87,6 +88,7 @@ class LocalNginx:
             CDS_PROXY_LISTEN=f"127.0.0.1:{self.port}",
             CDS_UPSTREAM=self.upstream,
             CDS_MAX_BODY_BYTES=str(self.max_body_bytes),
+            CDS_PUBLIC_HOST=self.public_host,
         )
         (self.prefix / "cds.conf").write_text(server)
         limits = shipped_limits()
@@ -149,7 +151,7 @@ class SlowClients:
             return None
 
     def start(self) -> SlowClients:
-        request_line = f"POST {SELECT} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        request_line = f"POST {SELECT} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n".encode()
         self.sockets = {
             "slow_headers": [self._connect(request_line) for _ in range(self.slow_headers)],
             "slow_bodies": [
@@ -232,11 +234,20 @@ def client_identity(directory: Path) -> tuple[bytes, str, Path]:
 
 
 def start_service(
-    port: int, public_base: str, trust: Path, directory: Path, auth: bool = True, workers: int = 2, threads: int = 8
+    port: int,
+    public_base: str | None,
+    trust: Path,
+    directory: Path,
+    auth: bool = True,
+    workers: int = 2,
+    threads: int = 8,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env.update(CDS_FEEDBACK_DB=str(directory / "f.sqlite3"), CDS_LOG_LEVEL="WARNING", CDS_PUBLIC_BASE_URL=public_base)
+    env.update(CDS_FEEDBACK_DB=str(directory / "f.sqlite3"), CDS_LOG_LEVEL="WARNING")
+    env.update({"CDS_PUBLIC_BASE_URL": public_base} if public_base else {})
     env.update({"CDS_TRUSTED_ISSUERS": str(trust)} if auth else {"CDS_ALLOW_UNAUTHENTICATED": "1"})
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [
             sys.executable,

@@ -294,37 +294,73 @@ def test_the_host_header_does_not_choose_the_audience(client, keys):
     assert "http://evil.example" not in reply.get_json()["error"]
 
 
-def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy(tmp_path, trust_file, keys):
-    def app(**extra):
-        settings = Settings(
-            feedback_db=tmp_path / "f.sqlite3",
-            mappings_dir=None,
-            max_body_bytes=10**7,
-            cors_origins="*",
-            bench_bare_endpoint=False,
-            log_level="INFO",
-            trusted_issuers=trust_file,
-            **extra,
-        )
-        return create_app(settings).test_client()
+def _app(tmp_path, trust_file, bound=(), **extra):
+    settings = Settings(
+        feedback_db=tmp_path / "f.sqlite3",
+        mappings_dir=None,
+        max_body_bytes=10**7,
+        cors_origins="*",
+        bench_bare_endpoint=False,
+        log_level="INFO",
+        trusted_issuers=trust_file,
+        **extra,
+    )
+    return create_app(settings, list(bound)).test_client()
 
-    public = app(public_base_url="https://cds.example.org/spine")
+
+PROXIED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "proxy.example.org"}
+FORWARDED = {"Forwarded": 'for=10.0.0.1;proto=https;host="proxy.example.org"'}
+
+
+def test_public_base_url_is_accepted_and_forwarded_headers_only_with_trust_proxy(tmp_path, trust_file, keys):
+    public = _app(tmp_path, trust_file, public_base_url="https://cds.example.org/spine")
     assert post(public, token(keys, aud="https://cds.example.org/spine" + SELECT)).status_code == 200
     assert post(public, token(keys)).status_code == 401  # localhost is not where this one is called
 
-    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "proxy.example.org"}
-    forwarded = {"Forwarded": 'for=10.0.0.1;proto=https;host="proxy.example.org"'}
-    for headers in (proxied, forwarded):
+    for headers in (PROXIED, FORWARDED):
         claims_for_proxy = token(keys, aud="https://proxy.example.org" + SELECT)
-        untrusting = public.post(
+        untrusting = _app(tmp_path, trust_file, bound=[BASE]).post(
             SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers}
         )
         assert untrusting.status_code == 401
-        trusting = app(public_base_url="https://cds.example.org/spine", trust_proxy=True)
+        trusting = _app(tmp_path, trust_file, bound=[BASE], trust_proxy=True)
         accepted = trusting.post(
             SELECT, json=body(), headers={"Authorization": f"Bearer {claims_for_proxy}", **headers}
         )
         assert accepted.status_code == 200
+
+
+@pytest.mark.parametrize("headers", [PROXIED, FORWARDED], ids=["x-forwarded", "forwarded"])
+def test_with_a_public_base_url_it_alone_is_the_audience_even_trusting_the_proxy(tmp_path, trust_file, keys, headers):
+    """Issue 18, item 3: a proxy passing the client's Host on as X-Forwarded-Host let a token
+    minted for another host in. With CDS_PUBLIC_BASE_URL set, neither forwarded headers nor the
+    bound (internal) address count."""
+    app = _app(tmp_path, trust_file, bound=[BASE], public_base_url="https://cds.example.org", trust_proxy=True)
+    minted_elsewhere = token(keys, aud="https://proxy.example.org" + SELECT)
+    reply = app.post(SELECT, json=body(), headers={"Authorization": f"Bearer {minted_elsewhere}", **headers})
+    assert reply.status_code == 401
+    assert post(app, token(keys, aud=URL)).status_code == 401  # the bound address is internal
+    assert post(app, token(keys, aud="https://cds.example.org" + SELECT)).status_code == 200
+
+
+def test_the_401_for_a_wrong_audience_names_only_the_public_url(tmp_path, trust_file, keys):
+    """Issue 18, item 4: the bound internal address and port stay out of the answer."""
+    internal = "http://10.1.2.3:8765"
+    app = _app(tmp_path, trust_file, bound=[internal], public_base_url="https://cds.example.org", trust_proxy=True)
+    reply = app.post(
+        SELECT, json=body(), headers={"Authorization": f"Bearer {token(keys, aud='https://x.example' + SELECT)}"}
+    )
+    error = reply.get_json()["error"]
+    assert reply.status_code == 401
+    assert "aud" in error and "https://cds.example.org" + SELECT in error
+    assert "10.1.2.3" not in error and "8765" not in error
+
+
+def test_the_401_names_no_internal_address_without_a_public_base_url(tmp_path, trust_file, keys):
+    app = _app(tmp_path, trust_file, bound=["http://10.1.2.3:8765"])
+    reply = post(app, token(keys, aud="https://x.example" + SELECT))
+    assert reply.status_code == 401
+    assert "aud" in reply.get_json()["error"] and "10.1.2.3" not in reply.get_json()["error"]
 
 
 def test_no_known_base_url_refuses_to_start(tmp_path, trust_file, monkeypatch, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -50,6 +51,9 @@ def test_only_the_proxy_publishes_the_service():
     assert mounts["/etc/nginx/nginx.conf"] == "./deploy/nginx/nginx.conf"
     assert mounts["/etc/nginx/templates/cds.conf.template"] == "./deploy/nginx/cds.conf.template"
     assert services["cds"]["environment"]["CDS_PUBLIC_BASE_URL"] == "http://localhost:8765"  # tokens name the proxy
+    # nginx answers and forwards only the public host (issue 18, item 3), and its health check names it
+    assert environment["CDS_PUBLIC_HOST"] == urlsplit(services["cds"]["environment"]["CDS_PUBLIC_BASE_URL"]).netloc
+    assert f"Host: {environment['CDS_PUBLIC_HOST']}" in proxy["healthcheck"]["test"]
 
 
 def test_ports_match_the_service_and_the_fhir_base():

@@ -19,7 +19,7 @@ from ..hooks.discovery import SERVICE_HOOKS, discovery_document
 from ..hooks.evaluation import evaluate_hook
 from ..hooks.request import HookRequestError
 from ..utilization.store import FeedbackError, Store
-from .auth import Authenticator, AuthError, forwarded_base, load_trusted_issuers
+from .auth import Authenticator, AuthError, forwarded_base, is_loopback, load_trusted_issuers
 from .config import Settings
 from .logs import AUTHENTICATION_OFF, LogEntry
 from .recording import order_records
@@ -90,7 +90,7 @@ def create_app(
     settings: Settings | None = None, base_urls: Sequence[str] = (), migrate: bool = True, announce: bool = True
 ) -> Flask:
     """The WSGI app. `base_urls`: the URLs this server is called at by its bound address (`serve`
-    passes them); with CDS_PUBLIC_BASE_URL they are the only bases a token's aud may name.
+    passes them): the bases a token's aud may name unless CDS_PUBLIC_BASE_URL is set (then it alone is).
     `migrate`: bring the database schema up to date (`serve` does it once, before forking workers).
     `announce`: log that authentication is off (`serve` says it once, not once per worker)."""
     settings = settings or Settings.from_env()
@@ -100,7 +100,11 @@ def create_app(
     mappings = get_mappings(settings.mappings_dir)
     store = Store.from_settings(settings, migrate=migrate)
     discovery = discovery_document(mappings)
-    audience_bases = [url.rstrip("/") for url in [settings.public_base_url, *base_urls] if url]
+    # CDS_PUBLIC_BASE_URL, when set, is the only base a token's aud may name: behind a proxy the
+    # bound address is an internal one, and a forwarded header names what the client chose.
+    audience_bases = [
+        url.rstrip("/") for url in ([settings.public_base_url] if settings.public_base_url else base_urls)
+    ]
     authenticator = None
     if settings.trusted_issuers is not None:
         authenticator = Authenticator(
@@ -164,13 +168,20 @@ def create_app(
         log.exception("unexpected error")
         return _error(500, "internal error: the hook could not be evaluated")
 
-    def audiences() -> list[str]:
+    def audiences() -> tuple[list[str], str | None]:
         # aud must be the URL of the endpoint called, on a base this server knows it is called at:
-        # configured or bound, never the request's Host header (the caller chooses that).
+        # CDS_PUBLIC_BASE_URL alone when set; else the bound address and, with CDS_TRUST_PROXY, the
+        # origin the proxy names. Never the request's Host header (the caller chooses that).
+        # Second: the one URL a refusal may name (the public one), never an internal address.
         bases = list(audience_bases)
-        if settings.trust_proxy:
-            bases += filter(None, [forwarded_base(request.headers)])
-        return [base + request.path for base in bases]
+        shown = bases[0] if settings.public_base_url else None
+        if settings.trust_proxy and not settings.public_base_url:
+            forwarded = forwarded_base(request.headers)
+            if forwarded:
+                bases.append(forwarded)
+                shown = forwarded
+        shown = shown or next((base for base in bases if is_loopback(base)), None)
+        return [base + request.path for base in bases], (shown + request.path if shown else None)
 
     @app.before_request
     def start_clock_and_authenticate():
@@ -182,7 +193,7 @@ def create_app(
         if authenticator is None:
             return None
         try:
-            authenticator.verify(request.headers.get("Authorization"), audiences())
+            authenticator.verify(request.headers.get("Authorization"), *audiences())
         except AuthError as error:
             response = _error(401, error.reason)
             # Nothing from the token goes into a header (CR/LF, NUL or non-Latin-1 would break it).

@@ -19,11 +19,13 @@ Reasons are shown to the caller in the JSON body only (token fields quoted with 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 from jwt import PyJWK
@@ -179,8 +181,9 @@ class Authenticator:
             raise AuthError(f"no trusted key with kid {_shown(kid)} for issuer {_shown(issuer.iss)}")
         return key
 
-    def verify(self, authorization: str | None, audiences: list[str]) -> dict:
-        """The token's claims, or AuthError saying what is wrong."""
+    def verify(self, authorization: str | None, audiences: list[str], shown_audience: str | None = None) -> dict:
+        """The token's claims, or AuthError saying what is wrong. `shown_audience`: the one URL a
+        wrong-audience answer may name (the public one); the others (internal addresses) never are."""
         if not authorization:
             raise AuthError("missing Authorization header (expected: Bearer <JWT>)")
         scheme, _, token = authorization.partition(" ")
@@ -222,8 +225,8 @@ class Authenticator:
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired") from None
         except jwt.InvalidAudienceError:
-            expected = " or ".join(audiences) or "(none configured: set CDS_PUBLIC_BASE_URL)"
-            raise AuthError(f"the token's aud is not this endpoint's URL (expected {expected})") from None
+            expected = f" (expected {shown_audience})" if shown_audience else ""
+            raise AuthError(f"the token's aud is not this endpoint's URL{expected}") from None
         except jwt.ImmatureSignatureError:
             raise AuthError("the token's iat or nbf is in the future") from None
         except jwt.MissingRequiredClaimError as error:
@@ -261,6 +264,18 @@ def bound_base_urls(host: str, port: int) -> list[str]:
     }
     names = loopback.get(host, [f"[{host}]" if ":" in host else host])
     return [f"http://{name}:{port}" for name in names]
+
+
+def is_loopback(base_url: str) -> bool:
+    """True for a base URL on this machine's loopback (127.0.0.1, ::1, localhost): nothing internal
+    to hide when an answer names it."""
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def forwarded_base(headers) -> str | None:
