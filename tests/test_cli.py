@@ -343,7 +343,7 @@ def test_demo_against_an_existing_fhir_server_reads_it_without_prefetch(tmp_path
                 str(free_port()),
                 "--fhir-base",
                 base + "/",
-                "lbp-osteoporosis",
+                "lbp-weight-loss",
                 "lbp-cauda-reason-only",
             ],
             cwd=tmp_path,
@@ -354,7 +354,7 @@ def test_demo_against_an_existing_fhir_server_reads_it_without_prefetch(tmp_path
         assert f"seeded {len(fixtures.manifest())} fixture patients into {base}" in run.stdout
         assert run.stdout.count("without prefetch: the service read the FHIR server -> HTTP 200") == 2
         assert "PAMA rating: not-appropriate (radiographs-first)" in run.stdout
-        assert requests.get(f"{base}/Patient/lbp-osteoporosis", timeout=5).ok
+        assert requests.get(f"{base}/Patient/lbp-weight-loss", timeout=5).ok
     finally:
         server.stop()
 

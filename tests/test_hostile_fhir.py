@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from timing import late_by
 
 from cds_service.cli import fixtures
 from cds_service.fhir.client import FhirFetcher, FhirSettings
@@ -27,7 +28,13 @@ from cds_service.hooks.evaluation import evaluate_hook
 
 SELECT = "spine-mri-order-select"
 EMPTY_BUNDLE = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-CAUDA_EQUINA_CONDITIONS = fixtures.hook_request("lbp-cauda-equina")["prefetch"]["conditions"]
+# lbp-cauda-equina's conditions as if they were lbp-acute-simple's (request_reading's patient): only
+# the context patient's resources are read (tests/test_other_patient.py)
+CAUDA_EQUINA_CONDITIONS = json.loads(
+    json.dumps(fixtures.hook_request("lbp-cauda-equina")["prefetch"]["conditions"]).replace(
+        '"Patient/lbp-cauda-equina"', '"Patient/lbp-acute-simple"'
+    )
+)
 
 
 class Hostile:
@@ -420,6 +427,109 @@ def test_a_byte_at_a_time_is_cut_at_the_budget_and_frees_the_worker(hostile, map
     assert server.hung_up.wait(5), "the FHIR worker still reads from the trickling server"
 
 
+# ------------------------------------------------------------------ one budget per hook, all reads together
+
+MIB = 1024 * 1024
+PAGED_KEYS = ["conditions", "observations", "medications", "procedures", "imagingStudies", "diagnosticReports"]
+
+
+def endless_pages(page_bytes: int, delay: float = 0.0, unavailable_every: int = 0):
+    """Every search answers a page of about `page_bytes` whose next link leads to another page, for
+    ever (a server paging a huge record); reads of Patient/<id> answer the patient. `delay`: seconds
+    before each answer; `unavailable_every`: every n-th request answers 503 with Retry-After: 0."""
+    pages: dict[str, bytes] = {}
+    served = [0]
+
+    def behaviour(handler):
+        served[0] += 1
+        if delay:
+            time.sleep(delay)
+        if unavailable_every and served[0] % unavailable_every == 0:
+            return answer(handler, 503, {"resourceType": "OperationOutcome", "issue": []}, {"Retry-After": "0"})
+        path, _, query = handler.path.partition("?")
+        kind = path.rstrip("/").split("/")[-1]
+        if kind.startswith("lbp-"):
+            return fhir_answer(handler)
+        if kind not in pages:
+            resource = {"resourceType": kind, "id": "r", "subject": {"reference": "Patient/lbp-acute-simple"}}
+            entry = json.dumps({"resource": {**resource, "note": [{"text": "x" * 400}]}})
+            count = max(1, page_bytes // (len(entry) + 1))
+            pages[kind] = (
+                '{"resourceType": "Bundle", "type": "searchset", "link": [{"relation": "next", "url": "'
+                + f"http://{handler.headers['Host']}{path}?page=NEXT"
+                + '"}], "entry": ['
+                + ",".join([entry] * count)
+                + "]}"
+            ).encode()
+        page = int(query.split("page=")[1]) if "page=" in query else 0
+        answer(handler, 200, pages[kind].replace(b"page=NEXT", b"page=%d" % (page + 1)))
+
+    return behaviour
+
+
+def test_all_queries_and_pages_of_a_hook_share_one_byte_budget(hostile, mappings):
+    """Issue 18, item 6: every query paging 1 MiB answers (each within CDS_FHIR_MAX_RESPONSE_BYTES)
+    used to be read up to the page cap, 20 pages per query; now the hook stops reading at
+    CDS_FHIR_BUDGET_BYTES, all queries and pages together."""
+    server = hostile(endless_pages(MIB))
+    fetcher = FhirFetcher(
+        FhirSettings(
+            allowed_servers=frozenset({server.url}),
+            budget_seconds=60,  # far away: only the byte budget may stop these reads
+            max_response_bytes=16 * MIB,
+            budget_bytes=4 * MIB,
+        )
+    )
+    body = request_reading(server.url, missing=PAGED_KEYS)
+    data = from_prefetch(body["prefetch"])
+    fetcher.fill(data, body, prefetch_templates(mappings), PAGED_KEYS)
+    searches = [path for path, _ in server.requests]
+    # 4 MiB at most, plus the page each concurrent query had started when the budget ran out
+    assert len(searches) <= 4 + len(PAGED_KEYS), len(searches)
+    for key in PAGED_KEYS:
+        assert "CDS_FHIR_BUDGET_BYTES" in data.unread[key], data.unread[key]
+
+
+def test_the_byte_budget_leaves_what_was_read_within_it(hostile, mappings):
+    """A hook whose answers fit the budget reads them all; one query going past it stays unread alone."""
+    small, large = EMPTY_BUNDLE, endless_pages(MIB)
+
+    def behaviour(handler):
+        return large(handler) if handler.path.startswith("/Observation") else answer(handler, 200, small)
+
+    server = hostile(behaviour)
+    fetcher = FhirFetcher(
+        FhirSettings(allowed_servers=frozenset({server.url}), budget_seconds=60, budget_bytes=3 * MIB)
+    )
+    body = request_reading(server.url, missing=PAGED_KEYS)
+    data = from_prefetch(body["prefetch"])
+    fetcher.fill(data, body, prefetch_templates(mappings), PAGED_KEYS)
+    assert set(data.unread) == {"observations"}
+    assert "CDS_FHIR_BUDGET_BYTES" in data.unread["observations"]
+
+
+def test_the_time_budget_holds_across_pages_and_retries(hostile, mappings):
+    """Pages answered after 0.1 s each, with a 503 (Retry-After: 0) every third request, for ever:
+    every query stops at the hook's time budget, not at the page cap (20 pages and their retries
+    would take over 3 s a query), and nothing is asked of the server after the deadline."""
+    server = hostile(endless_pages(2048, delay=0.1, unavailable_every=3))
+    budget = 1.0
+    fetcher = FhirFetcher(
+        FhirSettings(allowed_servers=frozenset({server.url}), budget_seconds=budget, concurrency=len(PAGED_KEYS))
+    )
+    body = request_reading(server.url, missing=PAGED_KEYS)
+    data = from_prefetch(body["prefetch"])
+    started = time.monotonic()
+    fetcher.fill(data, body, prefetch_templates(mappings), PAGED_KEYS)
+    elapsed = time.monotonic() - started
+    asked = len(server.requests)
+    time.sleep(0.5)
+    for key in PAGED_KEYS:
+        assert data.unread[key] == "the FHIR server did not answer within the time budget", data.unread[key]
+    assert len(server.requests) <= asked + len(PAGED_KEYS)  # no query goes on paging after the hook
+    assert elapsed < budget + late_by()  # what this machine's load adds to a wait, measured now
+
+
 # ------------------------------------------------------------------ the hook's own access token
 
 
@@ -493,3 +603,14 @@ def test_a_malformed_answer_is_that_source_unread_never_a_500(hostile, mappings,
     server = hostile(lambda handler: answer(handler, 200, malformed))
     resources, unread = read_one(fetcher_for(server.url), request_reading(server.url), "conditions", mappings)
     assert resources == [] and unread
+
+
+def test_the_byte_budget_is_a_setting(monkeypatch):
+    from cds_service.web.config import Settings
+
+    assert Settings.from_env().fhir.budget_bytes == 16 * MIB
+    monkeypatch.setenv("CDS_FHIR_BUDGET_BYTES", str(4 * MIB))
+    assert Settings.from_env().fhir.budget_bytes == 4 * MIB
+    monkeypatch.setenv("CDS_FHIR_BUDGET_BYTES", "lots")
+    with pytest.raises(SystemExit, match="CDS_FHIR_BUDGET_BYTES"):
+        Settings.from_env()

@@ -179,18 +179,19 @@ def concepts_of(mappings, system, code) -> set[str]:
     [
         ("S13.4XXA", True),
         ("S134XXA", True),
-        ("S13.4XXD", False),
+        ("S13.4XXD", True),
         ("S13.4XXS", False),
         ("S39.012A", True),
         ("S22.31XB", True),
         ("W19.XXXA", True),
-        ("W19.XXXD", False),
+        ("W19.XXXD", True),
         ("V43.52XA", True),
         ("W26.0XXA", False),
         ("S13.4", False),
     ],
 )
-def test_injury_codes_count_as_recent_only_at_the_initial_encounter(mappings, code, expected):
+def test_injury_codes_count_as_recent_at_initial_and_subsequent_encounters_not_sequela(mappings, code, expected):
+    """Issue 16 B12: 7th character A (B, open fracture) or D is a recent injury; S (sequela) is history."""
     assert ("recent_injury" in concepts_of(mappings, ICD10CM_URI, code)) is expected
 
 

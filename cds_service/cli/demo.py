@@ -9,7 +9,6 @@ the FHIR server and the service it started.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -28,7 +27,8 @@ DEFAULT_PATIENTS = [
     "lbp-acute-simple",
     "lbp-cauda-reason-only",
     "lbp-radic-failed-pt-wwo",
-    "lbp-osteoporosis",
+    "lbp-weight-loss",
+    "lbp-monoplegia-old",
     "neck-myelopathy-wwo",
     "thx-acute-pain",
 ]
@@ -79,9 +79,11 @@ def render_card(card: dict) -> str:
     """A card as a clinician would read it first: verdict, why, what to do, on what authority."""
     wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="    ")
     lines = [f"[{card['indicator'].upper()}] {card['summary']}"]
-    # The detail opens with the verdict line, a blank line, then the reasons as bullets.
-    reasons = list(itertools.takewhile(lambda line: line.startswith("- "), card["detail"].splitlines()[2:]))
-    lines += [wrap.fill("why: " + re.sub(r"\\(.)", r"\1", reason[2:])) for reason in reasons[:3]]
+    # The detail's parts: "**Why:** ...", "**Now:** ...", "**Confirm:** ...", "**Source:** ..."
+    for part in card["detail"].split("\n\n"):
+        head, _, text = part.partition(":** ")
+        if head.startswith("**") and head[2:] in ("Why", "Now", "Confirm"):
+            lines.append(wrap.fill(f"{head[2:].lower()}: " + re.sub(r"\\(.)", r"\1", text)))
     for suggestion in card.get("suggestions", []):
         recommended = " (recommended)" if suggestion.get("isRecommended") else ""
         lines.append(f"  suggestion: {suggestion['label']}{recommended}")

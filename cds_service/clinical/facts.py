@@ -28,6 +28,8 @@ from .record import ClinicalData, Resource
 
 log = logging.getLogger(__name__)
 
+IMAGING_MODALITIES = ("radiograph", "ct", "mri")
+PRIORITIES = ("routine", "urgent", "asap", "stat")  # ServiceRequest.priority (FHIR R4 request-priority)
 IGNORED_VERIFICATION = {"refuted", "entered-in-error"}
 INACTIVE_CLINICAL = {"resolved", "inactive", "remission"}
 USABLE_OBSERVATION_STATUS = {"final", "amended", "corrected"}
@@ -42,6 +44,8 @@ SYSTEM_LABELS = {
     "rxnorm": "RxNorm",
     "cpt": "CPT",
 }
+# UCUM units as a card writes them.
+UNIT_WORDS = {"Cel": "°C", "[degF]": "°F", "mm/h": "mm/h", "mg/L": "mg/L", "10*3/uL": "x10^3/µL"}
 # Days per UCUM time unit, for medication supply durations.
 DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
 
@@ -124,6 +128,7 @@ def _evidence_from_concept(
                 description=_describe_coding(coding, match),
                 date=when,
                 region=match.region,
+                display=str(coding.get("display") or match.display),
             )
         )
     # Several codings of one concept for the same fact are one finding.
@@ -178,6 +183,7 @@ def _classify_order(resource: Resource, reference: str, mappings: Mappings) -> M
         contrast=order.contrast,
         display=display,
         code=f"{short_system(coding.get('system'))}|{str(coding.get('code')).strip()[:64]}",
+        priority=resource["priority"] if resource.get("priority") in PRIORITIES else "routine",
     )
 
 
@@ -188,6 +194,7 @@ def record_facts(data: ClinicalData, mappings: Mappings, as_of: date) -> Facts:
     """The facts of the patient's record, the same for every order of one hook call."""
     facts = Facts(as_of=as_of, order=None, unread_sources=dict(data.unread), skipped=list(data.notes))
     facts.concept_labels = mappings.concept_labels
+    facts.acr_ratings = mappings.acr_ratings
     _patient_facts(facts, data.patient)
     # Most of a record means nothing to the rules: a resource is read only when one of its codings
     # is known (one cached lookup each), before any status, date or evidence work.
@@ -284,36 +291,47 @@ def _condition_facts(facts: Facts, condition: Resource, mappings: Mappings) -> N
         return
     verification = _status_code(condition.get("verificationStatus"))
     clinical = _status_code(condition.get("clinicalStatus"))
-    if clinical is None and condition.get("abatementDateTime"):
+    abated = parse_date(condition.get("abatementDateTime"))
+    if abated is None and isinstance(condition.get("abatementPeriod"), dict):
+        abated = parse_date(condition["abatementPeriod"].get("end") or condition["abatementPeriod"].get("start"))
+    if clinical is None and abated is not None:
         clinical = "resolved"
     onset = parse_date(condition.get("onsetDateTime"))
     if onset is None and isinstance(condition.get("onsetPeriod"), dict):
         onset = parse_date(condition["onsetPeriod"].get("start"))
-    when = onset or parse_date(condition.get("recordedDate"))
-    found = _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, when, matches)
+    recorded = parse_date(condition.get("recordedDate"))
+    for when, name in ((onset, "onset"), (recorded, "recorded date")):
+        if when is not None and when > facts.as_of:
+            facts.skipped.append(f"{_ref(condition)}: the {name} {when.isoformat()} is in the future: not used")
+    onset = onset if onset is None or onset <= facts.as_of else None
+    recorded = recorded if recorded is None or recorded <= facts.as_of else None
+    found = [
+        replace(
+            item,
+            date=onset or recorded,
+            dated_by="onset" if onset else "recorded",
+            status="resolved" if clinical in INACTIVE_CLINICAL else "active",
+            abated=abated,
+        )
+        for item in _evidence_from_concept(mappings, condition.get("code"), _ref(condition), FROM_RECORD, None, matches)
+    ]
     if verification in IGNORED_VERIFICATION:
         # Not counted, but the card must not call it absent either.
         facts.set_aside.extend((item, f"verification status {verification}") for item in found)
         return
-    if clinical in INACTIVE_CLINICAL:
-        # A resolved cancer is still a history of cancer; every other resolved condition is set aside.
-        history = [
-            item
-            for item in found
-            if item.concept_id in ("cancer", "cancer_history") and "cancer_history" in mappings.concepts
-        ]
-        facts.set_aside.extend((item, f"clinical status {clinical}") for item in found if item not in history)
+    if clinical in INACTIVE_CLINICAL and "cancer_history" in mappings.concepts:
+        # A resolved cancer is still a history of cancer, whenever it ended.
         found = [
-            Evidence(
-                "cancer_history",
-                mappings.concepts["cancer_history"].label,
-                item.reference,
-                item.origin,
-                item.description + f" ({clinical})",
-                item.date,
-                item.region,
+            replace(
+                item,
+                concept_id="cancer_history",
+                label=mappings.concepts["cancer_history"].label,
+                description=item.description + f" ({clinical})",
+                status="active",
             )
-            for item in history
+            if item.concept_id in ("cancer", "cancer_history")
+            else item
+            for item in found
         ]
     facts.findings.extend(found)
 
@@ -367,6 +385,7 @@ def _observation_facts(facts: Facts, observation: Resource, mappings: Mappings) 
                         description=f"{threshold.display} {value:g} {unit}"
                         + (f" on {when.isoformat()}" if when else ""),
                         date=when,
+                        value=f"{threshold.display} {value:g} {UNIT_WORDS.get(str(unit), unit)}",
                     )
                 )
     # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
@@ -512,6 +531,8 @@ def _prior_imaging(
     for concept in concepts:
         for coding in _codes(concept):
             order = mappings.order_for_coding(coding.get("system"), coding.get("code"))
+            if order is not None and order.modality not in IMAGING_MODALITIES:
+                continue  # a referral or lab order's code (mappings/orders.yaml next steps)
             if order is not None and when is None:
                 facts.skipped.append(f"{_ref(resource)}: a spine study without a date was not counted as prior imaging")
                 return True

@@ -127,6 +127,7 @@ class OrderCode:
     contrast: str  # without | with | with-and-without | unspecified
     preferred: bool
     codes: tuple[Json, ...]  # the entry's codings (system short name, code, display)
+    next_step: str | None = None  # a next step's order (modality "referral" or "lab"): its kind
 
 
 @dataclass
@@ -149,6 +150,9 @@ class Mappings:
     # facts reads it inline. Bounded like `_matched`.
     known_codings: dict[tuple[object, object], bool] = field(default_factory=dict)
     _named: dict[str, tuple[Concept, ...]] = field(default_factory=dict)  # medication text -> concepts
+    # concept id -> codes it must not match although its ranges or prefixes cover them:
+    # (system, "code" | "prefix" | "range", bounds)
+    exclusions: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict)
 
     # ---- codes -> concepts -------------------------------------------------
     def match_coding(self, system_uri: str | None, code: str | None) -> tuple[CodeMatch, ...]:
@@ -187,12 +191,31 @@ class Mappings:
             return []
         code = str(code).strip()
         if system in ICD_SYSTEMS:
-            return self._match_icd(code, system)
-        found = list(self._exact.get((system, code), ()))
-        for range_system, low, high, rule in self._ranges:
-            if range_system == system and _in_numeric_range(code, low, high):
-                found.append(rule.match)
+            found = self._match_icd(code, system)
+        else:
+            found = list(self._exact.get((system, code), ()))
+            for range_system, low, high, rule in self._ranges:
+                if range_system == system and _in_numeric_range(code, low, high):
+                    found.append(rule.match)
+        if self.exclusions:
+            found = [match for match in found if not self._excluded(match.concept.id, system, code)]
         return found
+
+    def _excluded(self, concept_id: str, system: str, code: str) -> bool:
+        """True when the concept's `excludes` name this code: a skin basal cell carcinoma (C44) is
+        in the malignant neoplasm range, yet is not a cancer that spreads to the spine."""
+        icd = system in ICD_SYSTEMS
+        value = normalise_icd10(code) if icd else code
+        for excluded_system, kind, bounds in self.exclusions.get(concept_id, ()):
+            if (excluded_system in ICD_SYSTEMS) != icd or (not icd and excluded_system != system):
+                continue
+            if kind == "code" and value == bounds[0]:
+                return True
+            if kind == "prefix" and value.replace(".", "").startswith(bounds[0].replace(".", "")):
+                return True
+            if kind == "range" and bounds[0] <= (value[:3] if icd else value) <= bounds[1]:
+                return True
+        return False
 
     def _match_icd(self, code: str, coded_in: str) -> list[CodeMatch]:
         normalised = normalise_icd10(code)
@@ -251,6 +274,13 @@ class Mappings:
                 return order
         return None
 
+    def next_step_order(self, kind: str) -> OrderCode | None:
+        """The order for a next step the guideline names (e.g. blood cultures), when mapped."""
+        for order in self.orders:
+            if order.next_step == kind:
+                return order
+        return None
+
     def mri_order(self, region: str, contrast: str) -> OrderCode | None:
         for order in self.orders:
             if order.modality == "mri" and order.region == region and order.contrast == contrast:
@@ -273,6 +303,16 @@ class Mappings:
     def concept_labels(self) -> dict[str, str]:
         """Concept id -> clinical words (built once: every order's facts carry it)."""
         return {concept_id: concept.label for concept_id, concept in self.concepts.items()}
+
+    @cached_property
+    def acr_ratings(self) -> dict[str, dict[str, str]]:
+        """ACR's rating of each study in each guideline variant (variant id -> study -> rating),
+        from guidelines.yaml: what a PAMA rating follows."""
+        return {
+            variant["id"]: dict(variant.get("ratings") or {})
+            for guideline in self.guidelines.values()
+            for variant in guideline.get("variants", ())
+        }
 
     @cached_property
     def threshold_concepts(self) -> frozenset[str]:
@@ -407,6 +447,11 @@ def _load_concepts(mappings: Mappings, document: Json, source_file: str) -> None
             elif "range" in entry:
                 low, high = (str(bound) for bound in entry["range"])
                 mappings._ranges.append((system, low, high, IcdRule(match, seventh)))
+        for entry in raw.get("excludes", ()):
+            kind = next(k for k in ("code", "prefix", "range") if k in entry)
+            values = entry["range"] if kind == "range" else [entry[kind]]
+            bounds = tuple(normalise_icd10(str(v)) if entry["system"] in ICD_SYSTEMS else str(v) for v in values)
+            mappings.exclusions.setdefault(concept.id, []).append((entry["system"], kind, bounds))
         for entry in raw.get("observations", ()):
             threshold = Threshold(
                 concept_id=concept.id,
@@ -427,6 +472,7 @@ def _load_orders(mappings: Mappings, document: Json) -> None:
             region=raw["region"],
             contrast=raw.get("contrast", "unspecified"),
             preferred=bool(raw.get("preferred", False)),
+            next_step=raw.get("next_step"),
             codes=tuple(raw.get("codes", ())),
         )
         mappings.orders.append(order)

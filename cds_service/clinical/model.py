@@ -7,6 +7,8 @@ from datetime import date
 
 from .record import Resource
 
+Date = date  # for fields declared after a field named `date`, which hides the type in the class body
+
 # Where a fact came from: the clinician's draft order (its reasonCode) or the patient's record.
 FROM_ORDER = "order"
 FROM_RECORD = "record"
@@ -38,13 +40,20 @@ class Evidence:
     reference: str  # e.g. "Condition/lbp-1"
     origin: str  # FROM_ORDER or FROM_RECORD
     description: str  # what was found, e.g. "ICD-10-CM G83.4 Cauda equina syndrome"
-    date: date | None = None
+    date: date | None = None  # onset (Condition), effective (Observation), performed (Procedure)
     region: str = "any"
+    # A Condition dated only by its recordedDate (no onset): "recorded", which says when it was
+    # written down, not when it began.
+    dated_by: str = "onset"
+    status: str = "active"  # a Condition's clinical status: active | resolved (inactive, remission)
+    abated: Date | None = None  # when a resolved Condition ended
+    value: str = ""  # a measurement in words, e.g. "CRP 45 mg/L"
+    display: str = ""  # the record's own words for it (the coding's display), e.g. "Foot drop, right foot"
 
 
 @dataclass(frozen=True)
 class MedicationCourse:
-    """A prescription of a drug class over time (for steroid duration and therapy trials)."""
+    """A prescription of a drug class over time (steroid duration, therapy trials, anticoagulation)."""
 
     concept_id: str
     label: str
@@ -75,6 +84,7 @@ class MriOrder:
     contrast: str  # without | with | with-and-without | unspecified
     display: str
     code: str = ""  # the coding that identified it, e.g. "cpt|72148"
+    priority: str = "routine"  # ServiceRequest.priority: routine | urgent | asap | stat
 
 
 @dataclass
@@ -89,39 +99,62 @@ class Facts:
     medications: list[MedicationCourse] = field(default_factory=list)
     therapy_procedures: list[Evidence] = field(default_factory=list)
     prior_imaging: list[PriorImaging] = field(default_factory=list)
-    # Conditions in the record that do not count (resolved, refuted, entered in error), with why.
+    # Conditions in the record that do not count (refuted, entered in error), with why.
     set_aside: list[tuple[Evidence, str]] = field(default_factory=list)
     unread_sources: dict[str, str] = field(default_factory=dict)  # prefetch key -> why
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
     concept_labels: dict[str, str] = field(default_factory=dict)  # concept id -> clinical words
+    # ACR ratings by guideline variant: variant id -> {"mri-without": "usually-appropriate", ...}
+    acr_ratings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def found(self, concept_id: str) -> list[Evidence]:
         return [item for item in self.findings if item.concept_id == concept_id]
 
 
+@dataclass(frozen=True)
+class NextStep:
+    """What the guideline says to do besides the MRI (a referral, a test), for the card."""
+
+    kind: str  # surgical-referral | blood-cultures | whole-spine
+    text: str  # in words, e.g. "Refer to spinal surgery today"
+    guideline_id: str  # where it is said
+
+
 @dataclass
 class Verdict:
+    """What the rules decided for one order, in the words and parts the card is built from."""
+
     code: str  # indicated-urgent | indicated-routine | radiographs-first | low-value | insufficient-information
     variant_id: str | None  # guideline variant from guidelines.yaml
-    decisive_reason: str  # one clause in clinical words, for the card summary
-    reasons: list[str] = field(default_factory=list)
-    guideline_ids: list[str] = field(default_factory=list)  # concordant sources cited
+    picture: str  # the clinical picture in plain words, for the card's summary
+    why: list[str] = field(default_factory=list)  # the decisive findings, each once, with value and date
+    now: str | None = None  # what to do now, or instead of the MRI
+    confirm: list[str] = field(default_factory=list)  # what would change this verdict (the card shows five)
+    guideline_ids: list[str] = field(default_factory=list)  # concordant sources (evidence page)
+    # -- what the card offers
+    priority: str | None = None  # urgent verdicts: the order's priority the guideline asks (urgent | stat)
+    next_steps: list[NextStep] = field(default_factory=list)
+    ask_if_new: bool = False  # a motor deficit the code cannot date: new or worsening -> urgent, else routine
+    first_study: str | None = None  # "radiograph" | "ct": the study to order instead of (or before) MRI
+    first_study_required: bool = True  # False: a cheaper first study, MRI being appropriate too (ACR LBP V6)
+    contrast: str | None = None  # what this indication wants: "without" | "with-and-without"; None: either
+    contrast_reason: str = ""  # why, in words ("suspected infection", "pregnancy: no gadolinium")
+    suggest_cancel: bool = False
+    override_set: str = "default"  # which override reasons fit this verdict (hooks.cards.OVERRIDE_SETS)
+    # -- the evidence behind it (the evidence page lists all of it)
     red_flags_found: list[Evidence] = field(default_factory=list)
-    red_flags_absent: list[str] = field(default_factory=list)  # labels checked and not found
-    # In the record but not counted for this order (another region, too old), with why: never "not found".
-    red_flags_not_relevant: list[tuple[Evidence, str]] = field(default_factory=list)
+    red_flags_absent: list[str] = field(default_factory=list)  # this region's red flags not in the record
+    # In the record but not counted for this order (another region, outside a window), with why.
+    not_counted: list[tuple[Evidence, str]] = field(default_factory=list)
     prior_imaging: list[str] = field(default_factory=list)  # same-region studies in the last 12 months, in words
     episode_weeks: float | None = None
     episode_evidence: list[Evidence] = field(default_factory=list)
     therapy_weeks: float | None = None
     therapy_evidence: list[str] = field(default_factory=list)
-    would_change: list[str] = field(default_factory=list)
-    advice: str | None = None  # what to do instead, in one sentence
     missing: list[str] = field(default_factory=list)  # data that could not be read
     not_documented: list[str] = field(default_factory=list)  # data read, but what the rating needs is not in it
     skipped: list[str] = field(default_factory=list)  # resources or values not used, and why
+    acr_rating: str | None = None  # ACR's rating of the ordered study in this variant, when known
     pama_rating: str | None = None  # appropriate | not-appropriate | no-criteria-apply | None
-    suggest_cancel: bool = False
-    suggest_first_study: str | None = None  # "radiograph" | "ct"
-    contrast_needed: bool = False  # an infection/tumour flag wants contrast
     extrapolated: bool = False
+    pregnant: bool = False

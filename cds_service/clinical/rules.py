@@ -1,35 +1,41 @@
 """The decision: facts about one spine MRI order in, a verdict with its reasons out.
 
-Pure functions only (no I/O, no clock: `facts.as_of` is "today"). Read top to bottom, the
-rules are checked in the order a clinician would: urgent red flags, a motor deficit to verify,
-a fragility vertebral fracture, trauma, prior surgery, a failed trial of conservative care,
-fracture and weaker risk factors, and last the "no red flags" verdicts. A rule whose first
-study (radiographs or CT) is already in the record answers with the next step, MRI; an MRI of
-the same region in the last 12 months turns a non-urgent indication into a repeat MRI. The
-variant ids name entries in mappings/guidelines.yaml.
+Pure functions only (no I/O, no clock: `facts.as_of` is "today"). What counts for this order
+is decided in `findings`; here the rules are checked in the order a spine physician would:
+urgent red flags first (each escalates: the order's priority and the next step the guideline
+names), then a motor deficit the record cannot date, follow-up of a known condition, a fragility
+fracture, trauma, prior surgery, infection risk, demyelinating disease, a child's back pain,
+radiculopathy, fracture risk, the weaker risk factors, and last the verdicts without a red flag.
+A rule whose first study is done answers with the next step only when that study's question is
+still open; an MRI of the region in the last 12 months makes a non-urgent order a repeat.
 
+The variant ids name entries in mappings/guidelines.yaml; the PAMA rating is ACR's rating of the
+ordered study in that variant (`acr_ratings`), where mappings give one.
 Where guidelines disagree the choice is made here, in a comment beside the rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
-from .model import (
-    FROM_ORDER,
-    IMAGING_SOURCES,
-    RED_FLAG_SOURCES,
-    SOURCE_LABELS,
-    Evidence,
-    Facts,
-    MedicationCourse,
-    PriorImaging,
-    Verdict,
+from .findings import (
+    EPISODE_CONCEPTS,
+    MOTOR_DEFICIT_CONCEPTS,
+    POST_PROCEDURE_DAYS,
+    PRIOR_IMAGING_DAYS,
+    VARIANTS,
+    Findings,
+    steroid_days,
 )
+from .model import FROM_ORDER, Evidence, Facts, NextStep, Verdict
+from .wording import REGION_WORDS, finding_words, format_ago, format_weeks, lower_first, study_words
 
 if TYPE_CHECKING:
     from .mappings import Mappings
+
+__all__ = ["decide", "format_weeks", "knowledge_gaps", "pama_rating", "steroid_days"]
 
 # ----------------------------------------------------------------------------- parameters
 # ACR LBP 2021 V1/V2, Choosing Wisely (AAFP, NASS, ACR): no imaging in the first 6 weeks.
@@ -38,86 +44,116 @@ ACUTE_WEEKS = 6
 THERAPY_TRIAL_WEEKS = 6
 # ACP/APS 2007: weaker cancer risk (age > 50, weight loss) -> radiographs after ~1 month.
 ACP_TRIAL_WEEKS = 4
-# Fever and inflammatory markers speak for a current infection only when recent.
-RECENT_FINDING_DAYS = 28
-# HEDIS LBP MY2025: trauma or fragility fracture in the 90 days before the episode counts.
-TRAUMA_WINDOW_DAYS = 90
-# HEDIS LBP / CMS166v7: >= 90 days of systemic corticosteroids within the last 366 days.
-STEROID_DAYS = 90
-STEROID_WINDOW_DAYS = 366
-# HEDIS LBP: IV drug abuse in the 365 days before counts.
-IVDU_WINDOW_DAYS = 365
-# ACP/APS 2007 vertebral compression fracture risk: age > 65 (men) or > 75 (women).
-FRACTURE_AGE = {"male": 65, "female": 75}
-WEAKER_CANCER_AGE = 50
-# A radiograph "of this episode" when the episode start is unknown: the last 26 weeks.
-UNDATED_EPISODE_LOOKBACK_DAYS = 182
-# Prior spine imaging is read for the last 12 months (issue 8; the card names each study).
-PRIOR_IMAGING_DAYS = 365
-# A motor deficit first recorded within ACP's subacute window (<= 12 weeks) is taken as new.
-NEW_DEFICIT_DAYS = 12 * 7
 # Canadian C-spine rule (Stiell 2001): age >= 65 is a high-risk factor after neck trauma.
 CCR_AGE = 65
 
-EPISODE_CONCEPTS = ("low_back_pain", "neck_pain", "thoracic_pain", "radiculopathy", "stenosis")
 INFECTION_RISK_CONCEPTS = ("ivdu", "immunosuppression")
 FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
 ANKYLOSED_SPINE_CONCEPTS = ("axial_spa", "dish")
-# Every red flag the card reports as "checked" (found, found but not relevant, or absent).
-CHECKED_RED_FLAGS = (
-    "cauda_equina",
-    "progressive_neuro_deficit",
-    "possible_motor_deficit",
-    "myelopathy",
-    "spinal_cord_injury",
-    "cancer",
-    "cancer_history",
-    "spinal_infection",
-    "fever",
-    "bacteremia_sepsis",
-    "inflammatory_markers",
-    "ivdu",
-    "immunosuppression",
-    "trauma",
-    "recent_injury",
-    "vertebral_fracture",
-    "prior_spine_surgery",
-    "osteoporosis_fracture",
-    "long_term_steroids",
-    "weight_loss",
-    "axial_spa",
-)
-# Findings that speak for today's problem only when recent (days).
-RECENCY_DAYS = {
-    "fever": RECENT_FINDING_DAYS,
-    "inflammatory_markers": RECENT_FINDING_DAYS,
-    "bacteremia_sepsis": RECENT_FINDING_DAYS,
-    "trauma": TRAUMA_WINDOW_DAYS,
-    "recent_injury": TRAUMA_WINDOW_DAYS,
-    "vertebral_fracture": TRAUMA_WINDOW_DAYS,
-    "dangerous_mechanism": TRAUMA_WINDOW_DAYS,
-    "possible_motor_deficit": NEW_DEFICIT_DAYS,
-    "ivdu": IVDU_WINDOW_DAYS,
+INJURY_CONCEPTS = ("trauma", "recent_injury", "vertebral_fracture")
+# What a demyelinating disease's new cord symptom can be coded as (ACR Myelopathy).
+CORD_SYMPTOM_CONCEPTS = ("paresthesia", "possible_motor_deficit", "progressive_neuro_deficit", "myelopathy")
+# The red flags the card reports as "checked", per region (C16: a neck card never names the
+# cauda equina). The evidence page lists each: found, not counted and why, or not in the record.
+CHECKED_RED_FLAGS = {
+    "lumbar": (
+        "cauda_equina",
+        "progressive_neuro_deficit",
+        "possible_motor_deficit",
+        "cancer",
+        "cancer_history",
+        "spinal_infection",
+        "fever",
+        "bacteremia_sepsis",
+        "inflammatory_markers",
+        "ivdu",
+        "immunosuppression",
+        "trauma",
+        "recent_injury",
+        "vertebral_fracture",
+        "neuraxial_procedure",
+        "prior_spine_surgery",
+        "osteoporosis_fracture",
+        "long_term_steroids",
+        "weight_loss",
+        "axial_spa",
+        "dish",
+        "pregnancy",
+    ),
+    "cervical": (
+        "myelopathy",
+        "progressive_neuro_deficit",
+        "possible_motor_deficit",
+        "spinal_cord_injury",
+        "cancer",
+        "cancer_history",
+        "spinal_infection",
+        "fever",
+        "bacteremia_sepsis",
+        "inflammatory_markers",
+        "ivdu",
+        "immunosuppression",
+        "trauma",
+        "recent_injury",
+        "dangerous_mechanism",
+        "paresthesia",
+        "neuraxial_procedure",
+        "prior_spine_surgery",
+        "axial_spa",
+        "dish",
+        "demyelinating_disease",
+        "pregnancy",
+    ),
+    "thoracic": (
+        "myelopathy",
+        "progressive_neuro_deficit",
+        "possible_motor_deficit",
+        "spinal_cord_injury",
+        "cancer",
+        "cancer_history",
+        "spinal_infection",
+        "fever",
+        "bacteremia_sepsis",
+        "inflammatory_markers",
+        "ivdu",
+        "immunosuppression",
+        "trauma",
+        "recent_injury",
+        "vertebral_fracture",
+        "neuraxial_procedure",
+        "prior_spine_surgery",
+        "osteoporosis_fracture",
+        "long_term_steroids",
+        "weight_loss",
+        "axial_spa",
+        "dish",
+        "demyelinating_disease",
+        "pregnancy",
+    ),
 }
-MODALITY_WORDS = {"radiograph": "radiographs", "ct": "CT", "mri": "MRI"}
-
-# Guideline variant per rule and region. Thoracic spine has no ACR pain topic of its own:
-# the lumbar variants apply by analogy and the verdict is marked extrapolated.
-VARIANTS = {
-    "cauda_equina": {"lumbar": "LBP-V4"},
-    "progressive_neuro_deficit": {"lumbar": "LBP-V4", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
-    "myelopathy": {"lumbar": "MYELO-V1", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
-    "spinal_cord_injury": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
-    "infection": {"lumbar": "LBP-V7", "cervical": "CN-V4", "thoracic": "TH-INFX"},
-    "cancer": {"lumbar": "LBP-V7", "cervical": "CN-V5", "thoracic": "LBP-V7"},
-    "trauma": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
-    "vertebral_fracture": {"lumbar": "VCF-V1", "cervical": "VCF-V1", "thoracic": "VCF-V1"},
-    "prior_surgery": {"lumbar": "LBP-V5", "cervical": "CN-V3", "thoracic": "LBP-V5"},
-    "therapy_failed": {"lumbar": "LBP-V3", "thoracic": "LBP-V3"},
-    "fracture_risk": {"lumbar": "LBP-V6", "cervical": "CN-V1", "thoracic": "TH-VCF"},
-    "weaker_risk": {"lumbar": "LBP-ACP-DEFER", "cervical": "LBP-ACP-DEFER", "thoracic": "LBP-ACP-DEFER"},
-    "acute": {"lumbar": "LBP-V1", "cervical": "CN-V1", "thoracic": "TH-NONSPECIFIC"},
-    "no_therapy": {"lumbar": "LBP-V2", "cervical": "CN-V7", "thoracic": "TH-NONSPECIFIC"},
+# What would change a verdict without a red flag, per region, and the concepts each item names
+# (an item is asked only when none of its concepts is in the record).
+TO_ASK = {
+    "lumbar": [
+        ("leg weakness, saddle numbness or urinary retention", ("cauda_equina", "progressive_neuro_deficit")),
+        ("fever, injection drug use or immunosuppression", ("fever", "ivdu", "immunosuppression")),
+        ("cancer history or weight loss", ("cancer", "cancer_history", "weight_loss")),
+        ("osteoporosis, long-term steroids or a recent injury", ("osteoporosis_fracture", "long_term_steroids")),
+        ("sciatica after 6 weeks of therapy in a surgical candidate", ("radiculopathy",)),
+    ],
+    "cervical": [
+        ("arm weakness, hand clumsiness or a gait change", ("myelopathy", "progressive_neuro_deficit")),
+        ("fever, injection drug use or immunosuppression", ("fever", "ivdu", "immunosuppression")),
+        ("cancer history", ("cancer", "cancer_history")),
+        ("a recent injury (Canadian C-spine rule)", ("recent_injury", "trauma")),
+        ("arm pain or numbness for over 6 weeks (radiculopathy)", ("radiculopathy",)),
+    ],
+    "thoracic": [
+        ("leg weakness, a gait change or a sensory level", ("myelopathy", "progressive_neuro_deficit")),
+        ("fever, injection drug use or immunosuppression", ("fever", "ivdu", "immunosuppression")),
+        ("cancer history or weight loss", ("cancer", "cancer_history", "weight_loss")),
+        ("osteoporosis, long-term steroids or a recent injury", ("osteoporosis_fracture", "long_term_steroids")),
+    ],
 }
 # Thoracic verdicts that rest on lumbar evidence by analogy (PAMA: no criteria apply).
 EXTRAPOLATED_THORACIC = {
@@ -130,6 +166,7 @@ EXTRAPOLATED_THORACIC = {
     "TH-VCF",
     "TRAUMA-TL",
 }
+# PAMA rating when the mappings give no ACR rating of the ordered study in the variant.
 RATING = {
     "indicated-urgent": "appropriate",
     "indicated-routine": "appropriate",
@@ -137,239 +174,68 @@ RATING = {
     "radiographs-first": "not-appropriate",
     "low-value": "not-appropriate",
 }
-# ACP 2017 recommendations 1-2 (the reference's LBP-V1/V2 "suggest").
-CONSERVATIVE_CARE_ADVICE = (
-    "Conservative care first: heat, massage, acupuncture or spinal manipulation; an NSAID or "
-    "skeletal muscle relaxant if needed; exercise or physical therapy if pain persists; "
-    "reassess at 4-6 weeks (ACP 2017)."
-)
-REGION_WORDS = {"lumbar": "low back", "cervical": "neck", "thoracic": "thoracic back"}
+# ACR's words; "May Be Appropriate" adheres under the Argonaut PAMA IG.
+ADHERENT_RATINGS = ("usually-appropriate", "may-be-appropriate")
+# ServiceRequest.priority, from least to most urgent.
+PRIORITY_ORDER = ("routine", "urgent", "asap", "stat")
 
 
-# ----------------------------------------------------------------------------- helpers
+def _why(items: list[Evidence], as_of: date) -> list[str]:
+    """Each decisive finding once, with its value and date: one entry coded as two concepts (a
+    fracture that is also an injury) is named once."""
+    seen: dict[str, str] = {}
+    for item in items:
+        key = item.reference if item.reference.startswith(("Condition/", "Observation/")) else item.concept_id
+        seen.setdefault(key, finding_words(item, as_of))
+    return list(dict.fromkeys(seen.values()))
 
 
-def _weeks(since: date | None, as_of: date) -> float | None:
-    return None if since is None else max((as_of - since).days, 0) / 7
+def _pain(ctx: Findings) -> str:
+    """The episode in clinical words: "sciatica for 3 weeks", "neck pain (duration not recorded)"."""
+    if ctx.has("radiculopathy"):
+        what = {"lumbar": "sciatica", "cervical": "cervical radiculopathy", "thoracic": "thoracic radiculopathy"}.get(
+            ctx.rule_region, "radiculopathy"
+        )
+    elif ctx.has("stenosis"):
+        what = "spinal stenosis"
+    else:
+        what = REGION_WORDS.get(ctx.region, "back") + " pain"
+    if ctx.episode_weeks is None or ctx.episode_start is None:
+        return f"{what} (duration not recorded)"
+    if ctx.episode_dated_by == "recorded":
+        return f"{what}, recorded {format_ago(ctx.episode_start, ctx.as_of)}"
+    return f"{what} for {format_weeks(ctx.episode_weeks)}"
 
 
-def plural(count: int, word: str) -> str:
-    """ "1 week", "3 weeks": the card never says "1 weeks"."""
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
-def format_weeks(weeks: float) -> str:
-    """A duration in weeks in words: days under a week, else whole weeks."""
-    if weeks < 1:
-        return plural(round(weeks * 7), "day")
-    return plural(round(weeks), "week")
-
-
-def format_ago(when: date, as_of: date) -> str:
-    """How long ago, in words: "today", "5 days ago", "3 weeks ago", "4 months ago"."""
-    days = max((as_of - when).days, 0)
-    if days == 0:
-        return "today"
-    if days < 7:
-        return plural(days, "day") + " ago"
-    if days < 8 * 7:
-        return plural(round(days / 7), "week") + " ago"
-    return plural(round(days / 30.44), "month") + " ago"
-
-
-def study_words(study: PriorImaging, as_of: date) -> str:
-    """ "lumbar MRI 3 months ago" """
-    region = {"multi": "spine (several regions)", "unspecified": "spine"}.get(study.region, study.region)
-    return f"{region} {MODALITY_WORDS.get(study.modality, study.modality)} {format_ago(study.date, as_of)}"
-
-
-def _relevant(item: Evidence, region: str) -> bool:
-    return item.region in ("any", region) or region in ("multi", "unspecified")
-
-
-def _recent(item: Evidence, as_of: date, days: int) -> bool:
-    # A fact from the order is current by definition; an undated record fact is not trusted as recent.
-    if item.origin == FROM_ORDER:
-        return True
-    return item.date is not None and as_of - item.date <= timedelta(days=days)
-
-
-def steroid_days(courses: list[MedicationCourse], as_of: date) -> int:
-    """Days covered by systemic corticosteroid prescriptions within the last 366 days."""
-    window_start = as_of - timedelta(days=STEROID_WINDOW_DAYS)
-    covered: set[date] = set()
-    for course in courses:
-        if course.concept_id != "systemic_corticosteroid" or course.start is None or not course.days:
-            continue
-        for offset in range(min(course.days, STEROID_WINDOW_DAYS + 1)):
-            day = course.start + timedelta(days=offset)
-            if window_start <= day <= as_of:
-                covered.add(day)
-    return len(covered)
-
-
-class _Context:
-    """The facts read once, for the rules below."""
-
-    def __init__(self, facts: Facts):
-        if facts.order is None:
-            raise ValueError("the rules rate one order: these facts name none")
-        self.facts = facts
-        self.as_of = facts.as_of
-        self.region = facts.order.region
-        self.rule_region = self.region if self.region in ("lumbar", "cervical", "thoracic") else "lumbar"
-        self.flags: dict[str, list[Evidence]] = {}
-        # In the record but not counted for this order, with why: the card must never call them absent.
-        self.not_relevant: list[tuple[Evidence, str]] = list(facts.set_aside)
-        for item in facts.findings:
-            if _relevant(item, self.region):
-                self.flags.setdefault(item.concept_id, []).append(item)
-            else:
-                self.not_relevant.append((item, f"a {item.region} finding; this order is for the {self.region} spine"))
-        self._derive_flags()
-        self.episode = [e for c in EPISODE_CONCEPTS for e in self.flags.get(c, [])]
-        dated = [e.date for e in self.episode if e.date is not None]
-        self.episode_start = min(dated) if dated else None
-        self.episode_weeks = _weeks(self.episode_start, self.as_of)
-        self.radicular = bool(self.flags.get("radiculopathy") or self.flags.get("stenosis"))
-        self._therapy()
-        self.missing = [
-            f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in RED_FLAG_SOURCES if k in facts.unread_sources
-        ]
-        self.imaging_unread = [
-            f"{SOURCE_LABELS[k]}: {facts.unread_sources[k]}" for k in IMAGING_SOURCES if k in facts.unread_sources
-        ]
-
-    def _derive_flags(self) -> None:
-        facts, as_of = self.facts, self.as_of
-        labels = facts.concept_labels
-        # Recency windows: an old fever or an old injury says nothing about today's pain.
-        for concept_id, days in RECENCY_DAYS.items():
-            if concept_id not in self.flags:
-                continue
-            kept = [e for e in self.flags[concept_id] if _recent(e, as_of, days)]
-            for item in self.flags[concept_id]:
-                if item not in kept:
-                    when = f"dated {item.date.isoformat()}" if item.date else "undated"
-                    self.not_relevant.append((item, f"{when}: only the last {plural(days, 'day')} count"))
-            if kept:
-                self.flags[concept_id] = kept
-            else:
-                del self.flags[concept_id]
-        days = steroid_days(facts.medications, as_of)
-        if days >= STEROID_DAYS:
-            courses = [c for c in facts.medications if c.concept_id == "systemic_corticosteroid"]
-            self.flags.setdefault("long_term_steroids", []).append(
-                Evidence(
-                    "long_term_steroids",
-                    labels.get("long_term_steroids", "Long-term systemic steroids"),
-                    ", ".join(c.reference for c in courses),
-                    "record",
-                    f"{days} days of systemic corticosteroid in the last year ({courses[0].description})",
-                )
-            )
-        for course in facts.medications:
-            if course.concept_id == "immunosuppressant_medication":
-                self.flags.setdefault("immunosuppression", []).append(
-                    Evidence(
-                        "immunosuppression",
-                        labels.get("immunosuppression", "Immunosuppression"),
-                        course.reference,
-                        "record",
-                        course.description,
-                        course.start,
-                    )
-                )
-        age, sex = facts.age, facts.sex
-        if age is not None and sex in FRACTURE_AGE and age > FRACTURE_AGE[sex]:
-            self.flags["age_fracture_risk"] = [
-                Evidence(
-                    "age_fracture_risk",
-                    f"Age {age} ({sex}): vertebral fracture risk",
-                    "Patient",
-                    "record",
-                    f"age {age}, {sex} (ACP threshold > {FRACTURE_AGE[sex]})",
-                )
-            ]
-        if age is not None and age > WEAKER_CANCER_AGE:
-            self.flags["age_over_50"] = [
-                Evidence("age_over_50", f"Age {age} (> 50)", "Patient", "record", f"age {age}")
-            ]
-
-    def _therapy(self) -> None:
-        facts = self.facts
-        floor = (self.episode_start - timedelta(days=14)) if self.episode_start else (self.as_of - timedelta(days=365))
-        items: list[tuple[date | None, str, str]] = [
-            (p.date, p.description, p.reference) for p in facts.therapy_procedures
-        ]
-        items += [
-            (c.start, c.description, c.reference) for c in facts.medications if c.concept_id == "analgesic_medication"
-        ]
-        items = [item for item in items if item[0] is None or item[0] >= floor]
-        # One line per kind of therapy: "CPT 97110 Therapeutic exercise x 9, 2026-09-20 to 2026-11-15".
-        grouped: dict[str, list[tuple[date | None, str]]] = {}
-        for when, description, reference in items:
-            grouped.setdefault(description, []).append((when, reference))
-        self.therapy_descriptions = []
-        for description, uses in grouped.items():
-            dates = sorted(when for when, _ in uses if when is not None)
-            span = (
-                "undated"
-                if not dates
-                else dates[0].isoformat()
-                if len(dates) == 1
-                else f"{dates[0].isoformat()} to {dates[-1].isoformat()}"
-            )
-            count = f" x {len(uses)}" if len(uses) > 1 else ""
-            self.therapy_descriptions.append(
-                f"{description}{count}, {span} ({uses[0][1]}" + (", ..." if len(uses) > 1 else "") + ")"
-            )
-        dated = [when for when, _, _ in items if when is not None]
-        self.therapy_undated = bool(items) and not dated
-        self.therapy_weeks = _weeks(min(dated), self.as_of) if dated else None
-
-    def has(self, *concept_ids: str) -> bool:
-        return any(self.flags.get(c) for c in concept_ids)
-
-    def evidence(self, *concept_ids: str) -> list[Evidence]:
-        return [e for c in concept_ids for e in self.flags.get(c, [])]
-
-    def prior_studies(self, modalities: tuple[str, ...], since: date | None = None) -> list[PriorImaging]:
-        """Dated studies of this region (or several regions) in the window, oldest first.
-
-        The window opens at `since` (default: the episode's start, else 26 weeks ago) and never
-        reaches back more than 12 months.
-        """
-        start = since or self.episode_start or (self.as_of - timedelta(days=UNDATED_EPISODE_LOOKBACK_DAYS))
-        start = max(start, self.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
-        found = [
-            study
-            for study in self.facts.prior_imaging
-            if study.modality in modalities
-            and (study.region in (self.region, "multi") or self.region == "multi")
-            and start <= study.date <= self.as_of
-        ]
-        return sorted(found, key=lambda study: study.date)
-
-    def variant(self, rule: str) -> str:
-        return VARIANTS[rule].get(self.rule_region) or VARIANTS[rule]["lumbar"]
-
-
-def _label_phrase(item: Evidence) -> str:
-    return item.label + (" (stated on the order)" if item.origin == FROM_ORDER else "")
+def _ask(ctx: Findings, extra: list[str] | None = None) -> list[str]:
+    """What would change a verdict without a red flag: the record's entries to confirm first, then
+    this region's red flags that are not in the record ("not in the record: ask or examine")."""
+    items = list(ctx.to_confirm)
+    for item, why in ctx.not_counted:
+        if why.startswith(("dated ", "recorded ")) and item.concept_id in CHECKED_RED_FLAGS[ctx.rule_region]:
+            when = why.split(":")[0]
+            items.append(f"{item.label} {when}: is it current?")
+    items += extra or []
+    absent = [words for words, concepts in TO_ASK[ctx.rule_region] if not ctx.has(*concepts)]
+    if absent:
+        items.append("not in the record, ask or examine: " + "; ".join(absent[: max(1, 5 - len(items))]))
+    return items[:5]
 
 
 # ----------------------------------------------------------------------------- the rules
 
 
 def decide(facts: Facts) -> Verdict:
-    ctx = _Context(facts)
+    ctx = Findings(facts)
     verdict = _urgent(ctx) or (
-        _motor_deficit_to_verify(ctx)
+        _motor_deficit_to_confirm(ctx)
+        or _follow_up(ctx)
         or _vertebral_compression_fracture(ctx)
         or _trauma(ctx)
         or _prior_surgery(ctx)
         or _infection_risk(ctx)
+        or _demyelinating(ctx)
+        or _child(ctx)
         or _therapy_failed(ctx)
         or _cervical_radiculopathy(ctx)
         or _fracture_risk(ctx)
@@ -384,105 +250,317 @@ def decide(facts: Facts) -> Verdict:
     return _finish(verdict, ctx)
 
 
-def _urgent(ctx: _Context) -> Verdict | None:
-    """Any urgent red flag -> MRI now (ACR V4/V7, CN-V4/V5, Myelopathy; ACP 2007 'immediate MRI')."""
-    # Suspected infection: a diagnosed spinal infection, bacteremia, or a recent fever (ACP 2007
-    # lists fever as a sign of infection on its own), or raised markers with a risk factor
-    # (ACR Suspected Spine Infection 2021). Raised markers alone are too unspecific.
+def _urgent(ctx: Findings) -> Verdict | None:
+    """Any urgent red flag -> MRI now, and the order made urgent (ACR LBP V4/V7, CN-V4/V5,
+    Myelopathy, Suspected Spine Infection, Suspected Spine Trauma; ACP 2007; NICE NG234).
+
+    Suspected infection: a diagnosed spinal infection, bacteremia, a recent fever (ACP 2007 lists
+    fever as a sign of infection on its own), or raised ESR/CRP/WBC with a risk factor, even
+    without fever (ACR LBP V7 and Suspected Spine Infection: injection drug use, opioid use
+    disorder, immunosuppression). Raised markers alone are too unspecific (_weaker_risk).
+    """
+    new_deficit = [e for e in ctx.evidence(*MOTOR_DEFICIT_CONCEPTS) if ctx.in_episode(e)]
     infection = ctx.evidence("spinal_infection", "bacteremia_sepsis", "fever")
     if ctx.has("inflammatory_markers") and ctx.has(*INFECTION_RISK_CONCEPTS):
         infection += ctx.evidence("inflammatory_markers", *INFECTION_RISK_CONCEPTS)
-    new_deficit, _ = _deficits_by_age(ctx)
-    checks = [
-        ("cauda_equina", ctx.evidence("cauda_equina"), "cauda_equina"),
-        ("spinal_cord_injury", ctx.evidence("spinal_cord_injury"), "spinal_cord_injury"),
-        ("myelopathy", ctx.evidence("myelopathy"), "myelopathy"),
-        ("progressive_neuro_deficit", new_deficit, "progressive_neuro_deficit"),
-        ("infection", infection, "infection"),
-        # ACP 2007: history of cancer with new back pain -> immediate MRI; we treat active and
-        # prior cancer alike (ACR V7 rates MRI usually appropriate for both).
-        ("cancer", ctx.evidence("cancer", "cancer_history"), "cancer"),
-    ]
-    found = [(name, evidence, rule) for name, evidence, rule in checks if evidence]
-    if not found:
-        return None
-    _name, evidence, rule = found[0]
-    variant = ctx.variant(rule)
-    all_evidence = [e for _, ev, _ in found for e in ev]
+    cancer = ctx.evidence("cancer", "cancer_history")
+    cord = ctx.evidence("myelopathy") + new_deficit
+    if cancer and cord:
+        return _cord_compression_in_cancer(ctx, cancer, cord)
+    checks: tuple[Callable[[], Verdict | None], ...] = (
+        lambda: _cauda_equina(ctx),
+        lambda: _cord_injury(ctx),
+        lambda: _myelopathy(ctx),
+        lambda: _new_deficit(ctx, new_deficit),
+        lambda: _ankylosed_spine_injury(ctx),
+        lambda: _after_neuraxial_procedure(ctx, new_deficit),
+        lambda: _suspected_infection(ctx, infection),
+        lambda: _cancer(ctx, cancer),
+    )
+    for check in checks:
+        verdict = check()
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def _urgent_verdict(
+    ctx: Findings, rule: str, picture: str, evidence: list[Evidence], now: str, priority: str, **more: object
+) -> Verdict:
     verdict = Verdict(
         code="indicated-urgent",
-        variant_id=variant,
-        decisive_reason=_label_phrase(evidence[0]),
-        reasons=[f"Urgent red flag: {_label_phrase(e)}: {e.description}" for e in all_evidence],
-        # ACP/APS 2007 and NASS speak of low back pain: a cervical card cites only its ACR source.
-        guideline_ids=[] if ctx.rule_region == "cervical" else ["ACP_APS_2007", "CW_NASS"],
-        red_flags_found=all_evidence,
-        would_change=[
-            "If this red flag is not current (resolved, refuted or entered in error), "
-            "update the record: the advice will be re-evaluated."
-        ],
+        variant_id=ctx.variant(rule),
+        picture=picture,
+        why=[*_why(evidence, ctx.as_of), _pain(ctx) if ctx.episode else ""],
+        now=now,
+        priority=priority,
+        red_flags_found=evidence,
+        override_set="urgent",
     )
-    verdict.contrast_needed = any(rule in ("infection", "cancer") for _, _, rule in found)
-    if ctx.region == "thoracic" and rule == "cancer":
-        verdict.extrapolated = True
+    for name, value in more.items():
+        setattr(verdict, name, value)
     return verdict
 
 
-def _deficits_by_age(ctx: _Context) -> tuple[list[Evidence], list[Evidence]]:
-    """Focal motor deficits split into new (on the order, or first recorded <= 12 weeks ago) and older or undated."""
-    new: list[Evidence] = []
-    old: list[Evidence] = []
-    for item in ctx.evidence("progressive_neuro_deficit"):
-        is_new = item.origin == FROM_ORDER or (
-            item.date is not None and (ctx.as_of - item.date).days <= NEW_DEFICIT_DAYS
-        )
-        (new if is_new else old).append(item)
-    return new, old
+SAME_DAY_REFERRAL = NextStep("surgical-referral", "refer to spinal surgery today", "ACR_LBP_2021")
 
 
-def _motor_deficit_to_verify(ctx: _Context) -> Verdict | None:
-    """A motor deficit the code cannot date as new: MRI indicated, verify it is new or progressing.
-
-    ACP 2007 / 2011: imaging for severe or progressive neurologic deficits; CW NASS names a focal
-    neurologic deficit and progression as red flags; HEDIS counts R26.2 as neurologic impairment
-    (imaging not low-value). A focal deficit recorded long ago or without a date, or a
-    non-specific sign in this episode (gait disturbance R26, R29.898, SNOMED muscle weakness),
-    cannot tell whether the deficit is new: the MRI is not discouraged, it is rated routine, and
-    the card asks the clinician to examine and verify, since a new or progressing deficit makes
-    it urgent.
-    """
-    _, old = _deficits_by_age(ctx)
-    possible = ctx.evidence("possible_motor_deficit")
-    evidence = old + possible
+def _cauda_equina(ctx: Findings) -> Verdict | None:
+    """ACR LBP V4, NICE NG59 1.1.1: suspected cauda equina -> emergency MRI and surgical referral."""
+    evidence = ctx.evidence("cauda_equina")
     if not evidence:
         return None
-    first = evidence[0]
-    when = f"recorded {first.date.isoformat()}" if first.date else "undated"
-    return Verdict(
-        code="indicated-routine",
-        variant_id=ctx.variant("progressive_neuro_deficit"),
-        decisive_reason=f"{_label_phrase(first).lower()} ({when}): verify it is new or progressing",
-        reasons=[
-            f"Motor deficit to verify: {_label_phrase(e)}: {e.description} ({e.reference}, "
-            + (f"recorded {e.date.isoformat()}" if e.date else "undated")
-            + ")"
-            for e in evidence
-        ]
-        + [
-            "The code alone cannot tell whether this deficit is new or progressing: examine strength, "
-            "reflexes and sensation. A new or progressing deficit makes the MRI urgent (ACP 2007); a stable, "
-            "known deficit does not by itself."
-        ],
-        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"],
-        red_flags_found=evidence,
-        would_change=[
-            "A new or progressing motor deficit: MRI urgently. A deficit known to be old and stable, "
-            "with no other red flag: the pain rules apply (often conservative care first)."
-        ],
+    return _urgent_verdict(
+        ctx,
+        "cauda_equina",
+        "suspected cauda equina syndrome",
+        evidence,
+        "MRI now (stat); refer to spinal surgery today.",
+        "stat",
+        next_steps=[SAME_DAY_REFERRAL],
+        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007", "NICE_NG59"],
     )
 
 
-def _vertebral_compression_fracture(ctx: _Context) -> Verdict | None:
+def _cord_injury(ctx: Findings) -> Verdict | None:
+    """ACR Suspected Spine Trauma: suspected cord or nerve-root injury -> MRI."""
+    evidence = ctx.evidence("spinal_cord_injury")
+    if not evidence:
+        return None
+    return _urgent_verdict(
+        ctx,
+        "spinal_cord_injury",
+        "spinal cord or nerve-root injury",
+        evidence,
+        "MRI now (stat); spinal precautions; refer to spinal surgery today.",
+        "stat",
+        next_steps=[NextStep("surgical-referral", "refer to spinal surgery today", "ACR_TRAUMA")],
+        guideline_ids=["ACR_TRAUMA"],
+    )
+
+
+def _myelopathy(ctx: Findings) -> Verdict | None:
+    """ACR Myelopathy 2020: myelopathy (cord compression) -> MRI, urgently; refer to spinal surgery."""
+    evidence = ctx.evidence("myelopathy")
+    if not evidence:
+        return None
+    return _urgent_verdict(
+        ctx,
+        "myelopathy",
+        "myelopathy: suspected cord compression",
+        evidence,
+        "MRI urgently; refer to spinal surgery (cord compression).",
+        "urgent",
+        next_steps=[NextStep("surgical-referral", "refer to spinal surgery (cord compression)", "ACR_MYELO_2020")],
+        guideline_ids=["ACR_MYELO_2020"],
+    )
+
+
+def _new_deficit(ctx: Findings, new_deficit: list[Evidence]) -> Verdict | None:
+    """A motor deficit that began in this episode (or is stated on the order): urgent.
+
+    ACP 2007 / 2011: severe or progressive neurologic deficits -> prompt MRI; CW NASS: a focal
+    deficit or progression is a red flag. A weakness code that cannot grade the deficit (R26,
+    R29.898, a SNOMED CT weakness) is taken as one when it began in this episode: under doubt,
+    the card warns.
+    """
+    if not new_deficit:
+        return None
+    return _urgent_verdict(
+        ctx,
+        "motor_deficit",
+        f"new weakness with {_pain(ctx)}",
+        new_deficit,
+        "MRI urgently; examine strength, reflexes and sensation; refer to spinal surgery if it progresses.",
+        "urgent",
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
+    )
+
+
+def _ankylosed_spine_injury(ctx: Findings) -> Verdict | None:
+    """An ankylosed spine (ankylosing spondylitis, DISH) after any injury: urgent MRI, even after a
+    negative CT. ACR Suspected Spine Trauma: these fractures are unstable and CT misses them."""
+    spine = ctx.evidence(*ANKYLOSED_SPINE_CONCEPTS)
+    injury = ctx.evidence(*INJURY_CONCEPTS)
+    if not spine or not injury:
+        return None
+    ct = ctx.prior_studies(("ct",), since=min((e.date for e in injury if e.date), default=None))
+    why = _why(injury + spine, ctx.as_of)
+    if ct:
+        why.append(f"CT {ct[-1].date.isoformat()} does not exclude an unstable fracture")
+    return _urgent_verdict(
+        ctx,
+        "trauma",
+        f"injury with an ankylosed spine ({lower_first(spine[0].label)})",
+        injury + spine,
+        "MRI urgently, even after a negative CT; spinal precautions until imaged.",
+        "urgent",
+        why=why,
+        guideline_ids=["ACR_TRAUMA"],
+        override_set="trauma",
+    )
+
+
+def _after_neuraxial_procedure(ctx: Findings, new_deficit: list[Evidence]) -> Verdict | None:
+    """New back pain or a new deficit within days of an epidural or spinal injection, or spine
+    surgery: epidural haematoma or abscess until proven otherwise, more so on an anticoagulant
+    (ASRA Horlocker 2018: imaging and surgical consultation at once; ACR Suspected Spine
+    Infection)."""
+    procedures = ctx.evidence("neuraxial_procedure") + [
+        e
+        for e in ctx.evidence("prior_spine_surgery")
+        if e.date is not None and (ctx.as_of - e.date).days <= POST_PROCEDURE_DAYS
+    ]
+    if not procedures:
+        return None
+    procedure = max(procedures, key=lambda e: e.date or date.min)
+    new_pain = [
+        e
+        for e in ctx.episode
+        if e.origin == FROM_ORDER or (e.date is not None and procedure.date is not None and e.date >= procedure.date)
+    ]
+    if not new_pain and not new_deficit:
+        return None
+    anticoagulant = ctx.evidence("anticoagulant_medication")
+    evidence = [procedure, *new_deficit, *anticoagulant]
+    return _urgent_verdict(
+        ctx,
+        "neuraxial_procedure",
+        "new pain after a spinal procedure: epidural haematoma or abscess?",
+        evidence,
+        "MRI urgently; refer to spinal surgery today" + ("; review the anticoagulant." if anticoagulant else "."),
+        "stat" if new_deficit or anticoagulant else "urgent",
+        next_steps=[SAME_DAY_REFERRAL],
+        contrast="with-and-without",
+        contrast_reason="epidural abscess or haematoma",
+        guideline_ids=["ASRA_2018", "ACR_INFX_2021"],
+    )
+
+
+def _suspected_infection(ctx: Findings, infection: list[Evidence]) -> Verdict | None:
+    if not infection:
+        return None
+    infection = infection + [e for e in ctx.evidence(*INFECTION_RISK_CONCEPTS) if e not in infection]
+    return _urgent_verdict(
+        ctx,
+        "infection",
+        "suspected spinal infection",
+        infection,
+        "MRI urgently; blood cultures before antibiotics.",
+        "urgent",
+        next_steps=[NextStep("blood-cultures", "blood cultures before antibiotics", "ACR_INFX_2021")],
+        contrast="with-and-without",
+        contrast_reason="suspected infection",
+        guideline_ids=["ACR_INFX_2021"] + (["ACP_APS_2007"] if ctx.rule_region == "lumbar" else []),
+    )
+
+
+def _cancer(ctx: Findings, cancer: list[Evidence]) -> Verdict | None:
+    """Cancer (active or a history of) with new spine pain: MRI without and with contrast within a
+    week (NICE NG234 for suspected spinal metastases without neurological symptoms; ACR LBP V7,
+    CN-V5; ACP 2007). Skin basal and squamous cell carcinomas and carcinoma in situ are not in
+    the cancer concepts (mappings)."""
+    if not cancer:
+        return None
+    verdict = _urgent_verdict(
+        ctx,
+        "cancer",
+        f"{lower_first(cancer[0].label)} with new {REGION_WORDS.get(ctx.region, 'back')} pain: spinal metastasis?",
+        cancer,
+        "MRI within a week (NICE NG234); at once, of the whole spine, if neurological symptoms appear.",
+        "urgent",
+        contrast="with-and-without",
+        contrast_reason="suspected tumour",
+        guideline_ids=["NICE_NG234"] + (["ACP_APS_2007"] if ctx.rule_region == "lumbar" else []),
+    )
+    verdict.extrapolated = ctx.region == "thoracic"
+    return verdict
+
+
+def _cord_compression_in_cancer(ctx: Findings, cancer: list[Evidence], cord: list[Evidence]) -> Verdict:
+    """Cancer with myelopathy or a new deficit: suspected metastatic spinal cord compression.
+    NICE NG234: MRI of the whole spine at once, within 24 hours, and same-day referral."""
+    return _urgent_verdict(
+        ctx,
+        "cancer",
+        "suspected metastatic spinal cord compression",
+        cord + cancer,
+        "MRI of the whole spine within 24 hours (NICE NG234); refer to the spinal or acute oncology team today.",
+        "stat",
+        next_steps=[
+            NextStep("whole-spine", "MRI of the whole spine", "NICE_NG234"),
+            NextStep("surgical-referral", "refer to the spinal or acute oncology team today", "NICE_NG234"),
+        ],
+        contrast="with-and-without",
+        contrast_reason="suspected tumour",
+        guideline_ids=["NICE_NG234"],
+    )
+
+
+def _motor_deficit_to_confirm(ctx: Findings) -> Verdict | None:
+    """A motor deficit the record cannot place in this episode (undated, or recorded before it):
+    MRI indicated, and the card asks. New or worsening: make the order urgent (ACP 2007: severe
+    or progressive deficit -> prompt MRI); old and stable: keep it routine. Never an info card:
+    under doubt about a red flag, warn (HEDIS counts neurological impairment as an exclusion)."""
+    evidence = [e for e in ctx.evidence(*MOTOR_DEFICIT_CONCEPTS) if not ctx.in_episode(e)]
+    if not evidence:
+        return None
+    return Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("motor_deficit"),
+        picture=f"weakness in the record with {_pain(ctx)}: new or old?",
+        why=[*_why(evidence, ctx.as_of), _pain(ctx)],
+        now="Examine strength, reflexes and sensation: new or worsening weakness makes the MRI urgent.",
+        confirm=["is the weakness new or worsening?"],
+        ask_if_new=True,
+        red_flags_found=evidence,
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
+        override_set="deficit",
+    )
+
+
+def _follow_up(ctx: Findings) -> Verdict | None:
+    """Imaging to follow a treated spinal infection or a known lesion, in a patient with nothing
+    new since the last MRI: low-value (IDSA 2015 vertebral osteomyelitis: no routine follow-up MRI
+    when improving; ACR Suspected Spine Infection). Follow-up is read from the order's reason (a
+    follow-up encounter code) or from a spinal infection marked resolved; any finding recorded
+    after that MRI (fever, raised markers, a new deficit, new pain) makes it a new question."""
+    follow_up = ctx.evidence("follow_up_encounter")
+    treated = [item for item, why in ctx.not_counted if item.concept_id == "spinal_infection" and "resolved" in why]
+    if not follow_up and not treated:
+        return None
+    mris = ctx.prior_studies(("mri",), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
+    if not mris:
+        return None
+    latest = mris[-1]
+    new = [
+        e
+        for c, items in ctx.flags.items()
+        if c not in ("follow_up_encounter", "age_over_50", "age_fracture_risk")
+        for e in items
+        if e.origin != FROM_ORDER and e.date is not None and e.date > latest.date
+    ]
+    if new:
+        return None
+    known = (treated or follow_up)[0]
+    return Verdict(
+        code="low-value",
+        variant_id="FOLLOW-UP",
+        picture=f"follow-up MRI of {lower_first(known.label)}, nothing new since the MRI of {latest.date.isoformat()}",
+        why=[
+            f"{known.label} ({'treated' if treated else 'follow-up'})",
+            f"{study_words(latest, ctx.as_of)} ({latest.date.isoformat()})",
+            "no fever, raised marker, new deficit or new pain recorded since",
+        ],
+        now="No routine follow-up MRI while improving (IDSA 2015): follow symptoms, ESR and CRP.",
+        confirm=["new or worse pain, fever, rising ESR or CRP, or a new deficit: MRI is indicated again"],
+        guideline_ids=["IDSA_2015", "ACR_INFX_2021"],
+        suggest_cancel=True,
+        override_set="follow-up",
+    )
+
+
+def _vertebral_compression_fracture(ctx: Findings) -> Verdict | None:
     """A new fragility vertebral fracture: MRI is the next study (ACR Management of VCF 2018, V1).
 
     The fracture diagnosis says it was seen on radiographs or CT; ACR VCF Variant 1 (new
@@ -500,86 +578,23 @@ def _vertebral_compression_fracture(ctx: _Context) -> Verdict | None:
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("vertebral_fracture"),
-        decisive_reason=f"new vertebral compression fracture with {_flag_words(fragility[0])}: MRI is the next study",
-        reasons=[f"Recent vertebral fracture: {e.description} ({e.reference})" for e in fractures]
-        + [f"Fragility: {_label_phrase(e)}: {e.description}" for e in fragility]
-        + [
-            "A fracture diagnosis means radiographs or CT found it: MRI without contrast is the next study "
-            "(fracture age, underlying lesion, vertebral augmentation planning)."
-        ],
-        guideline_ids=["ACR_VCF_2018", "ACR_LBP_2021"],
-        red_flags_found=fractures + [e for e in fragility if e not in fractures],
-        would_change=[
-            "A fracture from high-energy trauma in a younger patient: CT first (ACR Suspected Spine "
-            "Trauma). Known malignancy or a neurological deficit: MRI urgently."
-        ],
+        picture=f"new vertebral fracture with {lower_first(fragility[0].label)}: MRI dates it",
+        why=_why(fractures + fragility, ctx.as_of),
+        now="MRI: the fracture's age, an underlying lesion, augmentation planning.",
+        confirm=["a high-energy injury in a younger patient: CT first", "a neurological deficit: MRI urgently"],
+        guideline_ids=["ACR_VCF_2018"],
+        red_flags_found=fractures + fragility,
+        contrast="without",
+        override_set="fracture",
     )
 
 
-def _missing_data(ctx: _Context) -> Verdict:
-    """Without every red-flag source, only a red flag found can rate the order."""
-    return Verdict(
-        code="insufficient-information",
-        variant_id=None,
-        decisive_reason="patient data not available: " + ", ".join(m.split(" (")[0] for m in ctx.missing),
-        reasons=[
-            "No urgent red flag was found in the data that could be read, but 'no red flags' "
-            "cannot be asserted without: " + "; ".join(ctx.missing) + "."
-        ],
-        missing=ctx.missing,
-        would_change=[
-            "Send the missing data in the hook's prefetch (or allow the service to read the "
-            "EHR's FHIR server): the order will then be rated."
-        ],
-    )
-
-
-def _first_study_done(
-    ctx: _Context,
-    verdict: Verdict,
-    subject: str,
-    modalities: tuple[str, ...] = ("radiograph", "ct"),
-    since: date | None = None,
-) -> Verdict:
-    """A radiographs-first verdict whose first study is already in the record: MRI is the next step.
-
-    ACP 2007: MRI if radiographs are negative but suspicion remains; ACR LBP V6 and CN-V8 rate
-    MRI without contrast usually appropriate once plain films have been done; ACR Suspected
-    Spine Trauma: MRI after CT for suspected ligamentous or cord injury or an ankylosed spine.
-    """
-    done = ctx.prior_studies(modalities, since)
-    if not done:
-        if ctx.imaging_unread:
-            verdict.reasons.append(
-                "Prior imaging could not be read ("
-                + "; ".join(ctx.imaging_unread)
-                + "): if radiographs or CT were already done, MRI may be the next step."
-            )
-        return verdict
-    study = done[-1]
-    words = study_words(study, ctx.as_of)
-    first = "CT" if verdict.suggest_first_study == "ct" else "radiographs"
-    verdict.code = "indicated-routine"
-    verdict.suggest_cancel = False
-    verdict.suggest_first_study = None
-    verdict.decisive_reason = f"{subject}; {words}: MRI is the next study"
-    verdict.reasons.append(
-        f"The first study ({first}) is done: {study.description} ({study.reference}, "
-        f"{study.date.isoformat()}, {words}). MRI is the next step if it did not explain the symptoms."
-    )
-    verdict.would_change = ["If the earlier study already explains the symptoms, MRI adds little."]
-    return verdict
-
-
-def _trauma_high_risk(ctx: _Context) -> list[Evidence]:
-    """What makes imaging indicated after an injury without a known fracture.
-
-    Canadian C-spine rule (Stiell 2001), neck only: age >= 65, a dangerous mechanism,
-    paresthesias in the extremities. Any region: an ankylosed spine (ankylosing spondylitis,
-    DISH), which ACR Suspected Spine Trauma images with CT and then MRI. Thoracolumbar injuries
-    in older patients are ACR LBP V6's 'low-velocity trauma, elderly' (see _fracture_risk).
-    """
-    risk = ctx.evidence(*ANKYLOSED_SPINE_CONCEPTS, "dangerous_mechanism")
+def _trauma_high_risk(ctx: Findings) -> list[Evidence]:
+    """What makes imaging indicated after an injury without a known fracture: the Canadian C-spine
+    rule (Stiell 2001), neck only: age >= 65, a dangerous mechanism, paresthesias in the
+    extremities. (An ankylosed spine after an injury is urgent: _ankylosed_spine_injury.)
+    Thoracolumbar injuries in older patients are ACR LBP V6 (_fracture_risk)."""
+    risk = ctx.evidence("dangerous_mechanism")
     if ctx.rule_region == "cervical":
         risk += ctx.evidence("paresthesia")
         age = ctx.facts.age
@@ -587,108 +602,181 @@ def _trauma_high_risk(ctx: _Context) -> list[Evidence]:
             risk.append(
                 Evidence(
                     "age_trauma_risk",
-                    f"age {age} (>= {CCR_AGE})",
+                    f"age {age}",
                     "Patient",
                     "record",
                     f"age {age}: Canadian C-spine rule high-risk factor",
+                    value=f"age {age} (Canadian C-spine rule: 65 or older)",
                 )
             )
     return risk
 
 
-def _trauma(ctx: _Context) -> Verdict | None:
-    """Recent spinal trauma without deficit: CT first, not MRI (ACR Suspected Spine Trauma).
+def _trauma(ctx: Findings) -> Verdict | None:
+    """Recent spinal trauma without a deficit: CT first, not MRI (ACR Suspected Spine Trauma).
 
-    A known fracture, or an injury with a high-risk factor, needs imaging and CT is the first
-    study; once CT (or radiographs) of the region is done after the injury, MRI is the next
-    study for suspected ligamentous or cord injury. An injury without a high-risk factor is left
-    to the other rules: sprain and strain codes alone are not red flags (reference note), and
-    for the neck the Canadian C-spine rule says no imaging (see _no_red_flags).
+    A known fracture, or an injury with a high-risk factor, needs imaging, and CT is the first
+    study. Once CT of the region is done after the injury, MRI answers only an open question: a
+    neurological finding (urgent, above) or a suspected ligament injury the clinician names (the
+    override). An injury without a high-risk factor is left to the other rules: sprain and strain
+    codes alone are not red flags (reference note), and for the neck the Canadian C-spine rule says
+    no imaging (_no_red_flags). Injury codes count at their initial and subsequent encounters
+    (7th character A, B, D), not at sequela (S: history).
     """
     fracture = ctx.evidence("trauma")
     injury = ctx.evidence("recent_injury")
     if not fracture and not injury:
         return None
     risk = _trauma_high_risk(ctx)
+    if not fracture and not risk:
+        return None
     injury_dates = [e.date for e in fracture + injury if e.date is not None]
     since = min(injury_dates) if injury_dates else None
-    evidence = fracture + [e for e in injury if e not in fracture] + risk
-    if not fracture and not risk:
-        # Low risk: imaging only if a study was done anyway and MRI is its next step.
-        done = ctx.prior_studies(("radiograph", "ct"), since)
-        if not done:
-            return None
-    what = (
-        f"recent spinal fracture ({fracture[0].description.split(' ', 2)[-1]})"
-        if fracture
-        else f"recent injury with {_flag_words(risk[0])}"
-        if risk
-        else "recent injury"
-    )
-    verdict = Verdict(
+    what = "recent spinal fracture" if fracture else f"neck injury with {risk[0].value or risk[0].label.lower()}"
+    ct_done = ctx.prior_studies(("ct",), since)
+    if ct_done:
+        study = ct_done[-1]
+        return Verdict(
+            code="low-value",
+            variant_id=ctx.variant("trauma"),
+            picture=f"{what}, CT done {study.date.isoformat()}, no neurological finding",
+            why=[*_why(fracture + injury + risk, ctx.as_of), f"CT {study.date.isoformat()} ({study.reference})"],
+            now="MRI after CT is for a neurological finding or a suspected ligament injury.",
+            confirm=["a neurological deficit or suspected cord injury: MRI urgently", "suspected ligament injury"],
+            guideline_ids=["ACR_TRAUMA"],
+            red_flags_found=fracture + injury + risk,
+            suggest_cancel=True,
+            override_set="trauma",
+        )
+    return Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("trauma"),
-        decisive_reason=f"{what}, no neurological deficit",
-        reasons=[f"Recent trauma: {e.description} ({e.reference})" for e in fracture + injury]
-        + [f"High-risk factor: {_label_phrase(e)}: {e.description}" for e in risk]
-        + [
-            "No cord injury or neurological deficit is documented: CT is the first study for a fracture; MRI is "
-            "for suspected cord or ligament injury."
-        ],
+        picture=f"{what}, no neurological deficit",
+        why=_why(fracture + injury + risk, ctx.as_of),
+        now=f"CT of the {ctx.rule_region} spine without contrast first; MRI for a neurological deficit.",
+        confirm=["a neurological deficit or suspected cord injury: MRI urgently"],
         guideline_ids=["ACR_TRAUMA"] + (["CCR_2001"] if ctx.rule_region == "cervical" and not fracture else []),
-        red_flags_found=evidence,
-        suggest_cancel=True,
-        suggest_first_study="ct",
-        would_change=[
-            "A neurological deficit or suspected cord/ligament injury makes MRI the study of choice; "
-            "after a negative CT, MRI is the next study when that suspicion remains."
-        ],
+        red_flags_found=fracture + injury + risk,
+        first_study="ct",
+        override_set="trauma",
     )
-    return _first_study_done(ctx, verdict, what, since=since)
 
 
-def _prior_surgery(ctx: _Context) -> Verdict | None:
-    """Prior spine surgery with new symptoms: lumbar MRI indicated (ACR LBP V5); cervical radiographs first (CN-V3)."""
-    if not ctx.has("prior_spine_surgery"):
-        return None
+def _prior_surgery(ctx: Findings) -> Verdict | None:
+    """Prior spine surgery with new symptoms: lumbar MRI indicated, without and with contrast (ACR
+    LBP V5 rates both usually appropriate; contrast tells scar from recurrent disc); cervical:
+    radiographs or CT first (ACR CN-V3 rates them usually appropriate, MRI may be appropriate).
+    Read from Procedures (CPT 22xxx fusion, 630xx decompression, SNOMED CT procedures) and from
+    diagnoses (Z98.1 arthrodesis status, M96.1 postlaminectomy syndrome)."""
     evidence = ctx.evidence("prior_spine_surgery")
-    verdict = Verdict(
+    if not evidence:
+        return None
+    if ctx.rule_region == "cervical":
+        verdict = Verdict(
+            code="radiographs-first",
+            variant_id=ctx.variant("prior_surgery"),
+            picture=f"{_pain(ctx)} after cervical spine surgery",
+            why=[*_why(evidence, ctx.as_of), _pain(ctx)],
+            now="Radiographs (or CT) of the cervical spine first; MRI if they do not explain it.",
+            confirm=["myelopathic signs or a new deficit: MRI urgently"],
+            guideline_ids=["ACR_CNECK_2018"],
+            red_flags_found=evidence,
+            first_study="radiograph",
+            override_set="first-study",
+        )
+        return _first_study_done(ctx, verdict, "after cervical spine surgery")
+    return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("prior_surgery"),
-        decisive_reason="prior spine surgery with new symptoms",
+        picture=f"{_pain(ctx)} after spine surgery",
+        why=[*_why(evidence, ctx.as_of), _pain(ctx)],
+        now="MRI: scar, a recurrent disc, instability or infection?",
+        confirm=["symptoms unchanged since before surgery: imaging may not change management"],
+        guideline_ids=["ACR_LBP_2021", "OP8", "HEDIS_LBP_MY2025"],
         red_flags_found=evidence,
-        reasons=[f"Prior spine surgery: {e.description} ({e.reference})" for e in evidence],
-        guideline_ids=["OP8", "HEDIS_LBP_MY2025"],
-        would_change=["If symptoms are unchanged from before surgery, imaging may not change management."],
+        contrast="with-and-without",
+        contrast_reason="after spine surgery: it tells scar from a recurrent disc",
+        override_set="contrast",
     )
-    if ctx.rule_region == "cervical":
-        verdict.code = "radiographs-first"
-        verdict.decisive_reason = "prior cervical spine surgery: radiographs or CT come first"
-        verdict.suggest_cancel = True
-        verdict.suggest_first_study = "radiograph"
-        verdict.would_change = ["Radiographs/CT done and inconclusive, or myelopathy/deficit, make MRI appropriate."]
-        return _first_study_done(ctx, verdict, "prior cervical spine surgery")
-    return verdict
 
 
-def _infection_risk(ctx: _Context) -> Verdict | None:
-    """Immunosuppression or injection drug use with back or neck pain: MRI usually appropriate
-    (ACR LBP V7, ACR Suspected Spine Infection 2021)."""
-    if not ctx.has(*INFECTION_RISK_CONCEPTS):
-        return None
+def _infection_risk(ctx: Findings) -> Verdict | None:
+    """Injection drug use (also coded as opioid use disorder) or immunosuppression with back or
+    neck pain, no fever or raised marker recorded: MRI usually appropriate, without and with
+    contrast (ACR LBP V7, ACR Suspected Spine Infection 2021)."""
     evidence = ctx.evidence(*INFECTION_RISK_CONCEPTS)
+    if not evidence or not ctx.episode:
+        return None
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("infection"),
-        decisive_reason=f"{_label_phrase(evidence[0]).lower()}: risk of spinal infection",
-        reasons=[f"Infection risk factor: {_label_phrase(e)}: {e.description} ({e.reference})" for e in evidence],
-        guideline_ids=["ACR_INFX_2021", "CW_NASS"],
+        picture=f"{_pain(ctx)} with {lower_first(evidence[0].label)}: spinal infection?",
+        why=[*_why(evidence, ctx.as_of), _pain(ctx)],
+        now="MRI; check temperature, ESR and CRP today.",
+        confirm=["fever or raised ESR or CRP: MRI urgently"],
+        guideline_ids=["ACR_INFX_2021"],
         red_flags_found=evidence,
-        would_change=["Fever or raised ESR/CRP would make this urgent (MRI with and without contrast)."],
+        contrast="with-and-without",
+        contrast_reason="infection risk",
+        override_set="contrast",
     )
 
 
-def _therapy_failed(ctx: _Context) -> Verdict | None:
+def _demyelinating(ctx: Findings) -> Verdict | None:
+    """Multiple sclerosis or NMOSD with a new cord symptom in this episode (paresthesia such as
+    Lhermitte's sign or numb hands, weakness, a gait change): MRI indicated, without and with
+    contrast (ACR Myelopathy 2020). Read from the problem list when the order names no reason."""
+    disease = ctx.evidence("demyelinating_disease")
+    if not disease:
+        return None
+    symptoms = [e for e in ctx.evidence(*CORD_SYMPTOM_CONCEPTS) if ctx.in_episode(e) or e.origin == FROM_ORDER]
+    symptoms += [e for e in ctx.evidence("paresthesia") if e not in symptoms and e.date and ctx.in_episode(e)]
+    if not symptoms:
+        return None
+    return Verdict(
+        code="indicated-routine",
+        variant_id="DEMYEL-V1",
+        picture=f"{lower_first(disease[0].label)} with a new cord symptom",
+        why=_why(symptoms + disease, ctx.as_of),
+        now="MRI: active demyelination? Tell the neurologist.",
+        confirm=["weakness progressing over days: MRI urgently"],
+        guideline_ids=["ACR_DEMYELINATING", "ACR_MYELO_2020"],
+        red_flags_found=symptoms + disease,
+        contrast="with-and-without",
+        contrast_reason="demyelinating disease",
+        override_set="contrast",
+    )
+
+
+def _child(ctx: Findings) -> Verdict | None:
+    """Back pain under 18 without a red flag: imaging usually not indicated; radiographs first when
+    spondylolysis is suspected (an athlete with pain on extension), and MRI only after them (ACR
+    Appropriateness Criteria Back Pain-Child). A child's red flags (constant or night pain,
+    radicular pain, an abnormal neurological examination, fever, weight loss) are asked."""
+    if not ctx.child or ctx.rule_region == "cervical" or not ctx.episode:
+        return None
+    spondylolysis = ctx.evidence("spondylolysis")
+    verdict = Verdict(
+        code="radiographs-first" if spondylolysis else "low-value",
+        variant_id="CHILD-SPONDYLOLYSIS" if spondylolysis else "CHILD-V1",
+        picture=f"{_pain(ctx)} at age {ctx.facts.age}" + (": spondylolysis?" if spondylolysis else ", no red flag"),
+        why=[_pain(ctx), f"age {ctx.facts.age}", *_why(spondylolysis, ctx.as_of)],
+        now="Radiographs first if spondylolysis is suspected (athlete, pain on extension); rest from sport.",
+        confirm=[
+            "not in the record, ask or examine: constant or night pain; radicular pain; "
+            "an abnormal neurological examination; fever or weight loss"
+        ],
+        guideline_ids=["ACR_BACKPAIN_CHILD"],
+        red_flags_found=spondylolysis,
+        first_study="radiograph",
+        first_study_required=bool(spondylolysis),
+        suggest_cancel=not spondylolysis,
+        override_set="first-study" if spondylolysis else "low-value",
+    )
+    return _first_study_done(ctx, verdict, "radiographs done") if spondylolysis else verdict
+
+
+def _therapy_failed(ctx: Findings) -> Verdict | None:
     """ACR LBP V3: radiculopathy or stenosis persisting after >= 6 weeks of conservative therapy.
 
     ACR V3 says "+/- radiculopathy" for surgery or intervention candidates; we require
@@ -698,38 +786,34 @@ def _therapy_failed(ctx: _Context) -> Verdict | None:
     """
     if ctx.rule_region == "cervical" or not ctx.radicular:
         return None
-    if ctx.therapy_undated:
+    kind = "sciatica" if ctx.has("radiculopathy") else "spinal stenosis"
+    if ctx.therapy.undated:
         return Verdict(
             code="insufficient-information",
             variant_id=None,
-            decisive_reason="conservative therapy is documented without dates",
-            reasons=[
-                "Radiculopathy/stenosis with conservative therapy whose dates are missing: "
-                "whether 6 weeks of therapy have failed cannot be told."
-            ],
+            picture=f"{kind}: the therapy tried has no dates",
+            why=[_pain(ctx), "conservative therapy recorded without dates"],
+            now="Date the therapy: 6 weeks or more makes MRI indicated; less, MRI is low-value.",
             not_documented=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
-            would_change=["Therapy dated >= 6 weeks ago: MRI indicated. Under 6 weeks: MRI is low-value."],
+            override_set="low-value",
         )
-    if ctx.therapy_weeks is None or ctx.therapy_weeks < THERAPY_TRIAL_WEEKS:
+    weeks = ctx.therapy.weeks
+    if weeks is None or weeks < THERAPY_TRIAL_WEEKS:
         return None
-    kind = "radiculopathy" if ctx.flags.get("radiculopathy") else "spinal stenosis"
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("therapy_failed"),
-        decisive_reason=f"{kind} persisting after {format_weeks(ctx.therapy_weeks)} of conservative therapy",
-        reasons=[
-            f"{kind.capitalize()} documented and conservative therapy started {format_weeks(ctx.therapy_weeks)} ago "
-            f"(>= {THERAPY_TRIAL_WEEKS} weeks)."
-        ],
-        guideline_ids=["ACP_APS_2007", "NOR_2010"],
-        would_change=[
-            "If symptoms are improving, or the patient is not a candidate for surgery or "
-            "epidural injection, MRI will not change management (ACP 2007)."
-        ],
+        picture=f"{kind} persisting after {format_weeks(weeks)} of conservative therapy",
+        why=[_pain(ctx), f"conservative therapy for {format_weeks(weeks)}"],
+        now="MRI, if surgery or an epidural injection is considered.",
+        confirm=["improving, or not a candidate for surgery or injection: MRI will not change management"],
+        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007", "NOR_2010"],
+        contrast="without",
+        override_set="contrast",
     )
 
 
-def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
+def _cervical_radiculopathy(ctx: Findings) -> Verdict | None:
     """ACR Cervical Neck Pain CN-V2: radiculopathy persisting >= 6 weeks -> MRI without contrast.
 
     The 2018 criteria rate MRI usually appropriate for any new radiculopathy; the 2024 update
@@ -742,221 +826,278 @@ def _cervical_radiculopathy(ctx: _Context) -> Verdict | None:
         return Verdict(
             code="insufficient-information",
             variant_id=None,
-            decisive_reason="cervical radiculopathy of unknown duration",
-            reasons=["Cervical radiculopathy is documented without an onset or recorded date."],
+            picture="cervical radiculopathy of unknown duration",
+            why=["cervical radiculopathy without an onset date"],
+            now="Record its onset: 6 weeks or more makes MRI indicated; less, without a deficit, defer it.",
             not_documented=["onset date of the radiculopathy (Condition.onsetDateTime)"],
-            would_change=["Onset >= 6 weeks ago: MRI indicated. Under 6 weeks without deficit: defer MRI."],
+            override_set="low-value",
         )
     if weeks >= ACUTE_WEEKS:
         return Verdict(
             code="indicated-routine",
             variant_id="CN-V2",
-            decisive_reason=f"cervical radiculopathy persisting {format_weeks(weeks)}",
-            reasons=[f"Cervical radiculopathy for {format_weeks(weeks)} (>= {ACUTE_WEEKS} weeks)."],
+            picture=f"cervical radiculopathy for {format_weeks(weeks)}",
+            why=[_pain(ctx)],
+            now="MRI of the cervical spine.",
+            confirm=["symptoms resolving: MRI will not change management"],
             guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
-            would_change=["If symptoms are resolving, MRI will not change management."],
+            contrast="without",
+            override_set="contrast",
         )
     return Verdict(
         code="low-value",
         variant_id="CN-V2",
-        decisive_reason=f"cervical radiculopathy for {format_weeks(weeks)} without deficit: most resolve",
-        reasons=[f"Acute cervical radiculopathy ({format_weeks(weeks)}), no red flag, no motor deficit."],
+        picture=f"cervical radiculopathy for {format_weeks(weeks)}, no deficit: most resolve",
+        why=[_pain(ctx), "no motor deficit or myelopathic sign recorded"],
+        now="Conservative care; MRI if it persists past 6 weeks or a deficit appears.",
+        confirm=_ask(ctx),
         guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
         suggest_cancel=True,
-        would_change=["Persistence beyond 6 weeks, a motor deficit or myelopathic signs make MRI appropriate."],
+        override_set="low-value",
     )
 
 
-def _flag_words(item: Evidence) -> str:
-    """A finding as the summary names it ("osteoporosis or fragility fracture", "Age 72 (male)...")."""
-    return item.label if item.concept_id.startswith("age_") else _label_phrase(item).lower()
+def _first_study_done(ctx: Findings, verdict: Verdict, subject: str, since: date | None = None) -> Verdict:
+    """A first-study verdict whose question is still open once that study is done: MRI next.
+
+    ACP 2007: MRI if radiographs are negative but suspicion remains; ACR LBP V6 and CN-V8 rate
+    MRI without contrast usually appropriate once plain films have been done. Only the rules
+    whose question a radiograph leaves open call this (fracture age, raised markers, weight loss,
+    prior surgery, spondylolysis): a first study of chronic axial pain that showed degeneration
+    does not make MRI the next step.
+    """
+    done = ctx.prior_studies(("radiograph", "ct"), since)
+    if not done:
+        if ctx.imaging_unread:
+            verdict.confirm.append("prior imaging could not be read: radiographs or CT already done?")
+        return verdict
+    study = done[-1]
+    words = study_words(study, ctx.as_of)
+    verdict.code = "indicated-routine"
+    verdict.first_study = None
+    verdict.suggest_cancel = False
+    verdict.picture = f"{verdict.picture.split(':')[0]}; {words}: MRI is the next study"
+    verdict.why.append(f"{words} ({study.date.isoformat()}, {study.reference})")
+    verdict.now = "MRI, if the earlier study did not explain the symptoms."
+    verdict.confirm = ["the earlier study already explains the symptoms: MRI adds little"]
+    verdict.override_set = "contrast"
+    return verdict
 
 
-def _radiographs_first(
-    ctx: _Context,
-    rule: str,
-    evidence: list[Evidence],
-    why: str,
-    kind: str,
-    would_change: str,
-    modalities: tuple[str, ...] = ("radiograph", "ct"),
-    guideline_ids: tuple[str, ...] = ("ACP_APS_2007", "CW_NASS"),
-) -> Verdict:
-    verdict = Verdict(
-        code="radiographs-first",
-        variant_id=ctx.variant(rule),
-        decisive_reason=_flag_words(evidence[0]) + why,
-        reasons=[f"{kind}: {_label_phrase(e)}: {e.description}" for e in evidence],
-        guideline_ids=list(guideline_ids),
-        red_flags_found=evidence,
-        suggest_cancel=True,
-        suggest_first_study="radiograph",
-        would_change=[would_change],
-    )
-    return _first_study_done(ctx, verdict, _flag_words(evidence[0]), modalities)
-
-
-def _fracture_risk(ctx: _Context) -> Verdict | None:
-    """Osteoporosis, long-term steroids, older age or low-velocity trauma in the elderly, no deficit:
-    radiographs first (ACR LBP V6, ACP 2007).
+def _fracture_risk(ctx: Findings) -> Verdict | None:
+    """Osteoporosis, long-term steroids, older age or low-velocity trauma in the elderly, no
+    deficit: ACR LBP V6 rates radiographs, CT and MRI without contrast all usually appropriate, so
+    the MRI is appropriate and radiographs stay the cheaper first study (ACP 2007 suggests them).
 
     ACR LBP V6 names 'low-velocity trauma, osteoporosis, elderly individual, chronic steroid use':
     a recent thoracic or lumbar injury counts when the patient is >= 65 (the age the Canadian
     C-spine rule uses; V6 gives no number). In younger patients a sprain or strain code alone is
-    how acute back pain is often coded, not a red flag (reference note).
+    how acute back pain is often coded, not a red flag (reference note). Age alone is not the
+    frame for radiculopathy (B10): sciatica at 70 is rated as sciatica.
     """
-    evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
+    evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS)
     age = ctx.facts.age
     if ctx.rule_region != "cervical" and age is not None and age >= CCR_AGE and ctx.has("recent_injury"):
         evidence += ctx.evidence("recent_injury")
+    if not evidence and not ctx.radicular:
+        evidence += ctx.evidence("age_fracture_risk")
     if not evidence:
         return None
-    return _radiographs_first(
-        ctx,
-        "fracture_risk",
-        evidence,
-        ", no neurological deficit (compression fracture?)",
-        "Vertebral fracture risk",
-        "A neurological deficit, or radiographs done and inconclusive, make MRI appropriate "
-        "(ACR LBP V6 rates MRI without contrast usually appropriate after radiographs).",
+    region = ctx.rule_region
+    verdict = Verdict(
+        code="indicated-routine",
+        variant_id=ctx.variant("fracture_risk"),
+        picture=f"{_pain(ctx)} with fracture risk ({lower_first(evidence[0].label)}): radiographs usually first",
+        why=[*_why(evidence, ctx.as_of), _pain(ctx)],
+        now=f"Radiographs of the {region} spine are the usual first study (ACP 2007); "
+        "ACR rates MRI usually appropriate too.",
+        confirm=["a neurological deficit: MRI urgently"],
+        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007"] if ctx.rule_region == "lumbar" else ["ACR_LBP_2021"],
+        red_flags_found=evidence,
+        first_study="radiograph",
+        first_study_required=False,
+        contrast="without",
+        override_set="fracture",
     )
+    done = ctx.prior_studies(("radiograph", "ct"))
+    if done:
+        return _first_study_done(ctx, verdict, "fracture risk")
+    return verdict
 
 
-def _weaker_risk(ctx: _Context) -> Verdict | None:
+def _weaker_risk(ctx: Findings) -> Verdict | None:
     """ACP 2007: weight loss, age > 50 (after ~1 month), axial spondyloarthritis or raised ESR/CRP
-    -> radiographs (+ ESR) first; MRI once radiographs are done and the suspicion remains.
+    -> radiographs (+ ESR) first; MRI once radiographs are done and the question is still open.
 
     Raised markers without an infection risk factor are a weaker suspicion of cancer or
     infection: ACP 2007 pairs radiographs with ESR, and a raised ESR after negative radiographs
     is what keeps the suspicion (the 'image if plain film positive or ESR raised' strategy of
-    Joines 2001, cited by ACP 2007). With an infection risk factor they are urgent (_urgent).
+    Joines 2001, cited by ACP 2007). Age over 50 is never the frame over a more specific one
+    (radiculopathy, prior surgery, trauma, raised markers: B10), and a negative radiograph
+    answers it: age alone does not make MRI the next study.
     """
-    evidence = ctx.evidence("weight_loss", "axial_spa", "inflammatory_markers")
-    if ctx.has("age_over_50") and ctx.episode_weeks is not None and ctx.episode_weeks >= ACP_TRIAL_WEEKS:
-        evidence += ctx.evidence("age_over_50")
-    if not evidence:
-        return None
-    return _radiographs_first(
-        ctx,
-        "weaker_risk",
-        evidence,
-        ": radiographs and ESR first",
-        "Weaker risk factor",
-        "Radiographs or ESR abnormal, or high suspicion after negative radiographs, make MRI appropriate.",
-        guideline_ids=("ACP_APS_2007", "ACP_2011", "CW_NASS"),
+    specific = ctx.evidence("weight_loss", "axial_spa", "inflammatory_markers")
+    age = (
+        ctx.evidence("age_over_50")
+        if not specific and not ctx.radicular and ctx.episode_weeks is not None and ctx.episode_weeks >= ACP_TRIAL_WEEKS
+        else []
     )
+    if not specific and not age:
+        return None
+    if age and ctx.prior_studies(("radiograph", "ct")):
+        return None  # the radiographs answered the weaker cancer risk: the pain rules apply
+    what = specific[0].label.lower() if specific else "not improving after a month"
+    verdict = Verdict(
+        code="radiographs-first",
+        variant_id=ctx.variant("weaker_risk"),
+        picture=f"{_pain(ctx)}, {what}",
+        why=[_pain(ctx), *_why(specific + age, ctx.as_of)],
+        now="Radiographs and ESR/CRP first; MRI if they are abnormal or suspicion remains.",
+        confirm=["fever, a cancer history or a neurological deficit: MRI now"],
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
+        red_flags_found=specific + age,
+        first_study="radiograph",
+        override_set="first-study",
+    )
+    return _first_study_done(ctx, verdict, what)
 
 
-def _no_indication(ctx: _Context) -> Verdict | None:
+def _no_indication(ctx: Findings) -> Verdict | None:
     if ctx.episode:
         return None
     words = REGION_WORDS.get(ctx.region, "spine")
     # Pain or radiculopathy of another region (e.g. a lumbar reason on a cervical order) is read,
     # not missing: say so, since the order's region may be the mistake.
-    elsewhere = [e for e in ctx.facts.findings if e.concept_id in EPISODE_CONCEPTS and not _relevant(e, ctx.region)]
+    elsewhere = [e for e, why in ctx.not_counted if e.concept_id in EPISODE_CONCEPTS and "finding; this order" in why]
     if elsewhere:
         other = elsewhere[0]
         where = "the order's reason" if other.origin == FROM_ORDER else "the record"
         return Verdict(
             code="insufficient-information",
             variant_id=None,
-            decisive_reason=f"{where} names {other.label.lower()} of another region, not {words} pain",
-            reasons=[
-                f"{where.capitalize()} names {other.label.lower()} ({other.description}, {other.reference}), "
-                f"which is not an indication for MRI of the {ctx.region} spine; nothing names {words} "
-                "pain, radiculopathy, stenosis or a red flag."
-            ],
+            picture=f"{where} names {lower_first(other.label)} of the {other.region} spine, not {words} pain",
+            why=[f"{where} names {lower_first(other.label)} ({other.region})", f"nothing names {words} pain"],
+            now=f"If the study meant is of the {other.region} spine, change the order; otherwise add the "
+            f"{words} indication to the order's reason.",
             not_documented=[f"an indication for MRI of the {ctx.region} spine"],
-            would_change=[
-                f"If the study meant is of the {other.region} spine, change the order; otherwise add "
-                f"the {words} indication to the order's reason or the problem list."
-            ],
+            override_set="low-value",
         )
     return Verdict(
         code="insufficient-information",
         variant_id=None,
-        decisive_reason=f"no {words} pain, radiculopathy or red flag documented",
-        reasons=[
-            f"Neither the order's reason nor the record names {words} pain, radiculopathy, stenosis or a red flag."
-        ],
+        picture=f"no {words} pain, radiculopathy or red flag in the order or the record",
+        why=[f"neither the order's reason nor the record names {words} pain or a red flag"],
+        now="Add the indication to the order's reason (or the problem list).",
         not_documented=["the indication for the MRI (order reasonCode or an active Condition)"],
-        would_change=["Add the indication to the order (reason) or the problem list."],
+        override_set="low-value",
     )
 
 
-def _no_red_flags(ctx: _Context) -> Verdict:
-    """No red flags: low-value within 6 weeks (V1) and after 6 weeks without a trial of therapy (V2)."""
+def _conservative_care(ctx: Findings, chronic: bool) -> str:
+    """What to do instead, by region, duration, therapy already tried, and pregnancy (no NSAID or
+    muscle relaxant advice in pregnancy). ACP 2017 recommendations 1-2 (low back pain)."""
+    if ctx.rule_region == "lumbar":
+        if chronic:
+            care = "exercise or physical therapy, spinal manipulation or acupuncture"
+            return f"Start 6 weeks of therapy: {care}; MRI if sciatica persists in a surgical candidate."
+        drugs = "" if ctx.pregnant else "; an NSAID or muscle relaxant if needed"
+        return f"Conservative care: stay active, heat, massage or manipulation{drugs}; reassess at 4-6 weeks."
+    if ctx.rule_region == "cervical":
+        drugs = "" if ctx.pregnant else ", an NSAID if needed"
+        return f"Conservative care: stay active, exercise{drugs}; radiographs if imaging is needed."
+    drugs = "" if ctx.pregnant else ", an NSAID if needed"
+    return f"Conservative care: stay active{drugs}; reassess at 4-6 weeks."
+
+
+def _no_red_flags(ctx: Findings) -> Verdict:
+    """No red flags: low-value within 6 weeks (V1) and after 6 weeks without a trial of therapy
+    (V2); chronic neck pain: radiographs first (CN-V7), and after radiographs without
+    radiculopathy or myelopathy MRI stays low-value (CN-V8 asks for neurological signs)."""
     weeks = ctx.episode_weeks
-    words = REGION_WORDS.get(ctx.region, "spine")
+    pain = _pain(ctx)
+    flags = [item for item, why in ctx.not_counted if item.concept_id in CHECKED_RED_FLAGS[ctx.rule_region]]
+    nothing = "" if flags else ", no red flag"
     if ctx.rule_region == "cervical" and weeks is not None and weeks >= ACUTE_WEEKS:
-        # CN-V7: chronic neck pain -> radiographs are the first study; CN-V8 once they are done.
-        verdict = Verdict(
+        xray = ctx.prior_studies(("radiograph",))
+        if xray:
+            study = xray[-1]
+            return Verdict(
+                code="low-value",
+                variant_id="CN-V8-NO-SIGNS",
+                picture=f"chronic neck pain, radiographs done, no radiculopathy{nothing}",
+                why=[pain, f"{study_words(study, ctx.as_of)} ({study.date.isoformat()})", "no radiculopathy recorded"],
+                now="MRI after radiographs is for radiculopathy or myelopathic signs; continue exercise therapy.",
+                confirm=_ask(ctx),
+                guideline_ids=["ACR_CNECK_2018"],
+                suggest_cancel=True,
+                override_set="low-value",
+            )
+        return Verdict(
             code="radiographs-first",
             variant_id="CN-V7",
-            decisive_reason=f"neck pain for {format_weeks(weeks)}: radiographs are the first study",
-            reasons=[f"Chronic neck pain ({format_weeks(weeks)}) without red flags or radiculopathy."],
+            picture=f"chronic neck pain for {format_weeks(weeks)}{nothing}",
+            why=[pain],
+            now="Radiographs of the cervical spine first (ACR CN-V7).",
+            confirm=_ask(ctx),
             guideline_ids=["ACR_CNECK_2018", "NOR_2010"],
-            suggest_cancel=True,
-            suggest_first_study="radiograph",
-            would_change=[
-                "Radiographs done (CN-V8: MRI if degenerative changes with neurological signs), "
-                "radiculopathy or myelopathic signs."
-            ],
+            first_study="radiograph",
+            override_set="first-study",
         )
-        return _first_study_done(ctx, verdict, f"neck pain for {format_weeks(weeks)}", modalities=("radiograph",))
-    if weeks is not None and weeks >= ACUTE_WEEKS:
-        if ctx.therapy_weeks is not None and ctx.therapy_weeks >= THERAPY_TRIAL_WEEKS:
-            reason = f"axial {words} pain after {format_weeks(ctx.therapy_weeks)} of therapy, no radiculopathy"
-            variant, guidelines = ctx.variant("no_therapy"), ["ACP_APS_2007", "NICE_NG59"]
-        else:
-            reason = f"{words} pain for {format_weeks(weeks)} without a trial of conservative therapy"
-            variant, guidelines = ctx.variant("no_therapy"), ["OP8", "NICE_NG59"]
-    elif ctx.rule_region == "cervical" and ctx.has("recent_injury"):
+    if ctx.rule_region == "cervical" and ctx.has("recent_injury"):
         # ACR Suspected Spine Trauma V1: low risk by the Canadian C-spine rule -> no imaging.
-        reason = "neck injury without a Canadian C-spine rule high-risk factor: imaging not indicated"
-        variant, guidelines = "TRAUMA-C-LOW", ["ACR_TRAUMA", "CCR_2001"]
+        return Verdict(
+            code="low-value",
+            variant_id="TRAUMA-C-LOW",
+            picture=f"{pain} after a low-risk neck injury: imaging not indicated",
+            why=[pain, *_why(ctx.evidence("recent_injury"), ctx.as_of), "no Canadian C-spine rule high-risk factor"],
+            now="No imaging: low risk by the Canadian C-spine rule.",
+            confirm=[
+                "age 65 or older, a dangerous mechanism, paresthesias, or unable to turn the neck 45 degrees: CT first"
+            ],
+            guideline_ids=["ACR_TRAUMA", "CCR_2001"],
+            suggest_cancel=True,
+            override_set="trauma",
+        )
+    chronic = weeks is not None and weeks >= ACUTE_WEEKS
+    if chronic and ctx.therapy.weeks is not None and ctx.therapy.weeks >= THERAPY_TRIAL_WEEKS:
+        now = "MRI does not change the care of axial pain without red flags; continue exercise or rehabilitation."
+        variant = ctx.variant("no_therapy")
+    elif chronic:
+        now = _conservative_care(ctx, chronic=True)
+        variant = ctx.variant("no_therapy")
     else:
-        span = f"for {format_weeks(weeks)}" if weeks is not None else "(duration not documented)"
-        reason = f"{words} pain {span}, no red flags"
+        now = _conservative_care(ctx, chronic=False)
         variant = ctx.variant("acute")
-        guidelines = ["ACP_APS_2007", "ACP_2011", "CW_AAFP", "CW_NASS", "CW_ACR", "NICE_NG59"]
+    lumbar = ctx.rule_region == "lumbar"
+    guidelines = (
+        ["ACR_LBP_2021", "ACP_2017", "CW_AAFP", "CW_NASS", "CW_ACR", "NICE_NG59"]
+        if lumbar
+        else ["ACR_CNECK_2018", "NOR_2010"]
+        if ctx.rule_region == "cervical"
+        else ["ACR_LBP_2021"]
+    )
+    therapy = (
+        f"therapy for {format_weeks(ctx.therapy.weeks)}" if ctx.therapy.weeks is not None else "no therapy recorded"
+    )
     return Verdict(
         code="low-value",
         variant_id=variant,
-        decisive_reason=reason,
-        reasons=[
-            "No red flag documented and no failed trial of >= 6 weeks of conservative therapy"
-            + (" with radiculopathy." if ctx.rule_region != "cervical" else ".")
-        ]
-        + (
-            []
-            if weeks is not None
-            else [
-                "The episode has no onset date: under 6 weeks (ACR V1) and over "
-                "6 weeks without therapy (ACR V2) both rate MRI usually not appropriate."
-            ]
-        ),
+        picture=f"{pain}{nothing}",
+        why=[
+            pain,
+            therapy if chronic else "",
+            "pregnant" if ctx.pregnant else "",
+            "no red flag in the record" if not flags else "",
+        ],
+        now=now,
+        confirm=_ask(ctx),
         guideline_ids=guidelines,
         suggest_cancel=True,
-        advice=CONSERVATIVE_CARE_ADVICE,
-        would_change=(
-            [
-                "A Canadian C-spine rule high-risk factor (age >= 65, dangerous mechanism, paresthesias in the "
-                "extremities) or inability to rotate the neck 45 degrees: CT of the cervical spine first."
-            ]
-            if variant == "TRAUMA-C-LOW"
-            else []
-        )
-        + [
-            "A red flag: new urinary retention, saddle anaesthesia, progressive weakness, fever, "
-            "cancer history, immunosuppression, injection drug use, osteoporosis or steroid use.",
-            "Radiculopathy persisting after >= 6 weeks of documented conservative therapy in a "
-            "candidate for surgery or epidural injection.",
-        ],
+        override_set="low-value",
     )
 
 
-def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
+def _repeat_mri(ctx: Findings, verdict: Verdict) -> Verdict:
     """An MRI of this region in the last 12 months: a repeat needs something new since.
 
     The ACR Appropriateness Criteria rate initial imaging (every LBP variant says 'Initial
@@ -964,18 +1105,16 @@ def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
     progressive deficits and suspected serious disease. So an urgent red flag keeps its verdict
     (the card names the earlier MRI); otherwise, when a symptom or finding was recorded after
     that MRI, the order is rated as a new problem, and when nothing was, the repeat MRI is
-    low-value. The code cannot
-    know whether symptoms changed: the card says so and the override covers it.
+    low-value. The code cannot know whether symptoms changed: the card says so and the override
+    covers it.
     """
     mris = ctx.prior_studies(("mri",), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS))
-    if not mris:
+    if not mris or verdict.variant_id == "FOLLOW-UP":
         return verdict
     latest = mris[-1]
     words = study_words(latest, ctx.as_of)
-    verdict.reasons.append(
-        f"Prior MRI of this region: {latest.description} ({latest.reference}, {latest.date.isoformat()}: {words})."
-    )
     if verdict.code in ("indicated-urgent", "insufficient-information"):
+        verdict.why.append(f"{words} ({latest.date.isoformat()})")
         return verdict
     since_mri = [
         (e, e.date)
@@ -985,101 +1124,174 @@ def _repeat_mri(ctx: _Context, verdict: Verdict) -> Verdict:
     if since_mri:
         # Something recorded after the MRI: a new problem, rated as if first seen.
         new, when = since_mri[0]
-        verdict.reasons.append(f"New since that MRI: {_label_phrase(new)} ({when.isoformat()}).")
+        verdict.why.append(f"{new.label} new since the {words} ({when.isoformat()})")
         return verdict
     return Verdict(
         code="low-value",
         variant_id="REPEAT-MRI",
-        decisive_reason=f"repeat MRI: {words}, nothing new documented since",
-        reasons=[
-            *verdict.reasons,
-            f"No red flag and no finding recorded after the MRI of {latest.date.isoformat()}: a repeat MRI is "
-            "indicated only for new or progressing symptoms or a new red flag.",
-        ],
-        guideline_ids=["ACP_2011", "ACR_LBP_2021"],
+        picture=f"repeat MRI: {words}, nothing new recorded since",
+        why=[f"{words} ({latest.date.isoformat()}, {latest.reference})", "no finding recorded after it"],
+        now=f"Review the MRI of {latest.date.isoformat()} before repeating it.",
+        confirm=["new or progressing symptoms, or a new red flag, since that MRI"],
+        guideline_ids=["ACP_2011", "ACR_LBP_2021"] if ctx.rule_region == "lumbar" else ["ACR_CNECK_2018"],
         red_flags_found=verdict.red_flags_found,
         suggest_cancel=True,
-        advice="Review the MRI of " + latest.date.isoformat() + " (" + latest.reference + ") before repeating it.",
-        would_change=[
-            "New or progressing symptoms or a new red flag since that MRI: the repeat is then indicated "
-            "(record the change, or override with 'red flag present, not yet documented')."
-        ],
+        override_set="repeat",
     )
 
 
-def _finish(verdict: Verdict, ctx: _Context) -> Verdict:
-    """Fill what every verdict reports: flags checked, episode, therapy, prior imaging, rating."""
+def _missing_data(ctx: Findings) -> Verdict:
+    """Without every red-flag source, only a red flag found can rate the order."""
+    return Verdict(
+        code="insufficient-information",
+        variant_id=None,
+        picture="patient data not available: " + ", ".join(m.split(" (")[0] for m in ctx.missing),
+        why=["no urgent red flag in what could be read; the rest could not be read"],
+        now="Send the missing data in the prefetch (or allow the service to read the FHIR server).",
+        missing=ctx.missing,
+        override_set="low-value",
+    )
+
+
+# ----------------------------------------------------------------------------- what every verdict reports
+
+
+def _contrast(verdict: Verdict, ctx: Findings) -> None:
+    """The contrast advice reads the same findings as the verdict (B13): without and with after
+    spine surgery, with raised markers, suspected infection or tumour and demyelinating disease;
+    in pregnancy without (ACR Manual on Contrast Media: gadolinium only when essential)."""
+    if ctx.pregnant and verdict.code.startswith("indicated-"):
+        verdict.contrast = "without"
+        verdict.contrast_reason = "pregnant: gadolinium only if essential"
+    elif ctx.has("inflammatory_markers") and verdict.code.startswith("indicated-") and verdict.contrast != "without":
+        verdict.contrast, verdict.contrast_reason = "with-and-without", verdict.contrast_reason or "raised markers"
+    verdict.pregnant = ctx.pregnant
+
+
+def pama_rating(
+    verdict_code: str, variant_id: str | None, study: str, extrapolated: bool, acr_ratings: dict[str, dict[str, str]]
+) -> tuple[str | None, str | None]:
+    """(PAMA rating, ACR's rating) of `study` ("mri-without", "ct-without", ...) in the verdict's
+    variant (B9): ACR's "Usually Appropriate" and "May Be Appropriate" adhere under the Argonaut
+    PAMA IG, "Usually Not Appropriate" does not; without an ACR rating, the verdict decides. A
+    thoracic verdict that rests on lumbar criteria by analogy: no criteria apply. Not rated:
+    insufficient information, and radiographs (PAMA covers advanced imaging only)."""
+    if verdict_code == "insufficient-information" or study == "radiograph":
+        return None, None
+    acr = acr_ratings.get(variant_id or "", {}).get(study)
+    if extrapolated:
+        return "no-criteria-apply", acr
+    if acr is not None:
+        return ("appropriate" if acr in ADHERENT_RATINGS else "not-appropriate"), acr
+    return RATING.get(verdict_code), None
+
+
+def _rating(verdict: Verdict, ctx: Findings) -> None:
+    contrast = ctx.order.contrast if ctx.order.contrast != "unspecified" else "without"
+    verdict.pama_rating, verdict.acr_rating = pama_rating(
+        verdict.code, verdict.variant_id, f"mri-{contrast}", verdict.extrapolated, ctx.facts.acr_ratings
+    )
+
+
+def _finish(verdict: Verdict, ctx: Findings) -> Verdict:
+    """Fill what every verdict reports: flags checked, episode, therapy, prior imaging, contrast, rating."""
+    checked = CHECKED_RED_FLAGS[ctx.rule_region]
     found_ids = {e.concept_id for e in verdict.red_flags_found}
-    for concept_id in CHECKED_RED_FLAGS:
+    for concept_id in checked:
         if concept_id in ctx.flags and concept_id not in found_ids:
             verdict.red_flags_found.extend(ctx.flags[concept_id])
             found_ids.add(concept_id)
-    # What the record holds but this order does not count is said as such, never "not found".
-    verdict.red_flags_not_relevant = [
-        (item, why)
-        for item, why in ctx.not_relevant
-        if item.concept_id in CHECKED_RED_FLAGS and item.concept_id not in found_ids
-    ]
-    present_ids = found_ids | {item.concept_id for item, _ in verdict.red_flags_not_relevant}
+    verdict.not_counted = list(ctx.not_counted)
+    present_ids = found_ids | {item.concept_id for item, _ in ctx.not_counted}
     labels = ctx.facts.concept_labels
     if not ctx.missing:
-        verdict.red_flags_absent = [labels.get(c, c) for c in CHECKED_RED_FLAGS if c not in present_ids]
+        verdict.red_flags_absent = [labels.get(c, c) for c in checked if c not in present_ids]
     verdict.prior_imaging = [
         f"{study_words(study, ctx.as_of)}: {study.description} ({study.reference}, {study.date.isoformat()})"
         for study in ctx.prior_studies(
             ("radiograph", "ct", "mri"), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS)
         )
     ]
+    verdict.why = [line for line in dict.fromkeys(verdict.why) if line]
+    if verdict.code != "indicated-urgent":  # an old entry behind the verdict: ask whether it is current
+        verdict.confirm = list(dict.fromkeys([*ctx.to_confirm, *verdict.confirm]))
     verdict.episode_weeks = ctx.episode_weeks
     verdict.episode_evidence = ctx.episode
-    verdict.therapy_weeks = ctx.therapy_weeks
-    verdict.therapy_evidence = ctx.therapy_descriptions
+    verdict.therapy_weeks = ctx.therapy.weeks
+    verdict.therapy_evidence = ctx.therapy.descriptions
     if not verdict.missing:
         verdict.missing = ctx.missing
     verdict.skipped = list(ctx.facts.skipped)
-    variant = verdict.variant_id or ""
-    if ctx.region == "thoracic" and variant in EXTRAPOLATED_THORACIC:
+    if ctx.region == "thoracic" and (verdict.variant_id or "") in EXTRAPOLATED_THORACIC:
         verdict.extrapolated = True
-    if verdict.code in RATING:
-        verdict.pama_rating = "no-criteria-apply" if verdict.extrapolated else RATING[verdict.code]
-    if verdict.code in ("low-value", "radiographs-first"):
+    if verdict.priority is not None and _priority_met(ctx.order.priority, verdict.priority):
+        verdict.priority = None  # the draft already says it: nothing to escalate
+    _contrast(verdict, ctx)
+    _rating(verdict, ctx)
+    if verdict.code in ("low-value", "radiographs-first") and not verdict.first_study:
         verdict.suggest_cancel = True
     return verdict
+
+
+def _priority_met(ordered: str, wanted: str) -> bool:
+    rank = {name: index for index, name in enumerate(PRIORITY_ORDER)}
+    return rank.get(ordered, 0) >= rank[wanted]
 
 
 # ----------------------------------------------------------------------------- what the rules need
 
 # Concept ids and guideline variants these rules read by name. A mappings folder without them
 # would let the service start and silently never find that flag: `knowledge_gaps` stops it.
-READ_CONCEPTS = (
-    EPISODE_CONCEPTS
-    + CHECKED_RED_FLAGS
-    + ANKYLOSED_SPINE_CONCEPTS
-    + (
-        "paresthesia",
-        "dangerous_mechanism",
-        "systemic_corticosteroid",
-        "immunosuppressant_medication",
-        "analgesic_medication",
+READ_CONCEPTS = tuple(
+    dict.fromkeys(
+        EPISODE_CONCEPTS
+        + tuple(c for region in CHECKED_RED_FLAGS.values() for c in region)
+        + ANKYLOSED_SPINE_CONCEPTS
+        + CORD_SYMPTOM_CONCEPTS
+        + (
+            "systemic_corticosteroid",
+            "immunosuppressant_medication",
+            "analgesic_medication",
+            "anticoagulant_medication",
+            "follow_up_encounter",
+            "spondylolysis",
+        )
     )
 )
-# Concepts read by their kind rather than by name: every therapy concept is a trial of care (_therapy).
+# Concepts read by their kind rather than by name: every therapy concept is a trial of care.
 READ_KINDS = ("therapy",)
-NAMED_VARIANTS = ("CN-V2", "CN-V7", "TRAUMA-C-LOW", "REPEAT-MRI")
+NAMED_VARIANTS = (
+    "CN-V2",
+    "CN-V7",
+    "CN-V8-NO-SIGNS",
+    "TRAUMA-C-LOW",
+    "REPEAT-MRI",
+    "FOLLOW-UP",
+    "CHILD-V1",
+    "CHILD-SPONDYLOLYSIS",
+    "DEMYEL-V1",
+)
 CITED_GUIDELINES = (
     "ACP_2011",
+    "ACP_2017",
     "ACP_APS_2007",
+    "ACR_BACKPAIN_CHILD",
     "ACR_CNECK_2018",
     "ACR_CNECK_2024",
+    "ACR_DEMYELINATING",
     "ACR_INFX_2021",
     "ACR_LBP_2021",
+    "ACR_MYELO_2020",
     "ACR_TRAUMA",
     "ACR_VCF_2018",
+    "ASRA_2018",
     "CCR_2001",
     "CW_AAFP",
     "CW_ACR",
     "CW_NASS",
     "HEDIS_LBP_MY2025",
+    "IDSA_2015",
+    "NICE_NG234",
     "NICE_NG59",
     "NOR_2010",
     "OP8",
@@ -1088,7 +1300,7 @@ CITED_GUIDELINES = (
 
 def knowledge_gaps(mappings: Mappings) -> list[str]:
     """What these rules read by name that the mappings do not define (empty when they fit)."""
-    gaps = [f"concept '{c}'" for c in dict.fromkeys(READ_CONCEPTS) if c not in mappings.concepts]
+    gaps = [f"concept '{c}'" for c in READ_CONCEPTS if c not in mappings.concepts]
     variants = {v for by_region in VARIANTS.values() for v in by_region.values()} | set(NAMED_VARIANTS)
     for variant_id in sorted(variants):
         try:

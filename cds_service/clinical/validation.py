@@ -88,7 +88,8 @@ def _reference_problems(documents: dict[Path, Json]) -> list[str]:
                     for guideline in concept.get("guidelines", [])
                     if guideline not in guideline_ids
                 ]
-                for entry in _objects(concept.get("codes")) + _objects(concept.get("observations")):
+                entries = _objects(concept.get("codes")) + _objects(concept.get("observations"))
+                for entry in entries + _objects(concept.get("excludes")):
                     problems += _code_errors(where, entry)
         elif document.get("kind") == "orders":
             for index, order in enumerate(_objects(document.get("orders"))):

@@ -5,9 +5,11 @@ the `fhirServer`, for every redirect and for every `next` link: redirects and ne
 stay under the hook's `fhirServer` base, the only server its access token is meant for.
 Queries are the discovery prefetch templates, run concurrently on a bounded pool per allowed
 server (so one slow server cannot take the workers another needs) over one pooled session,
-retrying idempotent GETs on 429/502/503/504 with backoff. Every read ends at the hook's time
-budget, on the socket, and each answer is refused beyond CDS_FHIR_MAX_RESPONSE_BYTES decoded
-bytes; whatever is not back stays unread and the rules say so. The access token is never logged.
+retrying idempotent GETs on 429/502/503/504 with backoff. One budget holds for all the reads of
+a hook together, every query, page, redirect and retry: its time (CDS_FHIR_BUDGET_SECONDS, on the
+socket) and its decoded bytes (CDS_FHIR_BUDGET_BYTES); each answer is also refused beyond
+CDS_FHIR_MAX_RESPONSE_BYTES. Whatever is not back within them stays unread and the rules say so.
+The access token is never logged.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class FhirSettings:
     max_pages: int = 20
     concurrency: int = 8  # per allowed server
     max_response_bytes: int = 16 * 1024 * 1024
+    budget_bytes: int = 16 * 1024 * 1024  # decoded bytes of all the reads of one hook together
 
     def server_for(self, fhir_server) -> str | None:
         """The allowlist entry `fhir_server` falls under (the longest), or None when it is not allowed."""
@@ -67,11 +70,29 @@ class FhirSettings:
 
 
 class _Budget:
-    def __init__(self, seconds: float):
+    """What one hook may spend on FHIR reads, all its queries, pages and retries together: time
+    (a deadline) and decoded bytes. Shared by the hook's concurrent queries."""
+
+    def __init__(self, seconds: float, max_bytes: int):
         self.deadline = time.monotonic() + seconds
+        self.max_bytes = max_bytes
+        self._spent = 0
+        self._lock = threading.Lock()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def spend(self, size: int) -> None:
+        """Count `size` decoded bytes; OutboundError once the hook's bytes are spent."""
+        with self._lock:
+            self._spent += size
+            spent = self._spent
+        if spent > self.max_bytes:
+            raise OutboundError(
+                f"sent more than this hook may read from FHIR servers ({self.max_bytes} bytes, "
+                "all queries and pages together)",
+                "over-budget",
+            )
 
 
 class FetchFailed(Exception):
@@ -116,10 +137,13 @@ class FhirFetcher:
     # ------------------------------------------------------------------ one query
     def _get_once(self, url: str, headers: dict, budget: _Budget):
         try:
-            return self.outbound.get(url, headers, budget.deadline, self.settings.max_response_bytes)
+            budget.spend(0)  # nothing more is asked once the hook's bytes are spent
+            return self.outbound.get(
+                url, headers, budget.deadline, self.settings.max_response_bytes, spend=budget.spend
+            )
         except OutboundError as error:
-            setting = " (CDS_FHIR_MAX_RESPONSE_BYTES)" if error.kind == "too-large" else ""
-            raise FetchFailed(f"the FHIR server {error}{setting}") from None
+            setting = {"too-large": " (CDS_FHIR_MAX_RESPONSE_BYTES)", "over-budget": " (CDS_FHIR_BUDGET_BYTES)"}
+            raise FetchFailed(f"the FHIR server {error}{setting.get(error.kind, '')}") from None
 
     def _get(self, url: str, base: str, headers: dict, budget: _Budget):
         """The answer to a GET: retried on 429/502/503/504, redirected only within `base`."""
@@ -210,7 +234,7 @@ class FhirFetcher:
         context = body.get("context") or {}
         patient_id = context.get("patientId") if isinstance(context.get("patientId"), str) else None
         left_out_before = data.other_patient
-        budget = _Budget(self.settings.budget_seconds)
+        budget = _Budget(self.settings.budget_seconds, self.settings.budget_bytes)
         timings: dict[str, float] = {}
 
         def task(key: str):

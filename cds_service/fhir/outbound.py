@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
@@ -242,7 +242,7 @@ class OutboundError(Exception):
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
-        self.kind = kind  # "timeout", "unreachable", "too-large", "encoding"
+        self.kind = kind  # "timeout", "unreachable", "too-large", "over-budget", "encoding"
 
 
 @dataclass(frozen=True)
@@ -265,8 +265,10 @@ def _decoder(content_encoding: str):
     raise OutboundError(f"sent an unsupported Content-Encoding ({shown})", "encoding")
 
 
-def _read_body(reply: requests.Response, max_bytes: int) -> bytes:
-    """The decoded body, read as a stream and refused beyond `max_bytes` (a gzip bomb included)."""
+def _read_body(reply: requests.Response, max_bytes: int, spend: Callable[[int], None] | None = None) -> bytes:
+    """The decoded body, read as a stream and refused beyond `max_bytes` (a gzip bomb included);
+    `spend` is told each decoded chunk's size and raises OutboundError once a budget shared with
+    other reads is spent."""
     too_large = OutboundError(f"sent an answer larger than {max_bytes} bytes", "too-large")
     decoder = _decoder(reply.headers.get("Content-Encoding", ""))
     declared = reply.headers.get("Content-Length", "")
@@ -284,6 +286,8 @@ def _read_body(reply: requests.Response, max_bytes: int) -> bytes:
         body += chunk
         if len(body) > max_bytes:
             raise too_large
+        if spend is not None:
+            spend(len(chunk))
     return bytes(body)
 
 
@@ -299,9 +303,11 @@ class Outbound:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def get(self, url: str, headers: dict, deadline: float, max_bytes: int) -> Reply:
-        """The whole answer by `deadline` (time.monotonic()), at most `max_bytes` decoded; redirects
-        come back as they are (status 3xx, empty body)."""
+    def get(
+        self, url: str, headers: dict, deadline: float, max_bytes: int, spend: Callable[[int], None] | None = None
+    ) -> Reply:
+        """The whole answer by `deadline` (time.monotonic()), at most `max_bytes` decoded, each chunk
+        counted by `spend` (see _read_body); redirects come back as they are (status 3xx, empty body)."""
         left = deadline - time.monotonic()
         if left <= 0.01:
             raise OutboundError("did not answer within the time budget", "timeout")
@@ -311,7 +317,7 @@ class Outbound:
             reply = self.session.get(
                 url, headers=headers, timeout=(min(left, 1.0), left), stream=True, allow_redirects=False
             )
-            body = b"" if reply.is_redirect else _read_body(reply, max_bytes)
+            body = b"" if reply.is_redirect else _read_body(reply, max_bytes, spend)
         except (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError) as error:
             if time.monotonic() >= deadline or isinstance(error, requests.Timeout):
                 raise OutboundError("did not answer within the time budget", "timeout") from None

@@ -1,7 +1,10 @@
 """The CDS Hooks contract: a verdict becomes a card, suggestions and a PAMA rating systemAction.
 
-Nothing clinical is decided here; wording only. Codes for suggested orders come from
-mappings/orders.yaml.
+Nothing clinical is decided here; wording and the actions that carry it out. The card is read in
+five seconds: the summary says the clinical picture, the detail is at most 700 characters in a
+fixed order (why, what to do now, what to confirm, one source), and everything else (codes,
+references, the full checklist, the arithmetic) is on the evidence page its link opens. Codes for
+suggested orders come from mappings/orders.yaml.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import re
 from dataclasses import dataclass
 
 from ..clinical.mappings import Mappings, bounded_put
-from ..clinical.model import FROM_ORDER, MriOrder, Verdict
-from ..clinical.rules import format_weeks
+from ..clinical.model import MriOrder, Verdict
+from ..clinical.rules import pama_rating
+from ..clinical.wording import sentence
 from .ids import new_uuid
 
 VERDICT_SYSTEM = "http://spine-imaging-cds.org/fhir/CodeSystem/mri-verdict"
@@ -50,27 +54,59 @@ INDICATOR = {
     "low-value": "warning",
     "radiographs-first": "warning",
 }
+SUMMARY_LEAD = {
+    "indicated-urgent": "Urgent MRI",
+    "indicated-routine": "MRI indicated",
+    "low-value": "Low-value MRI",
+    "insufficient-information": "Cannot rate this MRI",
+}
+STUDY_WORDS = {"radiograph": "radiographs", "ct": "CT without contrast"}
 CONTRAST_WORDS = {
     "without": "without contrast",
     "with": "with contrast",
     "with-and-without": "without and with contrast",
     "unspecified": "",
 }
-OVERRIDE_REASONS = [
-    ("red-flag-not-in-record", "Red flag present, not yet documented in the record"),
-    ("surgical-candidate", "Surgical or interventional candidate (planning)"),
-    ("therapy-not-in-record", "Conservative therapy done, not in the record"),
-    ("specialist-request", "Requested by a spine specialist"),
-    ("prior-imaging-elsewhere", "Radiographs or CT already done elsewhere"),
-]
-CONTRAST_OVERRIDE_REASONS = [
-    ("contrast-indicated", "Contrast needed for an indication not in the record"),
-    ("specialist-request", "Requested by a spine specialist"),
-]
-SUMMARY_LIMIT = 140
-# The card stays short whatever the record holds: at most this many items per list, then
-# "and N more"; record strings are cut at a length no coded display needs.
-MAX_ITEMS_SHOWN = 8
+OTHER = ("other", "Other reason")
+# Override reasons by the verdict's kind (Verdict.override_set): each fits what the card says,
+# and "other" is always there. Feedback may name only the reasons its card offered.
+OVERRIDE_SETS: dict[str, list[tuple[str, str]]] = {
+    "urgent": [("not-current", "This finding is not current"), ("imaged-elsewhere", "Imaged elsewhere today")],
+    "deficit": [("deficit-old-stable", "Weakness is old and stable (examined)")],
+    "low-value": [
+        ("red-flag-not-in-record", "Red flag present, not yet documented in the record"),
+        ("therapy-not-in-record", "Conservative therapy done, not in the record"),
+        ("surgical-candidate", "Surgical or interventional candidate (planning)"),
+        ("specialist-request", "Requested by a spine specialist"),
+    ],
+    "first-study": [
+        ("prior-imaging-elsewhere", "Radiographs or CT already done elsewhere"),
+        ("red-flag-not-in-record", "Red flag present, not yet documented in the record"),
+        ("specialist-request", "Requested by a spine specialist"),
+    ],
+    "trauma": [
+        ("neuro-deficit", "Neurological deficit on examination"),
+        ("ct-done", "CT already done"),
+        ("ligament-injury", "Suspected ligament injury"),
+    ],
+    "fracture": [
+        ("augmentation-planned", "Vertebral augmentation planned"),
+        ("neuro-deficit", "Neurological deficit on examination"),
+    ],
+    "contrast": [
+        ("post-operative-spine", "Post-operative spine: contrast needed"),
+        ("contrast-indicated", "Contrast needed for an indication not in the record"),
+        ("specialist-request", "Requested by a spine specialist"),
+    ],
+    "follow-up": [("clinical-change", "Clinical change: worse pain, fever, rising markers or a deficit")],
+    "repeat": [("new-symptoms", "New or progressing symptoms since the last MRI")],
+}
+# Kept for the utilization record while it moves to the reasons each card offered.
+OVERRIDE_REASONS = [*OVERRIDE_SETS["low-value"], OTHER]
+CONTRAST_OVERRIDE_REASONS = [*OVERRIDE_SETS["contrast"], OTHER]
+SUMMARY_LIMIT = 140  # CDS Hooks: the summary is "less than 140 characters"
+DETAIL_LIMIT = 700  # characters of rendered text (issue 16: read in five seconds)
+CONFIRM_SHOWN = 5
 MAX_TEXT_CHARS = 200
 
 # Text from the record (displays, ids, server messages) is data, never markup: CommonMark lets
@@ -118,25 +154,18 @@ def plain(text) -> str:
     return re.sub(r"[<>\[\]`]", "", _clean(text, SUMMARY_LIMIT * 2))
 
 
-def _bullets(items, render=md) -> list[str]:
-    shown = [f"- {render(item)}" for item in items[:MAX_ITEMS_SHOWN]]
-    if len(items) > MAX_ITEMS_SHOWN:
-        shown.append(f"- … and {len(items) - MAX_ITEMS_SHOWN} more")
-    return shown
-
-
-def _summary(verdict: Verdict) -> str:
-    first_study = "CT" if verdict.suggest_first_study == "ct" else "Radiographs"
-    lead = {
-        "indicated-urgent": "MRI indicated urgently: ",
-        "indicated-routine": "MRI indicated: ",
-        "radiographs-first": f"{first_study} first, not MRI: ",
-        "low-value": "Low-value MRI: ",
-        "insufficient-information": "Cannot rate this MRI: ",
-    }[verdict.code]
-    text = lead + plain(verdict.decisive_reason)
-    # CDS Hooks: the summary is "less than 140 characters".
-    return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2].rstrip() + "…"
+def _summary(verdict: Verdict, already_urgent: bool = False) -> str:
+    """The clinical picture in plain words behind the verdict's lead, under 140 characters."""
+    if verdict.code == "radiographs-first":
+        lead = ("CT" if verdict.first_study == "ct" else "Radiographs") + " first, not MRI"
+    elif verdict.code == "indicated-routine" and verdict.first_study:
+        lead = "MRI appropriate"
+    elif already_urgent:
+        lead = "Urgent MRI (already so ordered)"
+    else:
+        lead = SUMMARY_LEAD[verdict.code]
+    text = f"{lead}: {plain(verdict.picture)}"
+    return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2].rstrip(" ,;:") + "…"
 
 
 def order_label(order: MriOrder) -> str:
@@ -146,86 +175,58 @@ def order_label(order: MriOrder) -> str:
 
 
 def _source(verdict: Verdict, mappings: Mappings) -> dict:
+    """The one source: the guideline variant behind the verdict, and ACR's rating of the study ordered."""
     if verdict.variant_id:
         guideline, variant = mappings.variant(verdict.variant_id)
         # The short name keeps the card readable; the URL leads to the full guideline.
-        label = f"{guideline.get('short', guideline['id'])}: {variant.get('title', variant['id'])}"
+        label = f"{guideline.get('short', guideline['id'])}, {variant.get('title', variant['id'])}"
+        if verdict.acr_rating:
+            label += f" (MRI as ordered: {verdict.acr_rating.replace('-', ' ')})"
         if verdict.extrapolated and "analogy" not in label:
             label += " (applied by analogy to the thoracic spine)"
         return {"label": label, "url": guideline.get("url")} if guideline.get("url") else {"label": label}
-    return {"label": "spine-imaging CDS: ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE NG59"}
+    return {"label": "spine-imaging CDS: ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE"}
 
 
-def _evidence_line(item) -> str:
-    where = "from the order's reason" if item.origin == FROM_ORDER else "from the record"
-    when = f", {item.date.isoformat()}" if item.date else ""
-    return f"**{md(item.label)}**: {md(item.description)} ({md(item.reference)}, {where}{when})"
+def rendered_length(detail: str) -> int:
+    """Characters a reader sees of a markdown detail: without emphasis marks and escapes."""
+    return len(re.sub(r"\\(.)", r"\1", detail.replace("**", "")))
 
 
-def _detail(order: MriOrder, verdict: Verdict, mappings: Mappings) -> str:
-    lines = [f"**{VERDICT_DISPLAY[verdict.code]}.** Order: {md(order.display)} ({md(order.reference)}).", ""]
-    lines += _bullets(verdict.reasons)
-    lines.append("")
-    if verdict.advice:
-        lines += [f"**Instead:** {md(verdict.advice)}", ""]
-    if verdict.red_flags_found:
-        lines.append("**Red flags and risk factors found**")
-        lines += _bullets(verdict.red_flags_found, _evidence_line)
-        lines.append("")
-    if verdict.red_flags_not_relevant:
-        lines.append("**Found, not relevant to this study**")
-        lines += _bullets(
-            verdict.red_flags_not_relevant,
-            lambda pair: f"**{md(pair[0].label)}**: {md(pair[0].description)} ({md(pair[0].reference)}): {md(pair[1])}",
-        )
-        lines.append("")
-    if verdict.red_flags_absent:
-        lines.append("**Checked and not found:** " + ", ".join(md(label) for label in verdict.red_flags_absent) + ".")
-        lines.append("")
-    if verdict.prior_imaging:
-        lines.append("**Prior imaging of this region (last 12 months)**")
-        lines += _bullets(verdict.prior_imaging)
-        lines.append("")
-    lines.append(
-        "**Episode:** "
-        + (
-            f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
-            if verdict.episode_weeks is not None
-            else "duration not documented"
-        )
-    )
-    lines += _bullets(verdict.episode_evidence, _evidence_line)
-    lines.append("")
-    lines.append(
-        "**Conservative therapy:** "
-        + (
-            f"started {format_weeks(verdict.therapy_weeks)} ago"
-            if verdict.therapy_weeks is not None
-            else ("documented without dates" if verdict.therapy_evidence else "none documented")
-        )
-    )
-    lines += _bullets(verdict.therapy_evidence)
-    lines.append("")
-    if verdict.would_change:
-        lines.append("**What would change this advice**")
-        lines += _bullets(verdict.would_change)
-        lines.append("")
-    if verdict.not_documented:
-        lines.append("**Not documented, needed to rate this order**")
-        lines += _bullets(verdict.not_documented)
-        lines.append("")
-    if verdict.missing:
-        lines.append("**Data that could not be read**")
-        lines += _bullets(verdict.missing)
-        lines.append("")
-    if verdict.skipped:
-        lines.append("**Not used**")
-        lines += _bullets(verdict.skipped)
-        lines.append("")
-    if verdict.guideline_ids:
-        cited = [mappings.guideline(g).get("short", g) for g in verdict.guideline_ids]
-        lines.append("**Concordant guidance:** " + "; ".join(md(c) for c in cited) + ".")
-    return "\n".join(lines).strip()
+def _contrast_line(verdict: Verdict, order: MriOrder) -> str:
+    if not verdict.code.startswith("indicated-") or verdict.contrast is None:
+        return ""
+    wanted = CONTRAST_WORDS[verdict.contrast]
+    if order.contrast == verdict.contrast:
+        return f"Contrast: {wanted}, as ordered ({verdict.contrast_reason})." if verdict.contrast_reason else ""
+    return f"Contrast: {wanted}" + (f" ({verdict.contrast_reason})" if verdict.contrast_reason else "") + "."
+
+
+def _detail(order: MriOrder, verdict: Verdict, source: dict, notes: list[str]) -> str:
+    """Why, what to do now, what to confirm, one source: at most DETAIL_LIMIT characters as read.
+
+    Lists are shortened from their end until the detail fits; what is cut stays on the evidence page."""
+    why, confirm = list(verdict.why), list(verdict.confirm)[:CONFIRM_SHOWN]
+    now = " ".join(part for part in (verdict.now or "", _contrast_line(verdict, order)) if part)
+
+    def build() -> str:
+        lines = [f"**Why:** {md(sentence(why))}"] if why else []
+        if now:
+            lines.append(f"**Now:** {md(now)}")
+        if confirm:
+            lines.append(f"**Confirm:** {md(sentence(confirm))}")
+        lines += [md(note) for note in notes]
+        lines.append(f"**Source:** {md(source['label'], 300)}")
+        return "\n\n".join(lines)
+
+    detail = build()
+    while rendered_length(detail) > DETAIL_LIMIT and (len(confirm) > 1 or len(why) > 1):
+        (confirm if len(confirm) > 1 else why).pop()
+        detail = build()
+    if rendered_length(detail) > DETAIL_LIMIT:
+        notes = []
+        detail = build()
+    return detail
 
 
 def _coding(entry: dict) -> dict:
@@ -289,91 +290,251 @@ def _recoded(order: MriOrder, codes: tuple[dict, ...], extensions: list[dict], n
 SUGGEST_FIRST_STUDY = "switch-to-first-study"
 SUGGEST_CANCEL = "cancel"
 SUGGEST_NO_CONTRAST = "drop-contrast"
+SUGGEST_ADD_CONTRAST = "add-contrast"
+SUGGEST_URGENT = "make-urgent"
+SUGGEST_KEEP_ROUTINE = "keep-routine"
+SUGGEST_NEXT_STEP = "next-step"
 
 
-def _suggestions(
-    order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str, auc_url: str | None, rating_extensions
-) -> list[tuple[str, dict]]:
-    """(kind, suggestion) pairs, the recommended one first."""
-    suggestions: list[tuple[str, dict]] = []
-    if verdict.suggest_first_study:
-        modality = verdict.suggest_first_study
-        region = order.region if order.region != "unspecified" else None
-        first = mappings.preferred_order(modality, region) if region else None
-        if first is not None:
-            name = "radiographs" if modality == "radiograph" else "CT without contrast"
-            # The guideline variant behind the verdict names this study as the first one: it adheres.
-            rating = "no-criteria-apply" if verdict.extrapolated else "appropriate"
-            switched = _recoded(
-                order,
-                first.codes,
-                pama_extensions(rating, None, consult_id, auc_url),
-                f"Changed by spine-imaging CDS from {order_label(order)}: {name} first.",
+def _suggestion(label: str, actions: list[dict], recommended: bool | None = None) -> dict:
+    suggestion: dict = {"label": label, "uuid": new_uuid()}
+    if recommended is not None:
+        suggestion["isRecommended"] = recommended
+    suggestion["actions"] = actions
+    return suggestion
+
+
+def _rated(
+    order: MriOrder, codes: tuple[dict, ...] | None, rating: str | None, card: CardContext, mri: bool = True
+) -> dict:
+    """The draft order, recoded to `codes` when given, carrying `rating` (None: no rating); an MRI
+    also carries the verdict behind the rating (another study is not what the verdict rated)."""
+    verdict = card.verdict.code if mri else None
+    extensions = pama_extensions(rating, verdict, card.consult_id, card.auc_url) if rating else []
+    return _recoded(order, codes, extensions) if codes else with_rating(order.resource, extensions)
+
+
+@dataclass
+class CardContext:
+    """What the suggestions of one card share."""
+
+    order: MriOrder
+    verdict: Verdict
+    mappings: Mappings
+    consult_id: str
+    auc_url: str | None
+    rating_extensions: list[dict]
+
+
+def _rating_of(card: CardContext, study: str) -> str | None:
+    verdict = card.verdict
+    return pama_rating(verdict.code, verdict.variant_id, study, verdict.extrapolated, card.mappings.acr_ratings)[0]
+
+
+def _contrast_change(card: CardContext) -> tuple[str, str] | None:
+    """(kind, contrast) when the order's contrast is not what the indication wants. A contrast-only
+    order becomes without-and-with (ACR rates contrast-only MRI usually not appropriate)."""
+    verdict, order = card.verdict, card.order
+    if not verdict.code.startswith("indicated-") or order.region in ("multi", "unspecified"):
+        return None
+    wanted = verdict.contrast or ("with-and-without" if order.contrast == "with" else None)
+    if wanted is None or wanted == order.contrast:
+        return None
+    return (SUGGEST_NO_CONTRAST if wanted == "without" else SUGGEST_ADD_CONTRAST), wanted
+
+
+def _escalation(card: CardContext) -> list[tuple[str, dict]]:
+    """An urgent card's first suggestion makes the order urgent (with the contrast the indication
+    wants); then the next step the guideline names."""
+    verdict, order = card.verdict, card.order
+    found: list[tuple[str, dict]] = []
+    change = _contrast_change(card)
+    if verdict.priority:
+        resource = _rated(order, None, verdict.pama_rating, card)
+        label = f"Make this MRI {verdict.priority}"
+        if change:
+            target = card.mappings.mri_order(order.region, change[1])
+            if target is not None:
+                resource = _rated(order, target.codes, _rating_of(card, f"mri-{change[1]}"), card)
+                label += f", {CONTRAST_WORDS[change[1]]}"
+        resource["priority"] = verdict.priority
+        found.append(
+            (
+                SUGGEST_URGENT,
+                _suggestion(
+                    label,
+                    [
+                        {
+                            "type": "update",
+                            "description": f"Set the draft order's priority to {verdict.priority}.",
+                            "resource": resource,
+                        }
+                    ],
+                    True,
+                ),
             )
-            suggestions.append(
+        )
+    for step in verdict.next_steps:
+        actions = _next_step_actions(card, step.kind)
+        if actions:
+            found.append((SUGGEST_NEXT_STEP, _suggestion(step.text[:1].upper() + step.text[1:], actions, True)))
+    return found
+
+
+def _next_step_actions(card: CardContext, kind: str) -> list[dict]:
+    """Draft orders for a next step whose codes the mappings hold (none: the card says it in words)."""
+    order = card.order.resource
+    if kind == "whole-spine":
+        others = [region for region in ("cervical", "thoracic", "lumbar") if region != card.order.region]
+        targets = [card.mappings.mri_order(region, "with-and-without") for region in others]
+        return [
+            {
+                "type": "create",
+                "description": f"Add MRI of the {region} spine without and with contrast.",
+                "resource": _new_request(order, target.codes, card.verdict.priority),
+            }
+            for region, target in zip(others, targets, strict=True)
+            if target is not None
+        ]
+    target = card.mappings.next_step_order(kind)
+    if target is None:
+        return []
+    return [
+        {
+            "type": "create",
+            "description": f"Add the order: {_order_text(target.codes) or kind}.",
+            "resource": _new_request(order, target.codes, card.verdict.priority),
+        }
+    ]
+
+
+def _new_request(draft: dict, codes: tuple[dict, ...], priority: str | None) -> dict:
+    """A new draft ServiceRequest for the same patient and encounter as the MRI order."""
+    request: dict = {"resourceType": "ServiceRequest", "id": new_uuid(), "status": "draft", "intent": "order"}
+    request["code"] = {"coding": [_coding(c) for c in codes if c["system"] in SYSTEM_URIS]}
+    text = _order_text(codes)
+    if text:
+        request["code"]["text"] = text
+    for key in ("subject", "encounter"):
+        if isinstance(draft.get(key), dict):
+            request[key] = _json_copy(draft[key])
+    if priority:
+        request["priority"] = priority
+    return request
+
+
+def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
+    """(kind, suggestion) pairs, the recommended first, and the card's selectionBehavior."""
+    verdict, order, mappings = card.verdict, card.order, card.mappings
+    if verdict.code == "indicated-urgent":
+        return _escalation(card), "any"
+    if verdict.ask_if_new:
+        # The clinician's answer, one click: the record cannot say whether the weakness is new.
+        urgent = with_rating(order.resource, card.rating_extensions)
+        urgent["priority"] = "urgent"
+        routine = with_rating(order.resource, card.rating_extensions)
+        routine["priority"] = "routine"
+        return [
+            (
+                SUGGEST_URGENT,
+                _suggestion(
+                    "New or worsening weakness: make this MRI urgent",
+                    [
+                        {
+                            "type": "update",
+                            "description": "Set the draft order's priority to urgent.",
+                            "resource": urgent,
+                        }
+                    ],
+                ),
+            ),
+            (
+                SUGGEST_KEEP_ROUTINE,
+                _suggestion(
+                    "Old and stable weakness: keep it routine",
+                    [
+                        {
+                            "type": "update",
+                            "description": "Keep the draft order's priority routine.",
+                            "resource": routine,
+                        }
+                    ],
+                ),
+            ),
+        ], "at-most-one"
+    found: list[tuple[str, dict]] = []
+    region = order.region if order.region not in ("multi", "unspecified") else None
+    if verdict.first_study and region:
+        first = mappings.preferred_order(verdict.first_study, region)
+        if first is not None:
+            name = STUDY_WORDS[verdict.first_study]
+            study = "radiograph" if verdict.first_study == "radiograph" else "ct-without"
+            # PAMA covers advanced imaging only: an order switched to radiographs carries no rating.
+            switched = _rated(order, first.codes, _rating_of(card, study), card, mri=False)
+            switched["note"] = [
+                *list(switched.get("note") or []),
+                {"text": f"Changed by spine-imaging CDS from {order_label(order)}: {name} first."},
+            ]
+            verb = "instead of" if verdict.first_study_required else "before"
+            found.append(
                 (
                     SUGGEST_FIRST_STUDY,
-                    {
-                        "label": f"Order {name} of the {region} spine instead of MRI",
-                        "uuid": new_uuid(),
-                        "isRecommended": True,
-                        "actions": [
+                    _suggestion(
+                        f"Order {name} of the {region} spine {verb} MRI",
+                        [
                             {
                                 "type": "update",
-                                "description": f"Change the draft order from {order_label(order)} "
-                                f"to {name} of the {region} spine.",
+                                "description": f"Change the draft order from {order_label(order)} to {name} "
+                                f"of the {region} spine.",
                                 "resource": switched,
                             }
                         ],
-                    },
+                        verdict.first_study_required,
+                    ),
                 )
             )
-    if verdict.suggest_cancel:
+    change = _contrast_change(card)
+    if change is not None:
+        kind, contrast = change
+        target = mappings.mri_order(order.region, contrast)
+        if target is not None:
+            why = f" ({verdict.contrast_reason})" if verdict.contrast_reason else ""
+            found.append(
+                (
+                    kind,
+                    _suggestion(
+                        f"Change to MRI {order.region} spine {CONTRAST_WORDS[contrast]}{why}",
+                        [
+                            {
+                                "type": "update",
+                                "description": f"Order the MRI {CONTRAST_WORDS[contrast]}{why}.",
+                                "resource": _rated(order, target.codes, _rating_of(card, f"mri-{contrast}"), card),
+                            }
+                        ],
+                        True,
+                    ),
+                )
+            )
+    if verdict.suggest_cancel and (found or not verdict.first_study):
         # Removing a draft is what no update can say: CDS Hooks' delete (which the sandbox's PAMA
-        # view does not apply; EHRs do).
-        suggestions.append(
+        # view does not apply; EHRs do). Never the only button of a first-study card (C18).
+        found.append(
             (
                 SUGGEST_CANCEL,
-                {
-                    "label": "Cancel the MRI order",
-                    "uuid": new_uuid(),
-                    "isRecommended": not suggestions,
-                    "actions": [
+                _suggestion(
+                    "Cancel the MRI order",
+                    [
                         {
                             "type": "delete",
                             "description": f"Remove the draft order for {order_label(order)}.",
                             "resourceId": order.reference,
                         }
                     ],
-                },
+                    not found,
+                ),
             )
         )
-    if (
-        verdict.code.startswith("indicated-")
-        and order.contrast in ("with", "with-and-without")
-        and not verdict.contrast_needed
-    ):
-        without = mappings.mri_order(order.region, "without")
-        if without is not None:
-            suggestions.append(
-                (
-                    SUGGEST_NO_CONTRAST,
-                    {
-                        "label": f"Change to MRI {order.region} spine without contrast",
-                        "uuid": new_uuid(),
-                        "isRecommended": True,
-                        "actions": [
-                            {
-                                "type": "update",
-                                "description": "No infection or tumour flag needs contrast: "
-                                "order the MRI without contrast.",
-                                "resource": _recoded(order, without.codes, rating_extensions or []),
-                            }
-                        ],
-                    },
-                )
-            )
-    return suggestions
+    return found, "at-most-one"
 
 
 @dataclass
@@ -385,10 +546,19 @@ class CardResult:
     override_reasons: dict[str, str]  # the override reason codes this card offers -> their display
 
 
-def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id: str) -> CardResult:
-    """The card for one order and its systemAction: the rating, or the removal of a stale one."""
+def build_card(
+    order: MriOrder,
+    verdict: Verdict,
+    mappings: Mappings,
+    consult_id: str,
+    evidence_url: str | None = None,
+    notes: list[str] | None = None,
+) -> CardResult:
+    """The card for one order and its systemAction: the rating, or the removal of a stale one.
+    `evidence_url`: the evidence page of this evaluation (the card links it); `notes`: one-line
+    notes the card must carry (resources of another patient left out)."""
     source = _source(verdict, mappings)
-    rating_extensions = None
+    rating_extensions: list[dict] = []
     rating_action = clearing_action = None
     if verdict.pama_rating:
         rating_extensions = pama_extensions(verdict.pama_rating, verdict.code, consult_id, source.get("url"))
@@ -407,21 +577,30 @@ def build_card(order: MriOrder, verdict: Verdict, mappings: Mappings, consult_id
             "any earlier rating of this order is removed.",
             "resource": with_rating(order.resource, []),
         }
-    card = {
-        "uuid": new_uuid(),
-        "summary": _summary(verdict),
-        "indicator": INDICATOR.get(verdict.code, "info"),
-        "detail": _detail(order, verdict, mappings),
-        "source": source,
-    }
-    suggestions = _suggestions(order, verdict, mappings, consult_id, source.get("url"), rating_extensions)
+    already_urgent = verdict.code == "indicated-urgent" and verdict.priority is None
+    card: dict = {"uuid": new_uuid(), "summary": _summary(verdict, already_urgent)}
+    if already_urgent:
+        # The draft is already as urgent as the guideline asks: one line is enough.
+        card["indicator"] = "info"
+        steps = "; ".join(step.text for step in verdict.next_steps)
+        card["detail"] = md(f"Already ordered {order.priority}." + (f" Next: {steps}." if steps else ""))
+    else:
+        card["indicator"] = "warning" if verdict.ask_if_new else INDICATOR.get(verdict.code, "info")
+        card["detail"] = _detail(order, verdict, source, notes or [])
+    card["source"] = source
+    context = CardContext(order, verdict, mappings, consult_id, source.get("url"), rating_extensions)
+    suggestions, behaviour = _suggestions(context) if not already_urgent else ([], "any")
     reasons: list[tuple[str, str]] = []
     if suggestions:
         card["suggestions"] = [suggestion for _, suggestion in suggestions]
-        card["selectionBehavior"] = "at-most-one"
-        reasons = CONTRAST_OVERRIDE_REASONS if verdict.code.startswith("indicated-") else OVERRIDE_REASONS
+        card["selectionBehavior"] = behaviour
+        reasons = [*OVERRIDE_SETS.get(verdict.override_set, OVERRIDE_SETS["low-value"]), OTHER]
         card["overrideReasons"] = [
             {"system": OVERRIDE_SYSTEM, "code": code, "display": display} for code, display in reasons
+        ]
+    if evidence_url:
+        card["links"] = [
+            {"label": "Evidence: findings, codes and the full checklist", "url": evidence_url, "type": "absolute"}
         ]
     return CardResult(
         card,

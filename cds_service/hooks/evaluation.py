@@ -5,20 +5,24 @@ server and by `cds-service evaluate` alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from ..clinical.facts import extract_facts, find_mri_orders, record_facts
 from ..clinical.mappings import Mappings
+from ..clinical.model import MriOrder, Verdict
 from ..clinical.record import ClinicalData
 from ..clinical.rules import decide
 from ..fhir.client import FhirAuthorizationError, FhirFetcher, describe_host, fetchable, log_fetch
 from ..fhir.prefetch import from_prefetch
 from .cards import build_card
 from .discovery import SERVICE_HOOKS, prefetch_templates
+from .evidence import evidence_page
 from .ids import new_uuid
 from .request import HookRequestError, check_request
 
@@ -43,6 +47,9 @@ class Evaluation:
     unread_sources: list[str] = field(default_factory=list)  # prefetch keys that could not be read
     # The override reasons the card offered (code -> display): feedback may name only these.
     override_reasons: dict[str, str] = field(default_factory=dict)
+    # What makes this evaluation "the same" as an earlier one (see `fingerprint`).
+    fingerprint: str = ""
+    card_shown: bool = True  # False: order-sign after the same order-select: rating only, no second card
 
 
 @dataclass
@@ -95,6 +102,42 @@ def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: 
     return data
 
 
+def fingerprint(context: dict, order: MriOrder, verdict: Verdict) -> str:
+    """What decides that an order-sign repeats an order-select: the same patient, encounter and
+    order (its codes, reasons and priority), rated the same (verdict, variant, rating) from the
+    same findings (each red flag and episode finding with its date). A changed order, a new
+    finding or a different verdict is a new question and gets its card again."""
+
+    def codes(concept: object) -> list[str]:
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        return (
+            sorted(f"{c.get('system')}|{c.get('code')}" for c in codings or [] if isinstance(c, dict))
+            if isinstance(codings, list)
+            else []
+        )
+
+    reasons = order.resource.get("reasonCode")
+    parts = [
+        str(context.get("patientId")),
+        str(context.get("encounterId")),
+        order.reference,
+        codes(order.resource.get("code")),
+        sorted(code for reason in reasons for code in codes(reason)) if isinstance(reasons, list) else [],
+        order.priority,
+        verdict.code,
+        verdict.variant_id,
+        verdict.pama_rating,
+        sorted(f"{e.concept_id}|{e.date}" for e in verdict.red_flags_found + verdict.episode_evidence),
+    ]
+    return hashlib.sha256(json.dumps(parts, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# (fingerprint) -> True when a card for it was already shown; None when that cannot be told now
+ShownBefore = Callable[[str], "bool | None"]
+# evidence page data -> the URL of that page (web seals the data into the link)
+EvidenceLink = Callable[[dict], str]
+
+
 def evaluate_hook(
     service_id: str,
     body: dict,
@@ -102,7 +145,12 @@ def evaluate_hook(
     as_of: date | None = None,
     data: ClinicalData | None = None,
     fetcher: FhirFetcher | None = None,
+    shown_before: ShownBefore | None = None,
+    evidence_link: EvidenceLink | None = None,
 ) -> HookResult:
+    """Rate each spine MRI order of the call. `shown_before` (order-sign): the card is left out
+    when the same order was carded at order-select, unchanged; `evidence_link`: each card links
+    its evidence page."""
     started = time.perf_counter()
     check_request(service_id, body)
     context = body["context"]
@@ -118,12 +166,36 @@ def evaluate_hook(
     result.timings_ms["read"] = (time.perf_counter() - read_started) * 1000
     cards, rating_actions, clearing_actions = [], [], []
     record = record_facts(data, mappings, as_of)  # read once, shared by every order of the call
+    # what the card must say although it is not clinical: resources of another patient left out
+    notes = (
+        [f"{data.other_patient} resource(s) not of this patient were left out (an EHR or prefetch problem)."]
+        if data.other_patient
+        else []
+    )
+    signing = SERVICE_HOOKS[service_id] == "order-sign"
     for order in orders:
         facts = extract_facts(order, data, mappings, as_of, record)
         verdict = decide(facts)
         consult_id = f"urn:uuid:{new_uuid()}"
-        built = build_card(order, verdict, mappings, consult_id)
-        cards.append(built.card)
+        print_ = fingerprint(context, order, verdict)
+        # Order-sign after the same order-select, unchanged: keep the rating, no second card.
+        shown = not (signing and shown_before is not None and shown_before(print_) is True)
+        # a date that could not be used (an onset in the future) is said on the card
+        unusable = [note.split(": ", 1)[-1] for note in verdict.skipped if "in the future" in note][:1]
+        built = build_card(
+            order, verdict, mappings, consult_id, notes=notes + [n[:1].upper() + n[1:] for n in unusable]
+        )
+        if evidence_link is not None and shown:
+            page = evidence_page(order, verdict, built.card, mappings, as_of)
+            built.card["links"] = [
+                {
+                    "label": "Evidence: findings, codes and the full checklist",
+                    "url": evidence_link(page),
+                    "type": "absolute",
+                }
+            ]
+        if shown:
+            cards.append(built.card)
         if built.rating_action is not None:
             rating_actions.append(built.rating_action)
         if built.clearing_action is not None:
@@ -143,6 +215,8 @@ def evaluate_hook(
                 red_flags=[e.concept_id for e in verdict.red_flags_found],
                 unread_sources=sorted(data.unread),
                 override_reasons=built.override_reasons,
+                fingerprint=print_,
+                card_shown=shown,
             )
         )
     if all(e.verdict == "insufficient-information" for e in result.evaluations) and all(

@@ -21,6 +21,8 @@ from ..hooks.request import HookRequestError
 from ..utilization.store import FeedbackError, Store
 from .auth import Authenticator, AuthError, forwarded_base, is_loopback, load_trusted_issuers
 from .config import Settings
+from .evidence import EVIDENCE_PATH, EvidenceLinks
+from .evidence import blueprint as evidence_blueprint
 from .logs import AUTHENTICATION_OFF, LogEntry
 from .recording import order_records
 
@@ -116,7 +118,9 @@ def create_app(
     elif announce:
         log.warning(LogEntry(event="startup", warning=AUTHENTICATION_OFF))
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
+    evidence_links = EvidenceLinks(store.patient_key, int(settings.evidence_link_hours * 3600))
     app = Flask(__name__)
+    app.register_blueprint(evidence_blueprint(evidence_links))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     override_displays = dict(OVERRIDE_REASONS + CONTRAST_OVERRIDE_REASONS)  # the sandbox sends codes only
     origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()} or {"*"}
@@ -230,7 +234,8 @@ def create_app(
             {
                 "event": "answer",
                 "method": request.method,
-                "path": request.path[:200],
+                # an evidence link is a capability: its token never reaches a log
+                "path": "/evidence/[link]" if request.path.startswith(EVIDENCE_PATH) else request.path[:200],
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
             }
@@ -271,7 +276,15 @@ def create_app(
         if service_id not in SERVICE_HOOKS:
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
-        result = evaluate_hook(service_id, body, mappings, fetcher=fetcher)
+        base = settings.public_base_url or request.host_url
+        result = evaluate_hook(
+            service_id,
+            body,
+            mappings,
+            fetcher=fetcher,
+            evidence_link=lambda page: evidence_links.url(base, page),
+            shown_before=getattr(store, "card_shown_for", None),
+        )
         if result.evaluations and settings.record_evaluations:
             store.record(order_records(service_id, body, result, mappings, settings.mode))
         # what the hook decided goes on the answer's one log line

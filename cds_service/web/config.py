@@ -91,6 +91,7 @@ class Settings:
     mode: str = "live"  # live | shadow (evaluate and record, answer no cards)
     dashboard_token: str | None = None  # None: GET /dashboard is off
     record_evaluations: bool = True
+    evidence_link_hours: float = 8.0  # how long a card's evidence link opens (a clinic shift)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -112,6 +113,7 @@ class Settings:
             mode=_mode(),
             dashboard_token=os.environ.get("CDS_DASHBOARD_TOKEN") or None,
             record_evaluations=_flag("CDS_RECORD_EVALUATIONS", default=True),
+            evidence_link_hours=_number("CDS_EVIDENCE_LINK_HOURS", 8.0, float, minimum=0.1),
             jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float, minimum=1),
             fhir=FhirSettings(
                 allowed_servers=_allowed_servers("CDS_FHIR_ALLOWED_SERVERS"),

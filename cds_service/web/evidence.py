@@ -1,0 +1,148 @@
+"""The evidence page a card links to: the findings, codes and full checklist behind one card.
+
+It holds patient data, so it is protected like this:
+- Nothing is stored. The page's content travels inside its link, compressed and sealed with
+  Fernet (AES-128-CBC with an HMAC-SHA256, `cryptography`): nobody can read or alter it without
+  the key, and a link older than CDS_EVIDENCE_LINK_HOURS (default 8, a clinic shift) is refused.
+- The key is derived from the patient-hash key (CDS_PATIENT_HASH_KEY, else the random key kept
+  in the database), so every instance sharing that key opens every link; rotating it retires
+  every link at once.
+- The link is a capability: whoever holds it can open the page until it expires, as with any
+  link the EHR shows. The page asks for no further credential (a clinician's browser has none for
+  this service), is never cached (Cache-Control: no-store), sends no Referer, cannot be framed,
+  loads nothing (Content-Security-Policy: default-src 'none'), and is marked noindex; its path is
+  never logged (the answer's log line says "/evidence/[link]").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import zlib
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet, InvalidToken
+from flask import Blueprint, Response
+
+EVIDENCE_PATH = "/evidence/"
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-Robots-Tag": "noindex, nofollow",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+}
+
+
+class EvidenceLinks:
+    """Seals an evidence page into a link, and opens a link back into the page."""
+
+    def __init__(self, secret: bytes, ttl_seconds: int):
+        key = hmac.new(secret, b"spine-imaging-cds evidence link v1", hashlib.sha256).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        self.ttl_seconds = ttl_seconds
+
+    def url(self, base: str, page: dict[str, Any]) -> str:
+        token = self._fernet.encrypt(zlib.compress(orjson.dumps(page), 6))
+        return f"{base.rstrip('/')}{EVIDENCE_PATH}{token.decode()}"
+
+    def open(self, token: str) -> dict[str, Any] | None:
+        """The page, or None when the link is not one of ours, was altered, or has expired."""
+        try:
+            page = orjson.loads(zlib.decompress(self._fernet.decrypt(token.encode(), ttl=self.ttl_seconds)))
+        except (InvalidToken, ValueError, zlib.error):
+            return None
+        return page if isinstance(page, dict) else None
+
+
+def _list(items: list[Any], render=lambda item: html.escape(str(item))) -> str:
+    if not items:
+        return "<p class='none'>none</p>"
+    return "<ul>" + "".join(f"<li>{render(item)}</li>" for item in items) + "</ul>"
+
+
+def _finding(item: dict[str, str]) -> str:
+    e = {key: html.escape(str(value)) for key, value in item.items()}
+    why = f" <em>Not counted: {e['why']}.</em>" if "why" in e else ""
+    return (
+        f"<b>{e.get('label', '')}</b>: {e.get('what', '')} ({e.get('date', '')}, {e.get('status', '')}) "
+        f"<span class='code'>{e.get('code', '')} &middot; {e.get('reference', '')} &middot; from {e.get('from', '')}"
+        f"</span>{why}"
+    )
+
+
+def render_page(page: dict[str, Any]) -> str:
+    """The page as HTML: every value escaped (record text is data, never markup)."""
+    esc = html.escape
+    source = page.get("source") or {}
+    source_link = (
+        f"<a href='{esc(source['url'])}' rel='noreferrer'>{esc(source.get('label', ''))}</a>"
+        if str(source.get("url", "")).startswith("https://")
+        else esc(source.get("label", ""))
+    )
+    concordant = _list(
+        page.get("concordant", []),
+        lambda g: (
+            f"<a href='{esc(g['url'])}' rel='noreferrer'>{esc(g['label'])}</a>"
+            if str(g.get("url", "")).startswith("https://")
+            else esc(g.get("label", ""))
+        ),
+    )
+    sections = [
+        ("Why", _list(page.get("why", []))),
+        (
+            "Now",
+            f"<p>{esc(page.get('now', ''))}</p>"
+            + (f"<p>Contrast: {esc(page['contrast'])}</p>" if page.get("contrast") else ""),
+        ),
+        ("What would change this verdict", _list(page.get("confirm", []))),
+        ("Red flags and risk factors counted", _list(page.get("found", []), _finding)),
+        ("In the record, not counted for this order", _list(page.get("not_counted", []), _finding)),
+        ("This region's red flags not in the record (ask or examine)", _list(page.get("not_in_record", []))),
+        (f"Episode: {esc(page.get('episode', ''))}", _list(page.get("episode_findings", []), _finding)),
+        (f"Conservative therapy: {esc(page.get('therapy', ''))}", _list(page.get("therapy_items", []))),
+        ("Prior spine imaging, last 12 months", _list(page.get("prior_imaging", []))),
+        ("Data that could not be read", _list(page.get("missing", []))),
+        ("Not documented, needed to rate this order", _list(page.get("not_documented", []))),
+        ("Not used, and why", _list(page.get("skipped", []))),
+        ("Concordant guidance", concordant),
+    ]
+    acr = f"; ACR: {esc(page['acr_rating'])}" if page.get("acr_rating") else ""
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='robots' content='noindex, nofollow'><title>Evidence: spine MRI order</title>",
+            "<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:60rem;color:#222}"
+            "h1{font-size:20px}h2{font-size:15px;margin:18px 0 4px}.code{color:#666;font-size:12px}"
+            ".none{color:#888}.sub{color:#555}</style></head><body>",
+            f"<h1>{esc(page.get('summary', ''))}</h1>",
+            f"<p class='sub'>{esc(page.get('order', ''))}. Evaluated {esc(page.get('as_of', ''))}: "
+            f"{esc(page.get('verdict', ''))}; PAMA rating {esc(page.get('rating', ''))}{acr}.</p>",
+            f"<p class='sub'>Source: {source_link}</p>",
+            *(f"<h2>{title}</h2>{body}" for title, body in sections),
+            "<p class='sub'>spine-imaging CDS. This page is not stored; its link expires.</p></body></html>",
+        ]
+    )
+
+
+def blueprint(links: EvidenceLinks) -> Blueprint:
+    """GET /evidence/<token>: the page, 410 when its link has expired or is not valid."""
+    pages = Blueprint("evidence", __name__)
+
+    @pages.get(f"{EVIDENCE_PATH}<path:token>")
+    def evidence(token: str) -> Response:
+        page = links.open(token)
+        if page is None:
+            body = (
+                "<!doctype html><meta charset='utf-8'><title>Link expired</title><p>This evidence link has "
+                "expired or is not valid. Open the card again from the order to get a new one.</p>"
+            )
+            return Response(body, status=410, mimetype="text/html", headers=HEADERS)
+        return Response(render_page(page), mimetype="text/html", headers=HEADERS)
+
+    return pages
