@@ -121,6 +121,7 @@ class Settings:
                 max_pages=_number("CDS_FHIR_MAX_PAGES", 20, minimum=1),
                 concurrency=_number("CDS_FHIR_CONCURRENCY", 8, minimum=1),
                 max_response_bytes=_number("CDS_FHIR_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, minimum=1024),
+                budget_bytes=_number("CDS_FHIR_BUDGET_BYTES", 16 * 1024 * 1024, minimum=1024),
             ),
         )
 
