@@ -47,10 +47,17 @@ def _load_json_file(path: Path, what: str):
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise CliError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"{path} is not UTF-8 text, as JSON must be (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}; save it as UTF-8)"
+        ) from None
     try:
         return json.loads(text)
     except ValueError as error:
         raise CliError(f"{path} is not JSON ({error})") from None
+    except RecursionError:
+        raise CliError(f"{path} nests JSON too deeply to read (a FHIR resource nests a dozen levels)") from None
 
 
 # ----------------------------------------------------------------------------- serve
@@ -161,6 +168,8 @@ def cmd_evaluate(args) -> int:
         result = evaluate_hook(service_id, body, mappings, as_of=args.as_of)
     except HookRequestError as error:
         raise CliError(f"{path}: the service would answer {error.status}: {error.message}") from None
+    except RecursionError:  # JSON that parses but nests deeper than the checks can walk
+        raise CliError(f"{path}: the request nests JSON too deeply (the service answers 400 to it)") from None
     print(json.dumps(result.response, indent=2))
     return 0
 
@@ -377,17 +386,55 @@ def _iso_date(text: str) -> date:
 
 PORT = _number(1, 65535, None)
 
+SERVE_DESCRIPTION = """\
+Serve the CDS Hooks API (discovery: GET /cds-services) with gunicorn's gthread workers.
+
+Before the first call, set up authentication: CDS_TRUSTED_ISSUERS=FILE names the CDS clients
+whose signed JWTs are accepted (cds-service keygen writes such a file; docs/integrating.md), or
+CDS_ALLOW_UNAUTHENTICATED=1 turns authentication off, for a local trial only. With neither,
+serve refuses to start. A client signs the URL it calls as the token's aud: on the address
+given by --host and --port, or on CDS_PUBLIC_BASE_URL when set (then only there: needed behind
+a proxy and on a wildcard address).
+
+Facing a network, put nginx in front (deploy/nginx/). Every setting: docs/operations.md."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cds-service", description="Spine MRI appropriateness CDS Hooks service")
     commands = parser.add_subparsers(dest="command", required=True)
     env = os.environ.get
 
-    serve = commands.add_parser("serve", help="serve the CDS Hooks API with gunicorn")
-    serve.add_argument("--host", default=env("CDS_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=_number(1, 65535, "CDS_PORT"), default=env("CDS_PORT", "8765"))
-    serve.add_argument("--workers", type=_number(1, 64, "CDS_WORKERS"), default=env("CDS_WORKERS", "4"))
-    serve.add_argument("--threads", type=_number(1, 256, "CDS_THREADS"), default=env("CDS_THREADS", "2"))
+    serve = commands.add_parser(
+        "serve",
+        help="serve the CDS Hooks API with gunicorn",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--host",
+        default=env("CDS_HOST", "127.0.0.1"),
+        help="address to listen on (default 127.0.0.1, or CDS_HOST when set); "
+        "a wildcard such as 0.0.0.0 needs CDS_PUBLIC_BASE_URL",
+    )
+    serve.add_argument(
+        "--port",
+        type=_number(1, 65535, "CDS_PORT"),
+        default=env("CDS_PORT", "8765"),
+        help="port to listen on (default 8765, or CDS_PORT when set)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_number(1, 64, "CDS_WORKERS"),
+        default=env("CDS_WORKERS", "4"),
+        help="gunicorn worker processes, 1-64 (default 4, or CDS_WORKERS when set)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=_number(1, 256, "CDS_THREADS"),
+        default=env("CDS_THREADS", "2"),
+        help="threads per worker, 1-256 (default 2, or CDS_THREADS when set); a hook that reads the EHR's "
+        "FHIR server holds its thread up to CDS_FHIR_BUDGET_SECONDS",
+    )
     serve.set_defaults(func=cmd_serve)
 
     evaluate = commands.add_parser("evaluate", help="run one hook request offline and print the response")
@@ -428,7 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a signed client JWT to call the service with curl")
     token.add_argument("--issuer", required=True)
     token.add_argument("--key", required=True, help="private key PEM (its file name stem is the default kid)")
-    token.add_argument("--aud", required=True, help="the exact endpoint URL being called")
+    token.add_argument(
+        "--aud",
+        required=True,
+        help="the absolute URL of the endpoint called, e.g. http://127.0.0.1:8765/cds-services/spine-mri-order-select",
+    )
     token.add_argument("--kid", help="key id (default: the key file's name without .pem)")
     token.add_argument("--alg", choices=["ES384", "RS384", "ES256", "RS256"], help="default: the key's own")
     token.add_argument("--lifetime", type=_number(1, 86400, None), default=300, help="seconds until exp (default 300)")
