@@ -129,7 +129,7 @@ def fingerprint(context: dict, order: MriOrder, verdict: Verdict) -> str:
         verdict.pama_rating,
         sorted(f"{e.concept_id}|{e.date}" for e in verdict.red_flags_found + verdict.episode_evidence),
     ]
-    return hashlib.sha256(json.dumps(parts, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # (fingerprint) -> True when a card for it was already shown; None when that cannot be told now

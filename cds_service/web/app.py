@@ -276,7 +276,8 @@ def create_app(
         if service_id not in SERVICE_HOOKS:
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
-        base = settings.public_base_url or request.host_url
+        # (request.host_url would re-encode the whole URL: the scheme and host are enough)
+        base = settings.public_base_url or f"{request.scheme}://{request.host}"
         result = evaluate_hook(
             service_id,
             body,

@@ -2,8 +2,10 @@
 
 It holds patient data, so it is protected like this:
 - Nothing is stored. The page's content travels inside its link, compressed and sealed with
-  Fernet (AES-128-CBC with an HMAC-SHA256, `cryptography`): nobody can read or alter it without
-  the key, and a link older than CDS_EVIDENCE_LINK_HOURS (default 8, a clinic shift) is refused.
+  AES-128-GCM (authenticated encryption, `cryptography`; the time it was sealed is inside the
+  sealed part): nobody can read or alter it without the key, and a link older than
+  CDS_EVIDENCE_LINK_HOURS (default 8, a clinic shift) is refused. (AES-GCM rather than Fernet: a
+  third of the cost, on every card.)
 - The key is derived from the patient-hash key (CDS_PATIENT_HASH_KEY, else the random key kept
   in the database), so every instance sharing that key opens every link; rotating it retires
   every link at once.
@@ -20,11 +22,15 @@ import base64
 import hashlib
 import hmac
 import html
+import os
+import struct
+import time
 import zlib
 from typing import Any
 
 import orjson
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Blueprint, Response
 
 EVIDENCE_PATH = "/evidence/"
@@ -39,23 +45,40 @@ HEADERS = {
 }
 
 
+VERSION = b"\x01"
+CLOCK_SKEW_SECONDS = 300  # a link sealed "in the future" by another instance's clock
+
+
 class EvidenceLinks:
-    """Seals an evidence page into a link, and opens a link back into the page."""
+    """Seals an evidence page into a link, and opens a link back into the page.
+
+    token = base64url(version, nonce, AES-128-GCM(sealed-at seconds, zlib(JSON page)))."""
 
     def __init__(self, secret: bytes, ttl_seconds: int):
-        key = hmac.new(secret, b"spine-imaging-cds evidence link v1", hashlib.sha256).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        key = hmac.new(secret, b"spine-imaging-cds evidence link v1", hashlib.sha256).digest()[:16]
+        self._aead = AESGCM(key)
         self.ttl_seconds = ttl_seconds
 
-    def url(self, base: str, page: dict[str, Any]) -> str:
-        token = self._fernet.encrypt(zlib.compress(orjson.dumps(page), 6))
-        return f"{base.rstrip('/')}{EVIDENCE_PATH}{token.decode()}"
+    def url(self, base: str, page: dict[str, Any], now: float | None = None) -> str:
+        nonce = os.urandom(12)
+        sealed_at = struct.pack(">Q", int(time.time() if now is None else now))
+        sealed = self._aead.encrypt(nonce, sealed_at + zlib.compress(orjson.dumps(page), 1), VERSION)
+        token = base64.urlsafe_b64encode(VERSION + nonce + sealed).rstrip(b"=").decode()
+        return f"{base.rstrip('/')}{EVIDENCE_PATH}{token}"
 
-    def open(self, token: str) -> dict[str, Any] | None:
+    def open(self, token: str, now: float | None = None) -> dict[str, Any] | None:
         """The page, or None when the link is not one of ours, was altered, or has expired."""
         try:
-            page = orjson.loads(zlib.decompress(self._fernet.decrypt(token.encode(), ttl=self.ttl_seconds)))
-        except (InvalidToken, ValueError, zlib.error):
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            if raw[:1] != VERSION or len(raw) < 1 + 12 + 16 + 8:
+                return None
+            plain = self._aead.decrypt(raw[1:13], raw[13:], VERSION)
+            (sealed_at,) = struct.unpack(">Q", plain[:8])
+            age = (time.time() if now is None else now) - sealed_at
+            if age > self.ttl_seconds or age < -CLOCK_SKEW_SECONDS:
+                return None
+            page = orjson.loads(zlib.decompress(plain[8:]))
+        except (InvalidTag, ValueError, zlib.error, struct.error):
             return None
         return page if isinstance(page, dict) else None
 
