@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -107,7 +108,7 @@ class LocalNginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # ends as soon as nginx listens; room for a loaded machine
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nginx exited: {self.process.stderr.read().decode()[-2000:]}")
@@ -117,7 +118,7 @@ class LocalNginx:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError("nginx did not listen within 10 s")
+        raise RuntimeError("nginx did not listen within 60 s")
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -152,14 +153,15 @@ class SlowClients:
 
     def start(self) -> SlowClients:
         request_line = f"POST {SELECT} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n".encode()
-        self.sockets = {
-            "slow_headers": [self._connect(request_line) for _ in range(self.slow_headers)],
-            "slow_bodies": [
-                self._connect(request_line + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
-                for _ in range(self.slow_bodies)
-            ],
-            "idle": [self._connect() for _ in range(self.idle)],
-        }
+        # The 2,000 idle ones first: opening them takes a while on a loaded machine, and the proxy's
+        # header timeout (10 s) counts from each connection's start.
+        idle = [self._connect() for _ in range(self.idle)]
+        slow_bodies = [
+            self._connect(request_line + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+            for _ in range(self.slow_bodies)
+        ]
+        slow_headers = [self._connect(request_line) for _ in range(self.slow_headers)]
+        self.sockets = {"slow_headers": slow_headers, "slow_bodies": slow_bodies, "idle": idle}
         self._thread = threading.Thread(target=self._drip, daemon=True)
         self._thread.start()
         return self
@@ -199,9 +201,16 @@ class SlowClients:
 
 
 def signed_hooks(
-    base: str, key_pem: bytes, kid: str, seconds: float, every: float = 0.25, timeout: float = 10
+    base: str,
+    key_pem: bytes,
+    kid: str,
+    seconds: float,
+    every: float = 0.25,
+    timeout: float = 10,
+    after_each: Callable[[], object] | None = None,
 ) -> list[tuple[int | str, float]]:
-    """(status or error name, seconds) of one signed order-select hook every `every` s for `seconds`."""
+    """(status or error name, seconds) of one signed order-select hook every `every` s for `seconds`;
+    `after_each` is called as each one comes back."""
     body = json.dumps(fixtures.hook_request("lbp-osteoporosis")).encode()
     results = []
     stop_at = time.monotonic() + seconds
@@ -220,6 +229,8 @@ def signed_hooks(
         except requests.RequestException as error:
             outcome = type(error).__name__
         results.append((outcome, time.monotonic() - started))
+        if after_each is not None:
+            after_each()
         time.sleep(max(0.0, every - (time.monotonic() - started)))
     return results
 
@@ -268,7 +279,7 @@ def start_service(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    if not wait_for_http(f"http://127.0.0.1:{port}/healthz", process):
+    if not wait_for_http(f"http://127.0.0.1:{port}/healthz", process, seconds=120):  # loaded machines start slowly
         process.kill()
         raise RuntimeError("the service did not start")
     return process

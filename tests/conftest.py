@@ -87,7 +87,7 @@ def running_service(env: dict, workers: int = 2, threads: int = 8):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        if not wait_for_http(base + "/healthz", process):
+        if not wait_for_http(base + "/healthz", process, seconds=120):  # a loaded machine starts slowly
             process.kill()
             pytest.fail("the service did not start: " + process.stderr.read().decode()[-2000:])
         yield {"base": base, "port": port, "process": process}

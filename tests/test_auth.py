@@ -493,7 +493,9 @@ class KeyServer:
 
     def __init__(self, jwks: dict):
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
+
+        from stub_servers import QuietHTTPServer
 
         owner = self
         self.mode, self.hits, self.target = "ok", 0, None
@@ -519,8 +521,7 @@ class KeyServer:
                 with contextlib.suppress(OSError):
                     self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -547,6 +548,8 @@ def test_unusable_key_server_is_not_asked_again_for_every_request(tmp_path, keys
     from cds_service.web.auth import AuthError
 
     monkeypatch.setattr(auth_module, "JWKS_FETCH_SECONDS", 0.5)
+    # a back-off longer than the test on any machine: "not asked again" must not hang on how fast 20 tokens are made
+    monkeypatch.setattr(auth_module, "JWKS_BACKOFF_SECONDS", (300, 300))
     key_server.mode = mode
     authenticator = authenticator_for(tmp_path, key_server.url)
     for _ in range(20):  # e.g. an attacker's tokens, each naming a kid nobody has

@@ -14,6 +14,7 @@ import json
 import logging
 
 import pytest
+from evidence_pages import evaluate_with_evidence
 from test_hostile_fhir import answer, fetcher_for, fhir_answer, hostile, request_reading  # noqa: F401
 
 from cds_service.cli import fixtures
@@ -170,13 +171,13 @@ def test_another_patients_resources_from_the_fhir_server_are_left_out(hostile, m
 
 
 def test_the_hook_does_not_rate_from_another_patients_fhir_data(hostile, mappings):  # noqa: F811
-    from cds_service.hooks.evaluation import evaluate_hook
-
     planted = cauda_equina_of(f"Patient/{OTHER}")
     server = hostile(lambda handler: fhir_answer(handler, planted=planted))
-    result = evaluate_hook(SELECT, request_reading(server.url), mappings, fetcher=fetcher_for(server.url))
+    result, evidence = evaluate_with_evidence(
+        SELECT, request_reading(server.url), mappings, fetcher=fetcher_for(server.url)
+    )
     assert result.evaluations[0].verdict != "indicated-urgent"
-    assert "another patient" in result.response["cards"][0]["detail"]
+    assert "another patient" in evidence and OTHER not in evidence
 
 
 # ------------------------------------------------------------------ draft orders
@@ -215,10 +216,8 @@ def test_draft_orders_for_the_context_patient_or_without_a_subject_pass():
     "body['context']['patientId'], body.get('hookInstance')); remove this mark once it does",
 )
 def test_the_hook_does_not_rate_from_another_patients_prefetch(mappings):
-    from cds_service.hooks.evaluation import evaluate_hook
-
     body = fixtures.hook_request("lbp-acute-simple")
     body["prefetch"]["conditions"]["entry"] += cauda_equina_of(f"Patient/{OTHER}")["entry"]
-    result = evaluate_hook(SELECT, body, mappings)
+    result, evidence = evaluate_with_evidence(SELECT, body, mappings)
     assert result.evaluations[0].verdict == "low-value"  # as without the planted resources
-    assert "another patient" in result.response["cards"][0]["detail"]
+    assert "another patient" in evidence and OTHER not in evidence

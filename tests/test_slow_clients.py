@@ -58,25 +58,37 @@ def test_hooks_keep_answering_while_slow_and_idle_clients_hold_connections(proxi
         slow_bodies=SLOW_BODIES,
         seconds=30,
     ).start()
+    held_as_each_came_back: list[dict[str, int]] = []
     try:
         opened = attack.still_open()
         results = slow.signed_hooks(
-            proxied_service["base"], proxied_service["pem"], proxied_service["kid"], seconds=5, timeout=5
+            proxied_service["base"],
+            proxied_service["pem"],
+            proxied_service["kid"],
+            seconds=5,
+            timeout=30,
+            after_each=lambda: held_as_each_came_back.append(attack.still_open()),
         )
-        held = attack.still_open()
-        # The proxy, not the service, ends the slow headers: the template gives a header 10 s.
-        deadline = time.monotonic() + 20
-        while attack.still_open()["slow_headers"] and time.monotonic() < deadline:
+        # The proxy, not the service, ends the slow headers and the idle ones: the template gives a
+        # header 10 s.
+        deadline = time.monotonic() + 60
+        while (attack.still_open()["slow_headers"] or attack.still_open()["idle"]) and time.monotonic() < deadline:
             time.sleep(0.5)
         cut = attack.still_open()
     finally:
         attack.stop()
     assert opened == {"idle": IDLE, "slow_headers": SLOW_HEADERS, "slow_bodies": SLOW_BODIES}
-    # The attack still held its connections when the last hook came back ...
-    assert held["idle"] >= IDLE - 10 and held["slow_headers"] == SLOW_HEADERS, held
-    # ... and every hook was answered (straight to gunicorn none is: each times out after 5 s).
-    assert len(results) >= 10
-    assert [outcome for outcome, _ in results] == [200] * len(results), results
+    # Every hook was answered ...
+    assert results and [outcome for outcome, _ in results] == [200] * len(results), results
+    # ... at least 5 of them while the attack still held all its connections (straight to gunicorn
+    # none is: each waits until the attack ends). Not every one: on a loaded machine the proxy's 10 s
+    # header timeout may end the attack before the last hook of the 5 s comes back.
+    while_held = [
+        held
+        for held in held_as_each_came_back
+        if held["idle"] >= IDLE - 10 and held["slow_headers"] == SLOW_HEADERS and held["slow_bodies"] == SLOW_BODIES
+    ]
+    assert len(while_held) >= 5, held_as_each_came_back
     assert cut["slow_headers"] == 0 and cut["idle"] == 0
 
 
