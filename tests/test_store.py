@@ -56,8 +56,8 @@ def record(
 
 
 @pytest.fixture
-def store(database_url):
-    opened = Store(database_url)
+def store(database_url, tmp_path):
+    opened = Store(database_url, spool_dir=tmp_path / "spool")
     yield opened
     opened.close()
 
@@ -70,8 +70,8 @@ def test_migrations_build_the_schema_the_code_uses(store):
     assert ("expires_at",) in indexed  # pruning expired token ids never scans the table
 
 
-def test_a_token_id_is_accepted_once_across_instances(store, database_url):
-    other = Store(database_url)  # a second instance on the same database
+def test_a_token_id_is_accepted_once_across_instances(store, database_url, tmp_path):
+    other = Store(database_url, spool_dir=tmp_path / "other")  # a second instance on the same database
     try:
         expires = time.time() + 300
         assert store.first_use_of_token("https://ehr", "jti-1", expires)
@@ -121,7 +121,7 @@ def test_the_raw_patient_id_is_never_stored(store):
 
 
 def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display(store):
-    store.record([record("c1")])  # still queued: feedback must wait for it, not refuse it
+    store.record([record("c1")])  # still spooled: feedback finds it there, not refuses it
     stored = store.record_feedback(
         "spine-mri-order-select",
         {
@@ -150,6 +150,7 @@ def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display
         rows = {r.card_uuid: r for r in connection.execute(sa.select(feedback))}
     assert json.loads(rows["c1"].accepted_kinds) == ["cancel"]
     assert rows["c2"].override_display == "Surgical or interventional candidate (planning)"
+    assert store.writer.flush()  # feedback found the cards in the spool; the report reads the database
     advice = build_report(store.engine, Window.last_days(1))["advice"]
     assert (advice["taken"], advice["overridden"]) == (1, 1)
     assert advice["accepted_by_kind"] == {"cancel": 1}
