@@ -1,6 +1,6 @@
 """The record survives its database: a real PostgreSQL, started by the suite for these tests alone,
-stopped and frozen (SIGSTOP) under the store, and the store restarted while the database is
-down. What was recorded is counted against what is stored.
+stopped and frozen (SIGSTOP) under the store and under the running service, and the service
+restarted while the database is down. What was answered is counted against what is stored.
 
 No assertion here depends on a wall-clock margin: "did not wait for the database" is shown by the
 call returning while the database is still frozen (it is thawed only afterwards), and "stored"
@@ -10,6 +10,7 @@ by polling the database until the rows are there or a generous deadline passes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -17,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
 from postgres import LocalPostgres
 
+from cds_service.cli import fixtures
 from cds_service.utilization.store import (
     DatabaseUnavailable,
     OrderRecord,
@@ -241,3 +244,184 @@ def test_a_restart_while_the_database_is_down_replays_everything_once(pg, url, t
         assert counted == {"a3": 2, "a2": 1, "b1": 1}  # a1 and a3 are one order, counted once each card
     finally:
         second.close()
+
+
+# ----------------------------------------------------------------------------- the running service
+
+
+class Service:
+    def __init__(self, env: dict, tmp_path: Path):
+        from conftest import ROOT
+
+        from cds_service.cli.processes import free_port, wait_for_http
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+        full.update(CDS_LOG_LEVEL="WARNING", **env)
+        self.log = tmp_path / f"serve-{self.port}.log"
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, *SERVE, "--port", str(self.port), "--workers", "2", "--threads", "4"],
+            cwd=ROOT,
+            env=full,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_for_http(self.base + "/healthz", self.process, seconds=90):
+            self.stop()
+            pytest.fail("the service did not start: " + self.log.read_text()[-3000:])
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def test_the_service_answers_every_hook_through_outage_freeze_and_restart(pg, url, tmp_path):
+    """Hooks with authentication on, 4 clients, while PostgreSQL is stopped, frozen, and stopped
+    again with the service restarted meanwhile. Every hook is answered 200 (none 500), feedback
+    503 with Retry-After while the database is away, and every card answered is stored."""
+    from cds_service.web.auth import generate_key_pair, sign_token
+
+    pem, jwk = generate_key_pair("ehr-1")
+    trust = tmp_path / "trusted.json"
+    trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": [jwk]}}}))
+    public = "https://cds.example.org"
+    env = {
+        "CDS_TRUSTED_ISSUERS": str(trust),
+        "CDS_DATABASE_URL": url,
+        "CDS_PUBLIC_BASE_URL": public,
+        "CDS_SPOOL_DIR": str(tmp_path / "spool"),
+        "CDS_DATABASE_TIMEOUT_SECONDS": "0.5",
+    }
+    service = Service(env, tmp_path)
+    bodies = [fixtures.hook_request(p) for p in ("lbp-osteoporosis", "lbp-acute-simple", "neck-chronic-axial")]
+    lock = threading.Lock()
+    answered: set[str] = set()
+    statuses: dict[str, dict[int, int]] = {}
+    phase = ["up"]
+    feedback_statuses: dict[str, int] = {}
+    retry_after_seen = []
+    stop = threading.Event()
+    target = [service.base]
+
+    latencies: dict[str, list[float]] = {}
+
+    def note(kind: int, seconds: float | None = None) -> None:
+        with lock:
+            counts = statuses.setdefault(phase[0], {})
+            counts[kind] = counts.get(kind, 0) + 1
+            if seconds is not None:
+                latencies.setdefault(phase[0], []).append(seconds)
+
+    def client(number: int) -> None:
+        session = requests.Session()
+        index = number
+        while not stop.is_set():
+            index += 1
+            token = sign_token("https://ehr.example.org", pem, public + SELECT, "ehr-1")
+            started = time.perf_counter()
+            try:
+                reply = session.post(
+                    target[0] + SELECT,
+                    json=bodies[index % len(bodies)],
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+            except requests.RequestException:
+                note(0)  # no answer (the service restarting)
+                time.sleep(0.1)
+                continue
+            note(reply.status_code, time.perf_counter() - started)
+            if reply.status_code == 200:
+                cards = [card["uuid"] for card in reply.json()["cards"]]
+                with lock:
+                    answered.update(cards)
+                if cards and index % 7 == 0:
+                    feedback_token = sign_token("https://ehr.example.org", pem, public + SELECT + "/feedback", "ehr-1")
+                    item = {"card": cards[0], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:00:00Z"}
+                    try:
+                        answer = session.post(
+                            target[0] + SELECT + "/feedback",
+                            json={"feedback": [item]},
+                            headers={"Authorization": f"Bearer {feedback_token}"},
+                            timeout=30,
+                        )
+                    except requests.RequestException:
+                        continue
+                    with lock:
+                        key = f"{phase[0]}: {answer.status_code}"
+                        feedback_statuses[key] = feedback_statuses.get(key, 0) + 1
+                        if answer.status_code == 503:
+                            retry_after_seen.append(answer.headers.get("Retry-After"))
+
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(3)
+        phase[0] = "stopped"
+        pg.stop_server()
+        time.sleep(6)
+        pg.start_server()
+        phase[0] = "up again"
+        time.sleep(4)
+        phase[0] = "frozen"
+        pg.freeze()
+        time.sleep(6)
+        pg.thaw()
+        phase[0] = "thawed"
+        time.sleep(4)
+        phase[0] = "stopped, service restarted"
+        pg.stop_server()
+        time.sleep(2)
+        assert service.stop() == 0  # SIGTERM while the database is down: the spool stays on disk
+        service = Service(env, tmp_path)  # starts without its database
+        target[0] = service.base
+        time.sleep(5)
+        phase[0] = "back"
+        pg.start_server()
+        time.sleep(4)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+        pg.thaw()
+        if not (pg.data / "postmaster.pid").exists():
+            pg.start_server()
+    try:
+        assert wait_for(lambda: answered <= cards_in(url), seconds=120), len(answered - cards_in(url))
+    finally:
+        service.stop()
+    stored = cards_in(url)
+    summary = {
+        "statuses_by_phase": statuses,
+        "hooks_answered_200": sum(s.get(200, 0) for s in statuses.values()),
+        "cards_answered": len(answered),
+        "cards_stored": len(stored),
+        "answered_not_stored": len(answered - stored),
+        "stored_not_seen_by_a_client": len(stored - answered),
+        "feedback_statuses": feedback_statuses,
+        "hook_ms_by_phase": {
+            name: {"p50": round(1000 * sorted(v)[len(v) // 2], 1), "max": round(1000 * max(v), 1)}
+            for name, v in latencies.items()
+        },
+        "spool_left": [p.name for p in (tmp_path / "spool").glob("*.jsonl")],
+    }
+    print("\noutage run:", json.dumps(summary, indent=1))
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert all(code in (0, 200) for counts in statuses.values() for code in counts), statuses
+    for name in ("stopped", "frozen", "stopped, service restarted"):
+        assert statuses.get(name, {}).get(200, 0) > 0, (name, statuses)  # hooks kept being answered
+    assert answered - stored == set()
+    assert summary["spool_left"] == []
+    assert not [key for key in feedback_statuses if key.endswith(": 500")]
+    assert all(value and value.isdigit() for value in retry_after_seen)

@@ -120,8 +120,14 @@ def test_the_raw_patient_id_is_never_stored(store):
     assert store.patient_hash("patient-raw-id-123") in dumped
 
 
-def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display(store):
-    store.record([record("c1")])  # still spooled: feedback finds it there, not refuses it
+REASONS = {
+    "surgical-candidate": "Surgical or interventional candidate (planning)",
+    "other": "Other reason (say which in the comment)",
+}
+
+
+def test_feedback_joins_its_card_classifies_the_suggestion_and_stores_the_cards_display(store):
+    store.record([record("c1", override_reasons=REASONS)])  # still spooled: feedback finds it there
     stored = store.record_feedback(
         "spine-mri-order-select",
         {
@@ -136,33 +142,170 @@ def test_feedback_joins_its_card_classifies_the_suggestion_and_fills_the_display
         },
     )
     assert stored == 1
-    store.record([record("c2", order="ServiceRequest/mri-2")])
+    store.record([record("c2", order="ServiceRequest/mri-2", override_reasons=REASONS)])
     override = {
         "card": "c2",
         "outcome": "overridden",
         "outcomeTimestamp": "2026-11-22T10:01:00Z",
-        "overrideReason": {"reason": {"code": "surgical-candidate"}, "userComment": "seen by spine"},
+        # a client's own display is not stored: the card's is
+        "overrideReason": {"reason": {"code": "surgical-candidate", "display": "=HYPERLINK(1)"}, "userComment": "ok"},
     }
-    displays = {"surgical-candidate": "Surgical or interventional candidate (planning)"}
-    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 1
-    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}, displays) == 0  # a retry
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 1
+    assert store.record_feedback("spine-mri-order-select", {"feedback": [override]}) == 0  # a retry
     with store.engine.connect() as connection:
         rows = {r.card_uuid: r for r in connection.execute(sa.select(feedback))}
     assert json.loads(rows["c1"].accepted_kinds) == ["cancel"]
     assert rows["c2"].override_display == "Surgical or interventional candidate (planning)"
-    assert store.writer.flush()  # feedback found the cards in the spool; the report reads the database
+    assert rows["c2"].user_comment == "ok" and "userComment" not in rows["c2"].raw  # the comment, once
+    store.writer.flush()
     advice = build_report(store.engine, Window.last_days(1))["advice"]
     assert (advice["taken"], advice["overridden"]) == (1, 1)
     assert advice["accepted_by_kind"] == {"cancel": 1}
     assert advice["override_reasons"][0]["code"] == "surgical-candidate"
 
 
-def test_feedback_for_a_card_never_issued_is_refused(store):
+def overridden(card: str, code: str | None, **reason) -> dict:
+    item = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:01:00Z"}
+    if code is not None or reason:
+        item["overrideReason"] = {"reason": {"code": code, **reason} if code else reason}
+    return {"feedback": [item]}
+
+
+def test_feedback_accepts_only_the_reasons_the_card_offered(store):
+    store.record([record("c1", override_reasons=REASONS)])
+    with pytest.raises(FeedbackError) as refused:
+        store.record_feedback("spine-mri-order-select", overridden("c1", "made-up-reason"))
+    message = str(refused.value)
+    assert "made-up-reason" in message and "other, surgical-candidate" in message  # names the allowed codes
+    assert store.record_feedback("spine-mri-order-select", overridden("c1", "other")) == 1
+    assert store.record_feedback("spine-mri-order-select", overridden("c1", None)) == 1  # no reason given: fine
+    # a card that offered none refuses any code
+    store.record([record("c2", order="ServiceRequest/mri-2", override_reasons={})])
+    with pytest.raises(FeedbackError, match="offered no override reasons"):
+        store.record_feedback("spine-mri-order-select", overridden("c2", "other"))
+
+
+def test_feedback_on_a_card_written_before_reasons_were_kept_takes_any_code(store):
+    store.record([record("old", override_reasons=None)])  # as rows written before migration 0002
+    assert store.record_feedback("spine-mri-order-select", overridden("old", "anything", display="Theirs")) == 1
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(feedback.c.override_display)).scalar() == "Theirs"
+
+
+def test_feedback_for_a_card_never_issued_is_refused_after_one_look(store, monkeypatch):
+    """Never waits for the card (it once held a request thread 2 s): the database, the spool, the database."""
+    import cds_service.utilization.store as store_module
+
+    monkeypatch.setattr(store_module.time, "sleep", lambda _s: pytest.fail("feedback slept"))
+    statements = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     with pytest.raises(FeedbackError, match="was issued by this service"):
         store.record_feedback(
             "spine-mri-order-select",
             {"feedback": [{"card": "never-issued", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}]},
         )
+    assert len([s for s in statements if "evaluations" in s]) == 2
+
+
+@pytest.mark.parametrize(
+    "comment,problem",
+    [(r"bad \ud800 text", "lone surrogate"), (r"nul \u0000 here", "NUL")],
+)
+def test_feedback_with_text_no_database_stores_is_400_naming_the_field(client, comment, problem):
+    card = client.post(SELECT, json=fixtures.hook_request("lbp-osteoporosis")).get_json()["cards"][0]
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        "overrideReason": {"userComment": "COMMENT"},
+    }
+    raw = json.dumps({"feedback": [item]}).replace("COMMENT", comment)
+    reply = client.post(SELECT + "/feedback", data=raw, content_type="application/json")
+    assert reply.status_code == 400, reply.get_data(as_text=True)
+    assert problem in reply.get_json()["error"] and "userComment" in reply.get_json()["error"]
+
+
+def test_a_huge_comment_is_cut_and_stored_once(app_for, settings):
+    from cds_service.utilization.store import MAX_COMMENT_CHARS
+
+    client = app_for(max_body_bytes=32 * 1024 * 1024)  # the default CDS_MAX_BODY_BYTES
+    card = client.post(SELECT, json=fixtures.hook_request("lbp-osteoporosis")).get_json()["cards"][0]
+    comment = "x" * (30 * 1000 * 1000)
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        "overrideReason": {"userComment": comment},
+    }
+    before = settings.feedback_db.stat().st_size
+    reply = client.post(SELECT + "/feedback", json={"feedback": [item]})
+    assert reply.status_code == 200 and reply.get_json() == {"stored": 1}
+    with sa.create_engine(f"sqlite:///{settings.feedback_db}").connect() as connection:
+        stored = connection.execute(sa.select(feedback.c.user_comment, feedback.c.raw)).one()
+    assert stored.user_comment.startswith("x" * MAX_COMMENT_CHARS) and "cut" in stored.user_comment
+    assert len(stored.user_comment) < MAX_COMMENT_CHARS + 100 and "xxxx" not in stored.raw
+    wal = settings.feedback_db.with_name(settings.feedback_db.name + "-wal")
+    grown = settings.feedback_db.stat().st_size + (wal.stat().st_size if wal.exists() else 0) - before
+    assert grown < 1024 * 1024  # was 126 MB
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"card": "u" * 200}, "card"),
+        ({"outcomeTimestamp": "t" * 65}, "outcomeTimestamp"),
+        ({"acceptedSuggestions": [{"id": "s"}] * 21}, "acceptedSuggestions"),
+        ({"overrideReason": {"reason": {"code": "c" * 129}}}, "code"),
+        ({"extension": {"x": "y" * 20_000}}, "16 KiB"),
+    ],
+)
+def test_oversized_feedback_fields_are_refused(store, change, needle):
+    item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:00:00Z", **change}
+    with pytest.raises(FeedbackError, match=needle):
+        store.record_feedback("spine-mri-order-select", {"feedback": [item]})
+
+
+def test_feedback_finds_a_card_another_worker_has_only_spooled(database_url, tmp_path):
+    """Two processes of one instance share the spool directory: a card answered by one and not yet
+    written (its writer has not run) is found by the other from the spool file."""
+    spool = tmp_path / "spool"
+    answering, other = Store(database_url, spool_dir=spool), Store(database_url, spool_dir=spool)
+    try:
+        answering.writer._ensure_thread = lambda: None  # this worker's writer has not run yet
+        answering.record([record("c-spooled", override_reasons=REASONS)])
+        item = {
+            "card": "c-spooled",
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": "c-spooled-cancel"}],
+            "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        }
+        assert other.record_feedback("spine-mri-order-select", {"feedback": [item]}) == 1
+        with other.engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(evaluations)).scalar() == 0
+            kinds = connection.execute(sa.select(feedback.c.accepted_kinds)).scalar()
+        assert json.loads(kinds) == ["cancel"]
+    finally:
+        answering.close()
+        other.close()
+
+
+def test_card_shown_for_answers_from_this_process_the_database_and_never_raises(database_url, tmp_path):
+    first = Store(database_url, spool_dir=tmp_path / "a")
+    second = Store(database_url, spool_dir=tmp_path / "b")  # another instance
+    try:
+        first.record([record("c1", fingerprint="fp-live")])
+        first.record([record("c2", order="ServiceRequest/2", fingerprint="fp-shadow", mode="shadow")])
+        first.record([record("c3", order="ServiceRequest/3", fingerprint="fp-sign", hook="order-sign")])
+        old = utcnow() - timedelta(hours=25)
+        first.record([record("c4", order="ServiceRequest/4", fingerprint="fp-old", when=old)])
+        assert first.card_shown_for("fp-live") is True  # this process, before the writer ran
+        assert first.writer.flush()
+        assert second.card_shown_for("fp-live") is True  # the database
+        for fingerprint in ("fp-shadow", "fp-sign", "fp-old", "never", ""):
+            assert second.card_shown_for(fingerprint) is False, fingerprint
+    finally:
+        first.close()
+        second.close()
 
 
 def test_the_report_counts_clinicians_weeks_latency_and_completeness(store):
@@ -397,3 +540,14 @@ def test_a_row_the_database_refuses_does_not_take_its_batch_or_the_writer_with_i
     with store.engine.connect() as connection:
         cards = {row.card_uuid for row in connection.execute(sa.select(evaluations.c.card_uuid))}
     assert cards == {"ok0", "ok1", "ok2", "later"}
+
+
+def test_text_no_database_stores_never_costs_an_evaluation(store):
+    """A lone surrogate or NUL from the request (userId, order id, hookInstance) is replaced, not
+    refused: the row is written, and the spool line could hold it."""
+    odd = "x\ud800y\x00z"
+    store.record([record("odd", user=odd, order="ServiceRequest/" + odd, hook_instance=odd, order_code=odd, site=odd)])
+    assert store.writer.flush(timeout=30)
+    with store.engine.connect() as connection:
+        row = connection.execute(sa.select(evaluations).where(evaluations.c.card_uuid == "odd")).one()
+    assert row.user_id == "x?y\ufffdz" and row.hook_instance == "x?y\ufffdz" and row.site == "x?y\ufffdz"

@@ -269,3 +269,62 @@ def test_a_browser_page_on_another_origin_can_call_the_service(live_server):
     finally:
         page_server.shutdown()
     assert result == {"services": 2, "status": 200, "cards": 1}
+
+
+UNKNOWN_CARD_LOAD = """
+import json, os, sys, threading, requests
+url, stop_file = sys.argv[1], sys.argv[2]
+item = {"card": "never-issued", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}
+counts = {}
+def run():
+    session = requests.Session()
+    while not os.path.exists(stop_file):
+        status = session.post(url, json={"feedback": [item]}, timeout=60).status_code
+        counts[status] = counts.get(status, 0) + 1
+threads = [threading.Thread(target=run) for _ in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps(counts))
+"""
+
+
+def test_feedback_for_unknown_cards_does_not_hold_the_hooks_threads(tmp_path):
+    """16 clients posting feedback for a card nobody issued once pushed hook latency from 20 ms to
+    6 s (each held a thread 2 s). Judged against a baseline measured in this test: hook latency
+    under that load stays within a small multiple of the latency without it."""
+    import statistics
+
+    db = tmp_path / "cds.sqlite3"
+    server = Serve({"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db)}, tmp_path)
+    body = fixtures.hook_request("lbp-osteoporosis")
+    session = requests.Session()
+
+    def hook_ms(count: int) -> float:
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            assert session.post(server.base + SELECT, json=body, timeout=60).status_code == 200
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
+
+    stop_file = tmp_path / "stop"
+    try:
+        hook_ms(10)  # warm up
+        baseline = hook_ms(40)
+        load = subprocess.Popen(
+            [sys.executable, "-c", UNKNOWN_CARD_LOAD, server.base + SELECT + "/feedback", str(stop_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1)
+            loaded = hook_ms(40)
+        finally:
+            stop_file.write_text("stop")
+            counts = load.communicate(timeout=120)[0]
+    finally:
+        server.stop()
+    refused = json.loads(counts)  # {status: count} printed by the load script
+    assert set(refused) == {"400"} and refused["400"] > 100, refused
+    print(f"\nhook p50: {baseline:.1f} ms alone, {loaded:.1f} ms beside 16 unknown-card feedback clients")
+    assert loaded < baseline * 8, (baseline, loaded)

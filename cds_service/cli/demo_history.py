@@ -1,9 +1,11 @@
 """Synthetic order history for the demo, so the report and the dashboard have something to show.
 
-Every fixture patient is rated once by the real engine; the history then replays those
-verdicts and cards over the last few weeks for a handful of made-up ordering clinicians, with
-re-fired order-selects and clinicians' feedback. Rows are marked `synthetic`, and the report says
-how many it counts, so demo history is never mistaken for real use.
+Every fixture patient is rated once by the real engine; the history then replays those verdicts
+and cards over the last few weeks for a handful of made-up ordering clinicians in three made-up
+departments: first a shadow period (cards recorded, none shown), then live, with re-fired
+order-selects, clinicians' feedback (only reasons the card offered), and order-sign for most
+orders: signed as ordered, changed to radiographs, or never signed. Rows are marked `synthetic`,
+and the report says how many it counts, so demo history is never mistaken for real use.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..clinical.mappings import Mappings
-from ..hooks.cards import OVERRIDE_REASONS
 from ..hooks.evaluation import Evaluation
-from ..utilization.store import OrderRecord, Store, evaluations, utcnow
+from ..utilization.store import OrderRecord, SignedOrder, Store, evaluations, utcnow
 
 CLINICIANS = [
     f"Practitioner/demo-{name}" for name in ("adams", "baker", "chen", "diaz", "evans", "fischer", "garcia", "hughes")
 ]
+DEPARTMENTS = ["Primary care", "Emergency department", "Orthopaedics", "Primary care"] * 2
 # How often each clinician orders a low-value MRI, relative to the others: the ranking shows it.
 LOW_VALUE_HABIT = [0.2, 0.9, 0.4, 1.0, 0.3, 0.6, 0.25, 0.5]
-ADVICE_TAKEN_SHARE = 0.55
-OVERRIDE_SHARE = 0.3
+# How often each one signs an advised order anyway (live).
+SIGN_ANYWAY_HABIT = [0.15, 0.6, 0.3, 0.7, 0.2, 0.4, 0.2, 0.35]
+SHADOW_SHARE = 0.35  # the first third of the history: shadow mode (the baseline before go-live)
+LIVE_EFFECT = 0.6  # once live, a clinician orders low-value this much as often as in shadow
+SIGNED_SHARE = 0.85  # orders without advice that are signed
+FEEDBACK_SHARE = 0.8
 
 
 def _rated_fixtures(mappings: Mappings) -> list[tuple[str, Evaluation]]:
@@ -46,6 +52,27 @@ def _rated_fixtures(mappings: Mappings) -> list[tuple[str, Evaluation]]:
     return rated
 
 
+def _new_uuid(chance: random.Random) -> str:
+    return str(uuid.UUID(int=chance.getrandbits(128)))
+
+
+def _card(chance: random.Random, base: OrderRecord, rated: Evaluation, at, hook: str = "order-select") -> OrderRecord:
+    card_uuid = _new_uuid(chance)
+    latency = round(chance.lognormvariate(2.2, 0.45), 2)
+    return replace(
+        base,
+        card_uuid=card_uuid,
+        consult_id=f"urn:uuid:{card_uuid}",
+        hook_instance=_new_uuid(chance),
+        service_id=f"spine-mri-{hook}",
+        hook=hook,
+        evaluated_at=at,
+        suggestion_kinds={_new_uuid(chance): kind for kind in rated.suggestion_kinds.values()},
+        latency_ms=latency,
+        http_ms=round(latency + chance.lognormvariate(1.0, 0.5), 2),
+    )
+
+
 def fill_demo_history(
     store: Store, mappings: Mappings, weeks: int = 6, orders_per_week: int = 70, seed: int = 7
 ) -> int:
@@ -59,20 +86,25 @@ def fill_demo_history(
     rated = _rated_fixtures(mappings)
     low_value = [item for item in rated if item[1].verdict == "low-value"]
     now = utcnow()
+    span = timedelta(days=weeks * 7)
+    go_live = now - span * (1 - SHADOW_SHARE)
     records: list[OrderRecord] = []
+    signed: list[SignedOrder] = []
     feedback_items: list[dict[str, Any]] = []
     total = weeks * orders_per_week
     for index in range(total):
+        when = now - span * chance.random()
+        mode = "shadow" if when < go_live else "live"
         clinician = chance.randrange(len(CLINICIANS))
-        pool = low_value if chance.random() < LOW_VALUE_HABIT[clinician] * 0.45 else rated
+        habit = LOW_VALUE_HABIT[clinician] * 0.45 * (LIVE_EFFECT if mode == "live" else 1.0)
+        pool = low_value if chance.random() < habit else rated
         patient, evaluation = chance.choice(pool)
-        when = now - timedelta(days=chance.uniform(0, weeks * 7))
         base = OrderRecord(
             card_uuid="",
             evaluated_at=when,
             service_id="spine-mri-order-select",
             hook="order-select",
-            hook_instance=str(uuid.UUID(int=chance.getrandbits(128))),
+            hook_instance="",
             user_id=CLINICIANS[clinician],
             patient_id=f"demo-{patient}-{index}",
             encounter_id=f"demo-encounter-{index}",
@@ -86,52 +118,76 @@ def fill_demo_history(
             red_flags=evaluation.red_flags,
             unread_sources=evaluation.unread_sources,
             suggestion_kinds={},
-            latency_ms=round(chance.lognormvariate(2.2, 0.45), 2),
+            latency_ms=0.0,
             mappings_version=mappings.version,
             consult_id="",
-            mode="live",
+            mode=mode,
             synthetic=True,
+            fingerprint=f"{chance.getrandbits(128):032x}",
+            override_reasons=dict(evaluation.override_reasons),
+            site=DEPARTMENTS[clinician],
         )
-        # order-select often fires more than once for one order; then the clinician signs
-        for repeat in range(1 + (chance.random() < 0.3) + (chance.random() < 0.15)):
-            card = str(uuid.UUID(int=chance.getrandbits(128)))
-            kinds = {str(uuid.UUID(int=chance.getrandbits(128))): kind for kind in evaluation.suggestion_kinds.values()}
-            records.append(
-                replace(
-                    base,
-                    card_uuid=card,
-                    consult_id=f"urn:uuid:{card}",
-                    suggestion_kinds=kinds,
-                    evaluated_at=when + timedelta(seconds=20 * repeat),
-                )
-            )
-        last = records[-1]
-        if not last.suggestion_kinds or chance.random() > 0.8:
-            continue  # no advice to take, or no feedback sent
+
+        # order-select often fires more than once for one order
+        repeats = 1 + (chance.random() < 0.3)
+        selects = [_card(chance, base, evaluation, when + timedelta(seconds=20 * r)) for r in range(repeats)]
+        records += selects
+        last = selects[-1]
+        sign_at = last.evaluated_at + timedelta(minutes=chance.uniform(1, 30))
+        advised = mode == "live" and evaluation.verdict in ("low-value", "radiographs-first")
+        if not advised:
+            if sign_at < now and chance.random() < SIGNED_SHARE:
+                records.append(_card(chance, base, evaluation, sign_at, "order-sign"))
+            continue
+        # a live card advised against the MRI: what the clinician did with it
+        kinds = {kind: suggestion for suggestion, kind in last.suggestion_kinds.items()}
         stamp = (last.evaluated_at + timedelta(seconds=30)).isoformat() + "Z"
-        if chance.random() < ADVICE_TAKEN_SHARE:
-            suggestion = next(iter(last.suggestion_kinds))
+        pending = now - last.evaluated_at < timedelta(hours=24) and chance.random() < 0.5
+        roll = chance.random()
+        if pending:
+            continue  # no order-sign yet
+        if roll < SIGN_ANYWAY_HABIT[clinician]:
+            if chance.random() < FEEDBACK_SHARE and last.override_reasons:
+                code = chance.choice(sorted(last.override_reasons))
+                feedback_items.append(
+                    {
+                        "card": last.card_uuid,
+                        "outcome": "overridden",
+                        "outcomeTimestamp": stamp,
+                        "overrideReason": {"reason": {"code": code}},
+                    }
+                )
+            records.append(_card(chance, base, evaluation, sign_at, "order-sign"))
+        elif "switch-to-first-study" in kinds and chance.random() < 0.7:
             feedback_items.append(
                 {
                     "card": last.card_uuid,
                     "outcome": "accepted",
                     "outcomeTimestamp": stamp,
-                    "acceptedSuggestions": [{"id": suggestion}],
+                    "acceptedSuggestions": [{"id": kinds["switch-to-first-study"]}],
                 }
             )
-        elif chance.random() < OVERRIDE_SHARE / (1 - ADVICE_TAKEN_SHARE):
-            code = chance.choices([c for c, _ in OVERRIDE_REASONS], weights=[5, 3, 4, 2, 2])[0]
+            signed.append(
+                SignedOrder(
+                    patient_id=base.patient_id,
+                    encounter_id=base.encounter_id,
+                    order_reference=base.order_reference,
+                    order_code="loinc|36575-0",  # radiographs instead
+                    signed_at=sign_at,
+                    synthetic=True,
+                )
+            )
+        elif "cancel" in kinds and chance.random() < 0.6:
             feedback_items.append(
                 {
                     "card": last.card_uuid,
-                    "outcome": "overridden",
+                    "outcome": "accepted",
                     "outcomeTimestamp": stamp,
-                    "overrideReason": {"reason": {"code": code}},
+                    "acceptedSuggestions": [{"id": kinds["cancel"]}],
                 }
             )
-    store.write_evaluations(records)
+        # else: neither feedback nor order-sign (the order was dropped)
+    store.write_evaluations(records, signed)
     for start in range(0, len(feedback_items), 100):
-        store.record_feedback(
-            "spine-mri-order-select", {"feedback": feedback_items[start : start + 100]}, dict(OVERRIDE_REASONS)
-        )
+        store.record_feedback("spine-mri-order-select", {"feedback": feedback_items[start : start + 100]})
     return total

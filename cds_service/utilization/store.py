@@ -665,11 +665,9 @@ class Store:
             found.update(self._cards_in_database(missing))
         return found
 
-    def record_feedback(self, service_id: str, body, override_displays: dict[str, str] | None = None) -> int:
+    def record_feedback(self, service_id: str, body) -> int:
         """Store every item of a feedback POST; returns how many were new. FeedbackError (400)
-        names what is wrong; DatabaseUnavailable (503) when the database cannot be reached.
-        `override_displays`: the words for codes of cards recorded before they kept their own
-        (until the web layer hands the card's offered reasons to the record)."""
+        names what is wrong; DatabaseUnavailable (503) when the database cannot be reached."""
         items = parse_feedback(body)
         if self.gate.down:
             raise DatabaseUnavailable(f"{self.gate.database} is unreachable ({self.gate.reason})")
@@ -689,7 +687,7 @@ class Store:
             accepted = [kinds_by_uuid.get(s["id"], "unknown") for s in item["acceptedSuggestions"]]
             reason = item["overrideReason"].get("reason") or {}
             code = reason.get("code") or None
-            display = (override_displays or {}).get(code or "") or reason.get("display")
+            display = reason.get("display")
             if code is not None and offered is not None:
                 if code not in offered:
                     allowed = ", ".join(sorted(offered)) or "none (it offered no override reasons)"

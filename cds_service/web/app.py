@@ -14,17 +14,16 @@ from flask import Flask, Response, abort, g, request
 
 from ..clinical.mappings import get_mappings
 from ..fhir.client import FhirFetcher
-from ..hooks.cards import CONTRAST_OVERRIDE_REASONS, OVERRIDE_REASONS
 from ..hooks.discovery import SERVICE_HOOKS, discovery_document
 from ..hooks.evaluation import evaluate_hook
 from ..hooks.request import HookRequestError
-from ..utilization.store import FeedbackError, Store
+from ..utilization.store import DatabaseUnavailable, FeedbackError, Store
 from .auth import Authenticator, AuthError, forwarded_base, is_loopback, load_trusted_issuers
 from .config import Settings
 from .evidence import EVIDENCE_PATH, EvidenceLinks
 from .evidence import blueprint as evidence_blueprint
 from .logs import AUTHENTICATION_OFF, LogEntry
-from .recording import order_records
+from .recording import order_records, signed_orders
 
 log = logging.getLogger("cds_service.http")
 
@@ -101,6 +100,7 @@ def create_app(
         raise RuntimeError(problem)
     mappings = get_mappings(settings.mappings_dir)
     store = Store.from_settings(settings, migrate=migrate)
+    store.start()  # replays what an earlier process left in the spool
     discovery = discovery_document(mappings)
     # CDS_PUBLIC_BASE_URL, when set, is the only base a token's aud may name: behind a proxy the
     # bound address is an internal one, and a forwarded header names what the client chose.
@@ -122,7 +122,6 @@ def create_app(
     app = Flask(__name__)
     app.register_blueprint(evidence_blueprint(evidence_links))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    override_displays = dict(OVERRIDE_REASONS + CONTRAST_OVERRIDE_REASONS)  # the sandbox sends codes only
     origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()} or {"*"}
 
     def read_json():
@@ -262,6 +261,7 @@ def create_app(
                 "mode": settings.mode,
                 "recording": "on" if settings.record_evaluations else "off",
                 "database": store.dialect,
+                "record": store.health(),
                 "authentication": "on" if authenticator else "OFF (CDS_ALLOW_UNAUTHENTICATED=1, development only)",
             }
         )
@@ -286,8 +286,6 @@ def create_app(
             evidence_link=lambda page: evidence_links.url(base, page),
             shown_before=getattr(store, "card_shown_for", None),
         )
-        if result.evaluations and settings.record_evaluations:
-            store.record(order_records(service_id, body, result, mappings, settings.mode))
         # what the hook decided goes on the answer's one log line
         g.log_details = {
             "service": service_id,
@@ -297,9 +295,16 @@ def create_app(
             "mode": settings.mode,
             "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         }
-        if settings.mode == "shadow":
-            return _json({"cards": []})  # evaluated and recorded: the baseline before go-live
-        return _json(result.response)
+        # shadow: evaluated and recorded, no card shown (the baseline before go-live)
+        response = _json({"cards": []} if settings.mode == "shadow" else result.response)
+        if settings.record_evaluations:
+            # spooled before the answer leaves (recording.py); the time is the request's, as the EHR waits
+            http_ms = round((time.perf_counter() - g.started) * 1000, 3)
+            store.record(
+                order_records(service_id, body, result, mappings, settings.mode, http_ms),
+                signed_orders(service_id, body, result),
+            )
+        return response
 
     @app.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str):
@@ -307,9 +312,13 @@ def create_app(
             return _error(404, f"unknown CDS service '{service_id}'")
         body = read_json()
         try:
-            stored = store.record_feedback(service_id, body, override_displays)
+            stored = store.record_feedback(service_id, body)
         except FeedbackError as error:
             return _error(400, str(error))
+        except DatabaseUnavailable:
+            response = _error(503, "feedback cannot be stored now: the database is unreachable; send it again later")
+            response.headers["Retry-After"] = "10"
+            return response
         return _json({"stored": stored})
 
     def dashboard_refusal() -> Response | None:

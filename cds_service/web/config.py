@@ -36,6 +36,11 @@ def _flag(name: str, default: bool = False) -> bool:
     raise SystemExit(f"setting {name} must be 1 or 0 (on or off), got {raw!r}")
 
 
+def _path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw) if raw else None
+
+
 MODES = ("live", "shadow")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -92,6 +97,9 @@ class Settings:
     dashboard_token: str | None = None  # None: GET /dashboard is off
     record_evaluations: bool = True
     evidence_link_hours: float = 8.0  # how long a card's evidence link opens (a clinic shift)
+    spool_dir: Path | None = None  # None: beside the SQLite file, or var/spool/<database> (utilization.store)
+    spool_max_mb: float = 256.0  # per server process
+    database_timeout_seconds: float = 1.0  # one database call made for a request
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -114,6 +122,9 @@ class Settings:
             dashboard_token=os.environ.get("CDS_DASHBOARD_TOKEN") or None,
             record_evaluations=_flag("CDS_RECORD_EVALUATIONS", default=True),
             evidence_link_hours=_number("CDS_EVIDENCE_LINK_HOURS", 8.0, float, minimum=0.1),
+            spool_dir=_path("CDS_SPOOL_DIR"),
+            spool_max_mb=_number("CDS_SPOOL_MAX_MB", 256.0, float, minimum=1),
+            database_timeout_seconds=_number("CDS_DATABASE_TIMEOUT_SECONDS", 1.0, float, minimum=0.05),
             jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float, minimum=1),
             fhir=FhirSettings(
                 allowed_servers=_allowed_servers("CDS_FHIR_ALLOWED_SERVERS"),
