@@ -12,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from cds_service.cli import fixtures
-from cds_service.utilization.report import Window, build_report, render_csv, render_html, render_json, render_text
+from cds_service.utilization.charts import render_html
+from cds_service.utilization.render import render_csv, render_json, render_text
+from cds_service.utilization.report import Options, Window, build_report
 from cds_service.utilization.store import FeedbackError, OrderRecord, Store, evaluations, feedback, metadata, utcnow
 
 SELECT = "/cds-services/spine-mri-order-select"
@@ -334,10 +336,11 @@ def test_the_report_counts_clinicians_weeks_latency_and_completeness(store):
     rows.append(record("old", order="ServiceRequest/old", when=today - timedelta(days=60)))  # outside the window
     store.record(rows)
     store.writer.flush()
-    report = build_report(store.engine, Window.last_days(30))
+    report = build_report(store.engine, Window.last_days(30), options=Options(min_orders=1))
     assert report["orders"] == 7
     assert report["low_value_rate"] == round(6 / 7, 4)
-    assert report["clinicians"][0] == {"user": "Practitioner/a", "orders": 6, "low_value": 6, "low_value_rate": 1.0}
+    first = report["clinicians"][0]
+    assert [first[k] for k in ("user", "orders", "low_value", "low_value_rate")] == ["Practitioner/a", 6, 6, 1.0]
     assert report["completeness"] == {
         "orders_with_unread_sources": 1,
         "share": round(1 / 7, 4),
@@ -363,7 +366,8 @@ def test_the_html_report_is_one_offline_file_with_charts(store):
 
         def handle_starttag(self, tag, attrs):
             attributes = dict(attrs)
-            if attributes.get("src") or (tag == "link" and attributes.get("href")):
+            source = attributes.get("src") or (attributes.get("href") if tag == "link" else None)
+            if source and not source.startswith("data:"):
                 self.found.append((tag, attributes))
 
     parser = ExternalResources()
@@ -456,12 +460,73 @@ def test_the_dashboard_is_off_by_default_and_needs_its_credential(app_for):
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
     assert client.get("/dashboard", headers={"Authorization": "Bearer wrong"}).status_code == 401
     page = client.get("/dashboard", headers={"Authorization": "Bearer s3cret-dash"})
-    assert page.status_code == 200 and "Spine MRI orders, last 90 days" in page.get_data(as_text=True)
+    assert page.status_code == 200 and "<h1>Spine MRI orders</h1>" in page.get_data(as_text=True)
     basic = client.get("/dashboard", auth=("analyst", "s3cret-dash"))
     assert basic.status_code == 200
     assert "/dashboard/plotly.min.js" in basic.get_data(as_text=True)
     assert client.get("/dashboard/plotly.min.js").status_code == 401  # the script is behind the credential too
     assert client.get("/dashboard/plotly.min.js", auth=("analyst", "s3cret-dash")).status_code == 200
+    for path in ("/dashboard/orders.csv", "/dashboard/report.csv"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, auth=("analyst", "s3cret-dash")).status_code == 200
+
+
+def test_the_dashboard_forbids_framing_and_foreign_scripts(app_for):
+    client = app_for(dashboard_token="s3cret-dash")
+    for reply in (client.get("/dashboard"), client.get("/dashboard", auth=("a", "s3cret-dash"))):
+        policy = reply.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert reply.headers["X-Frame-Options"] == "DENY" and reply.headers["X-Content-Type-Options"] == "nosniff"
+        assert reply.headers["Cache-Control"] == "no-store"
+    page = client.get("/dashboard", auth=("a", "s3cret-dash"))
+    nonce = page.headers["Content-Security-Policy"].split("'nonce-")[1].split("'")[0]
+    scripts = page.get_data(as_text=True).count("<script")
+    executed = scripts - page.get_data(as_text=True).count('<script type="application/json"')
+    assert page.get_data(as_text=True).count(f'nonce="{nonce}"') == executed == 2  # plotly.js and the page's own
+    other = client.get("/dashboard", auth=("a", "s3cret-dash")).headers["Content-Security-Policy"]
+    assert nonce not in other  # a new nonce per page
+
+
+def test_repeated_wrong_dashboard_credentials_are_slowed_down(app_for):
+    from cds_service.web.dashboard import FREE_FAILURES
+
+    client = app_for(dashboard_token="s3cret-dash")
+    for _ in range(FREE_FAILURES - 1):
+        assert client.get("/dashboard", auth=("a", "guess")).status_code == 401
+    assert client.get("/dashboard", auth=("a", "guess")).status_code == 401
+    slowed = client.get("/dashboard", auth=("a", "s3cret-dash"))  # even the right one waits now
+    assert slowed.status_code == 429 and int(slowed.headers["Retry-After"]) >= 1
+    elsewhere = client.get("/dashboard", auth=("a", "s3cret-dash"), environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert elsewhere.status_code == 200  # another address is not held back
+
+
+def test_the_dashboard_filters_and_exports(app_for, settings):
+    client = app_for(dashboard_token="pw")
+    store = Store(f"sqlite:///{settings.feedback_db}")
+    try:
+        store.write_evaluations(
+            [
+                record("c1", user="=cmd|' /C calc'!A0", region="lumbar"),
+                record("c2", order="ServiceRequest/2", user="Practitioner/b", region="cervical", mode="shadow"),
+            ]
+        )
+    finally:
+        store.close()
+    auth = ("a", "pw")
+    both = client.get("/dashboard/orders.csv", auth=auth)
+    assert both.status_code == 200 and both.mimetype == "text/csv"
+    assert "attachment" in both.headers["Content-Disposition"]
+    lines = both.get_data(as_text=True).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("order,first_card_at")
+    assert "\"'=cmd|' /C calc'!A0\"" in lines[1] or "'=cmd|' /C calc'!A0" in lines[1]
+    only_cervical = client.get("/dashboard/orders.csv?region=cervical&mode=shadow", auth=auth).get_data(as_text=True)
+    assert len(only_cervical.splitlines()) == 2 and "Practitioner/b" in only_cervical
+    page = client.get("/dashboard?region=cervical", auth=auth).get_data(as_text=True)
+    assert '<option value="cervical" selected>' in page and "only region cervical" in page
+    assert "orders.csv?since=" in page and "region=cervical" in page  # the export keeps the filters
+    assert client.get("/dashboard?since=yesterday", auth=auth).status_code == 400
+    assert client.get("/dashboard?since=2026-02-01&until=2026-01-01", auth=auth).status_code == 400
+    assert client.get("/dashboard?mode=sideways", auth=auth).status_code == 400
 
 
 def test_a_database_written_before_migrations_keeps_its_rows(tmp_path):

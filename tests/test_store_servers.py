@@ -178,8 +178,77 @@ def test_report_refuses_a_file_that_is_not_its_database_and_never_writes_to_it(t
     assert "no database" in capsys.readouterr().err
 
 
-def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
-    from playwright.sync_api import sync_playwright
+LINK_SHAPED = '<a href="https://evil.example/">Dr Link</a>'
+
+
+def test_dashboard_in_a_real_browser_shows_its_charts_and_no_label_is_a_link(tmp_path):
+    from datetime import timedelta
+
+    from screenshots import look
+
+    from cds_service.cli.demo_history import fill_demo_history
+    from cds_service.clinical.mappings import get_mappings
+    from cds_service.utilization.store import OrderRecord, Store, utcnow
+
+    db = tmp_path / "cds.sqlite3"
+    store = Store(f"sqlite:///{db}")
+    fill_demo_history(store, get_mappings(), weeks=4, orders_per_week=40)
+    # a clinician id shaped like an HTML link, with enough orders to be charted
+    store.write_evaluations(
+        [
+            OrderRecord(
+                card_uuid=f"link-{i}",
+                evaluated_at=utcnow() - timedelta(days=i % 20),
+                service_id="spine-mri-order-select",
+                hook="order-select",
+                hook_instance=f"hi-link-{i}",
+                user_id=LINK_SHAPED,
+                patient_id=f"p{i}",
+                encounter_id=None,
+                order_reference=f"ServiceRequest/link-{i}",
+                order_code="cpt|72148",
+                region="lumbar",
+                contrast="without",
+                verdict="low-value",
+                variant=None,
+                rating=None,
+                red_flags=[],
+                unread_sources=[],
+                suggestion_kinds={},
+                latency_ms=5.0,
+                mappings_version="v",
+                consult_id="",
+                mode="live",
+                site='=HYPERLINK("https://evil.example")',
+            )
+            for i in range(30)
+        ]
+    )
+    store.close()
+    server = Serve(
+        {"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_DASHBOARD_TOKEN": "dash-pw"}, tmp_path
+    )
+    shot = tmp_path / "dashboard.png"
+    try:
+        seen = look(server.base + "/dashboard", shot, ("analyst", "dash-pw"))
+        filtered = look(server.base + "/dashboard?region=cervical&mode=live", None, ("analyst", "dash-pw"))
+    finally:
+        server.stop()
+    assert seen.status == 200 and seen.errors == []  # no script error, no Content-Security-Policy refusal
+    assert seen.charts == 9 and seen.bars > 20 and seen.fits == [True] * 9
+    assert seen.links_in_charts == 0 and "Dr Link" in seen.chart_texts and "<a href" in seen.chart_texts
+    assert filtered.status == 200 and filtered.errors == [] and filtered.charts == 9
+    # the charts are drawn: the chart area of the screenshot is far from one flat colour
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    region = image.crop((0, 300, image.width, min(image.height, 1200)))
+    colours = region.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200
+
+
+def test_the_offline_html_report_draws_in_a_browser(tmp_path):
+    from screenshots import look
 
     from cds_service.cli.demo_history import fill_demo_history
     from cds_service.clinical.mappings import get_mappings
@@ -187,55 +256,12 @@ def test_dashboard_in_a_real_browser_shows_its_charts(tmp_path):
 
     db = tmp_path / "cds.sqlite3"
     store = Store(f"sqlite:///{db}")
-    fill_demo_history(store, get_mappings(), weeks=4, orders_per_week=40)
+    fill_demo_history(store, get_mappings(), weeks=2, orders_per_week=30)
     store.close()
-    server = Serve(
-        {"CDS_ALLOW_UNAUTHENTICATED": "1", "CDS_FEEDBACK_DB": str(db), "CDS_DASHBOARD_TOKEN": "dash-pw"}, tmp_path
-    )
-    shot = tmp_path / "dashboard.png"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
-            page = browser.new_page(
-                viewport={"width": 1400, "height": 1100},
-                http_credentials={"username": "analyst", "password": "dash-pw"},
-            )
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            assert page.goto(server.base + "/dashboard").status == 200
-            page.wait_for_selector(".plot-container .main-svg", timeout=20000)
-            charts = page.locator(".js-plotly-plot").count()
-            bars = page.locator(".js-plotly-plot .bars path").count()
-            # every chart fits its card (none drawn wider than the grid gives it)
-            fits = page.evaluate(
-                "Array.from(document.querySelectorAll('.card')).map(c => "
-                "Number(c.querySelector('.main-svg').getAttribute('width')) <= c.clientWidth)"
-            )
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
-    finally:
-        server.stop()
-    assert errors == []
-    assert charts == 5 and bars > 20 and fits == [True] * 5
-    # the charts are drawn: the chart area of the screenshot is far from one flat colour
-    from PIL import Image
-
-    image = Image.open(shot).convert("RGB")
-    region = image.crop((0, 250, image.width, min(image.height, 1000)))
-    colours = region.getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 200
+    report = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--format", "html", "--out", str(report)]) == 0
+    seen = look(report.as_uri(), tmp_path / "report.png")
+    assert seen.errors == [] and seen.charts == 9 and seen.bars > 10
 
 
 def test_a_browser_page_on_another_origin_can_call_the_service(live_server):

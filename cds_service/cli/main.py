@@ -227,7 +227,10 @@ def report_engine(db: str | None):
 def cmd_report(args) -> int:
     from datetime import timedelta
 
-    from ..utilization.report import RENDERERS, Window, build_report, render_html
+    from ..utilization.charts import render_html
+    from ..utilization.render import RENDERERS, render_orders_csv
+    from ..utilization.report import Filters, Options, Window, apply_filters, build_report, load_departments
+    from ..web.config import Settings
 
     if args.format == "html" and not args.out:
         raise CliError("--format html writes a file: add --out report.html")
@@ -235,14 +238,34 @@ def cmd_report(args) -> int:
     since = args.since or until - timedelta(days=29)
     if since > until:
         raise CliError(f"--since {since} is after --until {until}")
-    report = build_report(report_engine(args.db), Window(since, until), top=args.top)
-    rendered = render_html(report) if args.format == "html" else RENDERERS[args.format](report)
+    settings = Settings.from_env()
+    try:
+        departments = load_departments(Path(args.departments) if args.departments else settings.departments_file)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    options = Options(
+        top=args.top,
+        min_orders=args.min_orders,
+        unsigned_after_hours=args.unsigned_after or settings.unsigned_after_hours,
+        departments=departments,
+    )
+    filters = Filters(region=args.region, clinician=args.clinician, site=args.site, mode=args.mode)
+    window = Window(since, until)
+    if args.format == "orders-csv":
+        from ..utilization.report import order_table
+
+        rows = apply_filters(order_table(report_engine(args.db), window, options), filters)
+        rendered, count = render_orders_csv(rows), len(rows)
+    else:
+        report = build_report(report_engine(args.db), window, filters=filters, options=options)
+        rendered = render_html(report) if args.format == "html" else RENDERERS[args.format](report)
+        count = report["orders"]
     if args.out:
         try:
-            Path(args.out).write_text(rendered, encoding="utf-8")
+            Path(args.out).write_text(rendered, encoding="utf-8", newline="")
         except OSError as error:
             raise CliError(f"cannot write {args.out}: {error.strerror or error}") from None
-        print(f"{args.format} report of {report['orders']} orders ({since} to {until}) written to {args.out}")
+        print(f"{args.format} report of {count} orders ({since} to {until}, UTC) written to {args.out}")
     else:
         sys.stdout.write(rendered)
     return 0
@@ -377,6 +400,16 @@ def _number(low: int, high: int | None, setting: str | None):
     return parse
 
 
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected more than 0 hours, got {text!r}")
+    return value
+
+
 def _iso_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -501,15 +534,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="orders, verdicts, advice taken or overridden, clinicians, trend, "
-        "latency and data completeness, for utilization analysts",
+        help="orders, verdicts, what happened to advised orders, shadow against live, clinicians compared, "
+        "sites, trend, latency and data completeness, for utilization analysts (docs/utilization.md)",
     )
     report.add_argument("--db", help="an SQLite database file (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
-    report.add_argument("--since", type=_iso_date, help="first day, YYYY-MM-DD (default: 29 days before --until)")
-    report.add_argument("--until", type=_iso_date, help="last day, YYYY-MM-DD (default: today, UTC)")
-    report.add_argument("--format", choices=["text", "csv", "json", "html"], default="text")
+    report.add_argument("--since", type=_iso_date, help="first day, YYYY-MM-DD, UTC (default: 29 days before --until)")
+    report.add_argument("--until", type=_iso_date, help="last day, YYYY-MM-DD, UTC (default: today)")
+    report.add_argument(
+        "--format",
+        choices=["text", "csv", "json", "html", "orders-csv"],
+        default="text",
+        help="orders-csv: one row per order (default: text)",
+    )
     report.add_argument("--out", help="write to this file instead of standard output (needed for html)")
     report.add_argument("--top", type=_number(1, 1000, None), default=10, help="clinicians listed (default 10)")
+    report.add_argument("--region", help="only orders of this region (lumbar, cervical, thoracic, ...)")
+    report.add_argument("--clinician", help="only orders of this userId")
+    report.add_argument("--site", help="only orders of this site or department")
+    report.add_argument("--mode", choices=["live", "shadow"], help="only orders rated in this mode")
+    report.add_argument(
+        "--min-orders",
+        type=_number(1, 100000, None),
+        default=10,
+        help="no rate is shown for a clinician, site or month with fewer orders (default 10)",
+    )
+    report.add_argument(
+        "--unsigned-after",
+        type=_hours,
+        metavar="HOURS",
+        help="an advised order not signed within this counts as cancelled (default: CDS_UNSIGNED_AFTER_HOURS, 24)",
+    )
+    report.add_argument(
+        "--departments", help="userId -> department, JSON or CSV (default: CDS_DEPARTMENTS_FILE)", metavar="FILE"
+    )
     report.set_defaults(func=cmd_report)
     return parser
 

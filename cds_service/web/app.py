@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hmac
 import json
 import logging
 import time
@@ -20,6 +18,7 @@ from ..hooks.request import HookRequestError
 from ..utilization.store import DatabaseUnavailable, FeedbackError, Store
 from .auth import Authenticator, AuthError, forwarded_base, is_loopback, load_trusted_issuers
 from .config import Settings
+from .dashboard import dashboard_blueprint
 from .evidence import EVIDENCE_PATH, EvidenceLinks
 from .evidence import blueprint as evidence_blueprint
 from .logs import AUTHENTICATION_OFF, LogEntry
@@ -57,13 +56,6 @@ def _credentials(body) -> list[str]:
         elif isinstance(value, list):
             stack.extend(value)
     return found
-
-
-@functools.cache
-def _plotly_js() -> bytes:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs().encode()
 
 
 def _lenient_json(raw: bytes):
@@ -321,50 +313,7 @@ def create_app(
             return response
         return _json({"stored": stored})
 
-    def dashboard_refusal() -> Response | None:
-        if not settings.dashboard_token:
-            return _error(404, "the dashboard is off: set CDS_DASHBOARD_TOKEN to turn it on")
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        offered = (
-            value.strip()
-            if scheme.lower() == "bearer"
-            else (
-                request.authorization.password
-                if request.authorization and request.authorization.type == "basic"
-                else ""
-            )
-        )
-        if offered and hmac.compare_digest(str(offered).encode(), settings.dashboard_token.encode()):
-            return None
-        response = _error(
-            401,
-            "the dashboard needs its credential (CDS_DASHBOARD_TOKEN): as a bearer token, "
-            "or as the password of basic authentication (any user name)",
-        )
-        response.headers["WWW-Authenticate"] = 'Basic realm="spine-imaging CDS dashboard", charset="UTF-8"'
-        return response
-
-    @app.get("/dashboard")
-    def dashboard():
-        refusal = dashboard_refusal()
-        if refusal is not None:
-            return refusal
-        from ..utilization.report import Window, build_report, render_html
-
-        report = build_report(store.engine, Window.last_days(90), top=10)
-        page = render_html(report, plotly_script="/dashboard/plotly.min.js", title="Spine MRI orders, last 90 days")
-        return Response(page, mimetype="text/html", headers={"Cache-Control": "no-store"})
-
-    @app.get("/dashboard/plotly.min.js")
-    def plotly_js():
-        # the charting library itself, from the installed package (no CDN), behind the same credential
-        refusal = dashboard_refusal()
-        if refusal is not None:
-            return refusal
-        return Response(
-            _plotly_js(), mimetype="application/javascript", headers={"Cache-Control": "private, max-age=86400"}
-        )
+    app.register_blueprint(dashboard_blueprint(settings, store, _error))
 
     if settings.bench_bare_endpoint:
 

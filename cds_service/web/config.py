@@ -100,6 +100,8 @@ class Settings:
     spool_dir: Path | None = None  # None: beside the SQLite file, or var/spool/<database> (utilization.store)
     spool_max_mb: float = 256.0  # per server process
     database_timeout_seconds: float = 1.0  # one database call made for a request
+    unsigned_after_hours: float = 24.0  # an advised order not signed within this counts as cancelled
+    departments_file: Path | None = None  # userId -> department, for the report and the dashboard
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -125,6 +127,8 @@ class Settings:
             spool_dir=_path("CDS_SPOOL_DIR"),
             spool_max_mb=_number("CDS_SPOOL_MAX_MB", 256.0, float, minimum=1),
             database_timeout_seconds=_number("CDS_DATABASE_TIMEOUT_SECONDS", 1.0, float, minimum=0.05),
+            unsigned_after_hours=_number("CDS_UNSIGNED_AFTER_HOURS", 24.0, float, minimum=0.1),
+            departments_file=_path("CDS_DEPARTMENTS_FILE"),
             jwt_max_lifetime_seconds=_number("CDS_JWT_MAX_LIFETIME_SECONDS", 300.0, float, minimum=1),
             fhir=FhirSettings(
                 allowed_servers=_allowed_servers("CDS_FHIR_ALLOWED_SERVERS"),
