@@ -616,3 +616,17 @@ def test_text_no_database_stores_never_costs_an_evaluation(store):
     with store.engine.connect() as connection:
         row = connection.execute(sa.select(evaluations).where(evaluations.c.card_uuid == "odd")).one()
     assert row.user_id == "x?y\ufffdz" and row.hook_instance == "x?y\ufffdz" and row.site == "x?y\ufffdz"
+
+
+def test_card_shown_for_finds_another_workers_card_still_in_the_spool(database_url, tmp_path):
+    spool = tmp_path / "spool"
+    answering, asking = Store(database_url, spool_dir=spool), Store(database_url, spool_dir=spool)
+    try:
+        answering.writer._ensure_thread = lambda: None  # its writer has not run yet
+        answering.record([record("c1", fingerprint="fp-1")])
+        answering.record([record("c2", order="ServiceRequest/2", fingerprint="fp-2", mode="shadow")])
+        assert asking.card_shown_for("fp-1") is True
+        assert asking.card_shown_for("fp-2") is False
+    finally:
+        answering.close()
+        asking.close()

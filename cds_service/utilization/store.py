@@ -631,8 +631,14 @@ class Store:
 
             if self.gate.call(look):
                 return True
-            # written by another worker of this instance a moment ago, or waiting in the spool
-            return bool(self.writer.find({fingerprint[:64]}, key="fingerprint")) or False
+            # answered by another worker of this host a moment ago, not written yet
+            spooled = self.writer.find({fingerprint[:64]}, key="fingerprint").get(fingerprint[:64])
+            return bool(
+                spooled
+                and spooled.get("hook") == "order-select"
+                and spooled.get("mode") == "live"
+                and spooled["evaluated_at"] >= since
+            )
         except DatabaseUnavailable:
             return None
         except Exception:
