@@ -630,3 +630,24 @@ def test_card_shown_for_finds_another_workers_card_still_in_the_spool(database_u
     finally:
         answering.close()
         asking.close()
+
+
+def test_the_gate_trips_on_a_missed_deadline_but_not_for_slow_work_and_a_probe_reopens_it():
+    import threading
+
+    from cds_service.utilization.gate import DatabaseGate, DatabaseUnavailable
+
+    gate = DatabaseGate(timeout=0.2, describe_database="test")
+    held = threading.Event()
+    with pytest.raises(DatabaseUnavailable):
+        gate.call(lambda: held.wait(30), slow_ok=True)  # a long report: the gate stays shut
+    assert not gate.down
+    with pytest.raises(DatabaseUnavailable):
+        gate.call(lambda: held.wait(30))  # a request's call that misses its deadline
+    assert gate.down
+    with pytest.raises(DatabaseUnavailable, match="unreachable"):
+        gate.call(lambda: 1)  # fails at once while down
+    held.set()
+    gate._next_probe = 0.0
+    assert gate.probe(lambda: 1) and not gate.down
+    assert gate.call(lambda: 2) == 2

@@ -107,10 +107,14 @@ class DatabaseGate:
                 log.exception("database-restored listener failed")
 
     # ------------------------------------------------------------------ calls
-    def call(self, function: Callable[[], T], timeout: float | None = None, probe: bool = False) -> T:
+    def call(
+        self, function: Callable[[], T], timeout: float | None = None, probe: bool = False, slow_ok: bool = False
+    ) -> T:
         """`function()` on a helper thread, waiting at most `timeout` (default: the gate's).
         DatabaseUnavailable when the breaker is open (unless `probe`), the deadline passes, or the
-        database cannot be reached; any other error of `function` is raised as it is."""
+        database cannot be reached; any other error of `function` is raised as it is.
+        `slow_ok`: missing the deadline says the work was long (a report), not that the database
+        is gone: the breaker stays shut."""
         if self.down_since is not None and not probe:
             raise DatabaseUnavailable(f"{self.database} is unreachable ({self.reason})")
         wait = self.timeout if timeout is None else timeout
@@ -122,10 +126,12 @@ class DatabaseGate:
             result = future.result(timeout=wait)
         except FutureTimeout:
             future.cancel()
-            self.trip(f"no answer within {wait:g} s")
+            if not slow_ok:
+                self.trip(f"no answer within {wait:g} s")
             raise DatabaseUnavailable(f"{self.database} did not answer within {wait:g} s") from None
         except _Late:
-            self.trip(f"no answer within {wait:g} s")
+            if not slow_ok:
+                self.trip(f"no answer within {wait:g} s")
             raise DatabaseUnavailable(f"{self.database} did not answer within {wait:g} s") from None
         except Exception as error:
             if is_outage(error):

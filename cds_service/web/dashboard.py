@@ -186,7 +186,9 @@ def dashboard_blueprint(settings, store: Store, error: Callable[..., Response]) 
             return error(500, f"CDS_DEPARTMENTS_FILE: {problem}")
         options = Options(departments=departments, unsigned_after_hours=getattr(settings, "unsigned_after_hours", 24.0))
         try:
-            table = store.gate.call(lambda: order_table(store.engine, window, options), timeout=REPORT_SECONDS)
+            table = store.gate.call(
+                lambda: order_table(store.engine, window, options), timeout=REPORT_SECONDS, slow_ok=True
+            )
         except DatabaseUnavailable as problem:
             response = error(503, f"the report cannot be read now: {problem}")
             response.headers["Retry-After"] = "30"
