@@ -353,7 +353,7 @@ def test_demo_against_an_existing_fhir_server_reads_it_without_prefetch(tmp_path
         assert run.returncode == 0, run.stderr[-2000:]
         assert f"seeded {len(fixtures.manifest())} fixture patients into {base}" in run.stdout
         assert run.stdout.count("without prefetch: the service read the FHIR server -> HTTP 200") == 2
-        assert "PAMA rating: not-appropriate (radiographs-first)" in run.stdout
+        assert "PAMA rating: no-criteria-apply (radiographs-first)" in run.stdout
         assert requests.get(f"{base}/Patient/lbp-weight-loss", timeout=5).ok
     finally:
         server.stop()

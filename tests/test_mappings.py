@@ -361,3 +361,98 @@ def test_a_record_resource_is_read_when_any_of_its_codings_is_known(mappings):
     assert any(reference == "Condition/pain" for _, reference in found)
     assert not any(reference == "Condition/bp" for _, reference in found)
     assert any("not a JSON object" in note for note in facts.skipped)
+
+
+@pytest.mark.parametrize(
+    "code,has,lacks",
+    [
+        ("F11.20", {"ivdu"}, set()),
+        ("F11.21", set(), {"ivdu"}),  # in remission: not today's injection risk
+        ("F11.11", set(), {"ivdu"}),
+        ("F14.20", {"stimulant_use"}, {"ivdu"}),  # cocaine is mostly not injected: asked, not assumed
+        ("F15.10", {"stimulant_use"}, {"ivdu"}),
+        ("Z98.1", {"arthrodesis_status"}, {"prior_spine_surgery"}),  # any joint
+        ("M96.1", {"prior_spine_surgery"}, set()),
+        ("R20.0", {"numbness"}, set()),
+        ("R20.1", {"numbness"}, set()),
+        ("E11.65", {"diabetes"}, set()),
+        ("E10.9", {"diabetes"}, set()),
+        ("G06.2", {"epidural_abscess"}, {"spinal_infection"}),
+        ("G06.1", {"epidural_abscess"}, {"spinal_infection"}),
+        ("M46.26", {"spinal_infection"}, {"epidural_abscess"}),
+        ("Z92.3", set(), {"cancer_history"}),  # irradiation is not cancer-specific
+    ],
+)
+def test_codes_read_as_narrowly_as_they_mean(mappings, code, has, lacks):
+    """A spine physician's review: codes read too broadly make overcalls (opioid use in remission as
+    injection drug use, a fused ankle as spine surgery) that teach clinicians to ignore the card."""
+    found = concepts_of(mappings, ICD10CM_URI, code)
+    assert has <= found and not lacks & found, found
+
+
+def test_bladder_and_saddle_codes_count_on_every_region(mappings):
+    """Read on a neck or thoracic order too (cord compression): never set aside as 'a lumbar finding'."""
+    assert [m.region for m in mappings.match_coding(ICD10CM_URI, "R33.9") if m.concept.id == "cauda_equina"] == ["any"]
+
+
+@pytest.mark.parametrize(
+    "value,unit,counted",
+    [
+        (39.2, "degC", True),
+        (39.2, "°C", True),
+        (102.0, "degF", True),
+        (39.2, "cel", True),
+        (37.0, "degC", False),
+        (312.3, "K", None),  # not a unit the thresholds read: set aside, not guessed
+    ],
+)
+def test_temperature_units_as_records_spell_them(mappings, value, unit, counted):
+    facts = _facts_with_observation(mappings, "8310-5", value, unit)
+    fever = [e for e in facts.findings if e.concept_id == "fever"]
+    aside = [why for e, why in facts.set_aside if e.concept_id == "fever"]
+    if counted is None:
+        assert not fever and aside and "not recognised" in aside[0]
+    else:
+        assert bool(fever) is counted and not aside
+
+
+def test_crp_in_mg_dl_of_either_case_is_converted(mappings):
+    for unit in ("mg/dL", "mg/dl", "MG/DL"):
+        facts = _facts_with_observation(mappings, "1988-5", 8.5, unit)
+        assert [e.value for e in facts.findings if e.concept_id == "inflammatory_markers"] == ["CRP 8.5 mg/dL"]
+
+
+@pytest.mark.parametrize("status,counted", [("final", True), ("preliminary", False), ("registered", False)])
+def test_a_result_not_yet_verified_is_set_aside_with_why_never_dropped(mappings, status, counted):
+    facts = _facts_with_observation(mappings, "8310-5", 39.0, "Cel", status=status)
+    assert bool([e for e in facts.findings if e.concept_id == "fever"]) is counted
+    aside = [(e.status, why) for e, why in facts.set_aside if e.concept_id == "fever"]
+    assert aside == ([] if counted else [(status, f"{status} result, not yet verified")])
+
+
+def test_a_cancelled_result_is_not_read_at_all(mappings):
+    facts = _facts_with_observation(mappings, "8310-5", 39.0, "Cel", status="cancelled")
+    assert not facts.findings and not facts.set_aside
+
+
+def _facts_with_observation(mappings, loinc: str, value: float, unit: str, status: str = "final"):
+    from datetime import date
+
+    from cds_service.clinical.facts import extract_facts
+    from cds_service.clinical.model import MriOrder
+    from cds_service.fhir.prefetch import from_prefetch
+
+    observation = {
+        "resourceType": "Observation",
+        "id": "obs",
+        "status": status,
+        "effectiveDateTime": "2026-11-21",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "valueQuantity": {"value": value, "unit": unit},
+    }
+    keys = ("conditions", "medications", "procedures", "imagingStudies", "diagnosticReports", "serviceRequests")
+    prefetch = {key: {"resourceType": "Bundle", "type": "searchset", "entry": []} for key in keys}
+    prefetch["patient"] = {"resourceType": "Patient", "id": "p"}
+    prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": observation}]}
+    order = MriOrder("ServiceRequest/mri", {"resourceType": "ServiceRequest"}, "lumbar", "without", "MRI")
+    return extract_facts(order, from_prefetch(prefetch), mappings, date(2026, 11, 22))

@@ -60,6 +60,11 @@ LABELS = {
     "anticoagulant_medication": "Anticoagulant",
     "follow_up_encounter": "Follow-up after completed treatment",
     "spondylolysis": "Spondylolysis",
+    "epidural_abscess": "Spinal epidural abscess",
+    "diabetes": "Diabetes mellitus",
+    "stimulant_use": "Stimulant use disorder",
+    "arthrodesis_status": "Arthrodesis status (any joint)",
+    "numbness": "Numbness (site not coded)",
 }
 PAIN = {"lumbar": "low_back_pain", "cervical": "neck_pain", "thoracic": "thoracic_pain"}
 ACR_RATINGS = get_mappings().acr_ratings
@@ -194,7 +199,7 @@ def test_cancer_with_a_cord_sign_is_suspected_metastatic_cord_compression():
         make_facts(findings=[finding("cancer_history", weeks_ago(300)), finding("myelopathy", weeks_ago(1))])
     )
     assert verdict.code == "indicated-urgent" and verdict.priority == "stat"
-    assert "metastatic spinal cord compression" in verdict.picture
+    assert "metastatic cord compression" in verdict.picture
     assert {"whole-spine", "surgical-referral"} <= {step.kind for step in verdict.next_steps}
     assert "24 hours" in (verdict.now or "") and "NICE_NG234" in verdict.guideline_ids
 
@@ -245,9 +250,15 @@ def test_red_flag_stated_on_the_order_counts_and_says_so():
     assert any("(on the order)" in line for line in verdict.why)
 
 
-def test_cauda_equina_code_for_lumbar_region_does_not_rate_a_cervical_order():
-    verdict = decide(make_facts(region="cervical", findings=[finding("cauda_equina", weeks_ago(1), region="lumbar")]))
-    assert verdict.code != "indicated-urgent"
+@pytest.mark.parametrize("region,variant", [("cervical", "MYELO-V1"), ("thoracic", "TH-MYELO")])
+def test_bladder_or_saddle_symptoms_above_the_lumbar_spine_are_cord_compression_and_image_both(region, variant):
+    """A spine physician's review: retention with neck or thoracic pain is cord compression until
+    shown otherwise, and cauda equina is lumbar: stat, surgery today, and a lumbar MRI as well.
+    Never "no red flag" (the card said so before, the code being tagged lumbar)."""
+    verdict = decide(make_facts(region=region, findings=[finding("cauda_equina", weeks_ago(0.3))]))
+    assert (verdict.code, verdict.priority, verdict.variant_id) == ("indicated-urgent", "stat", variant)
+    assert {"surgical-referral", "lumbar-spine"} <= {step.kind for step in verdict.next_steps}
+    assert "cord compression" in verdict.picture and "lumbar spine" in (verdict.now or "")
 
 
 def test_cancer_needs_contrast():
@@ -258,19 +269,45 @@ def test_cancer_needs_contrast():
 # ------------------------------------------------------------------ A1 weakness the code cannot date or grade
 
 
-@pytest.mark.parametrize("concept_id", ["progressive_neuro_deficit", "possible_motor_deficit"])
-def test_weakness_that_began_in_this_episode_is_urgent(concept_id):
-    verdict = decide(make_facts(pain_weeks=3, findings=[finding(concept_id, weeks_ago(1))]))
+def test_a_focal_deficit_that_began_in_this_episode_is_urgent_with_surgical_evaluation_now():
+    """ACP 2007: severe or progressive deficits -> prompt MRI and surgical evaluation (not "if it
+    progresses")."""
+    verdict = decide(make_facts(pain_weeks=3, findings=[finding("progressive_neuro_deficit", weeks_ago(1))]))
     assert (verdict.code, verdict.priority) == ("indicated-urgent", "urgent")
+    assert "surgical-referral" in [step.kind for step in verdict.next_steps]
+    assert "refer to spinal surgery now" in (verdict.now or "") and "progresses" not in (verdict.now or "")
+
+
+def test_a_gait_or_unspecific_weakness_code_is_never_urgent_by_itself_the_card_asks_to_examine():
+    """R26 and R29.898 are not weakness: this episode's, the card warns and asks (new: urgent)."""
+    verdict = decide(make_facts(pain_weeks=3, findings=[finding("possible_motor_deficit", weeks_ago(1))]))
+    assert verdict.code == "indicated-routine" and verdict.ask_if_new and verdict.priority_if_new == "urgent"
+    assert verdict.confirm == ["is there a new motor deficit on examination?"]
+    neck = decide(
+        make_facts(region="cervical", pain_weeks=3, findings=[finding("possible_motor_deficit", weeks_ago(1))])
+    )
+    assert neck.ask_if_new and "myelopathy?" in neck.picture
 
 
 @pytest.mark.parametrize("when", [None, 40])
-@pytest.mark.parametrize("concept_id", ["progressive_neuro_deficit", "possible_motor_deficit"])
-def test_weakness_the_record_cannot_place_in_this_episode_asks_never_reassures(concept_id, when):
-    weakness = finding(concept_id, weeks_ago(when) if when else None)
+def test_a_focal_deficit_the_record_cannot_place_in_this_episode_asks_never_reassures(when):
+    weakness = finding("progressive_neuro_deficit", weeks_ago(when) if when else None)
     verdict = decide(make_facts(pain_weeks=3, findings=[weakness]))
     assert verdict.code == "indicated-routine" and verdict.ask_if_new
     assert verdict.confirm == ["is the weakness new or worsening?"]
+    # old and stable, nothing else calls for the MRI: the card's "old" answer is the low-value verdict
+    assert verdict.if_old is not None and verdict.if_old[0] == "low-value"
+
+
+@pytest.mark.parametrize("region", ["lumbar", "cervical"])
+def test_an_old_bladder_code_asks_whether_it_is_new_never_stat_by_itself(region):
+    """A retention code from 3 years ago (often the prostate) or an old cauda equina syndrome (often
+    its residue): the card asks; new is stat."""
+    old = finding("cauda_equina", weeks_ago(150))
+    verdict = decide(make_facts(region=region, findings=[old]))
+    assert verdict.code == "indicated-routine" and verdict.ask_if_new
+    assert (verdict.priority_if_new, verdict.ask_what) == ("stat", "bladder or saddle symptoms")
+    assert verdict.priority is None
 
 
 def test_focal_deficit_on_the_order_is_urgent():
@@ -279,30 +316,39 @@ def test_focal_deficit_on_the_order_is_urgent():
 
 
 def test_weakness_without_a_dated_episode_is_this_episodes_when_recent():
-    weakness = finding("possible_motor_deficit", weeks_ago(2))
+    weakness = finding("progressive_neuro_deficit", weeks_ago(2))
     verdict = decide(make_facts(pain_weeks=None, findings=[weakness]))
     assert verdict.code == "indicated-urgent"
+
+
+def test_a_deficit_recorded_in_the_last_12_weeks_is_new_even_before_the_pain_was_coded():
+    weakness = finding("progressive_neuro_deficit", weeks_ago(4))
+    assert decide(make_facts(pain_weeks=2, findings=[weakness])).code == "indicated-urgent"
 
 
 # ------------------------------------------------------------------ A3 chronic states count while active
 
 
 @pytest.mark.parametrize(
-    "concept_id,expected",
+    "concept_id,expected,question",
     [
-        ("ivdu", "indicated-routine"),
-        ("cancer_history", "indicated-urgent"),
-        ("osteoporosis_fracture", "indicated-routine"),
+        ("ivdu", "indicated-routine", "still injecting?"),
+        ("cancer_history", "indicated-urgent", None),
+        ("osteoporosis_fracture", "indicated-routine", None),
+        ("prior_spine_surgery", "indicated-routine", None),
+        ("demyelinating_disease", "low-value", None),
     ],
 )
-def test_an_active_chronic_state_counts_whatever_its_recorded_date(concept_id, expected):
+def test_an_active_chronic_state_counts_whatever_its_recorded_date(concept_id, expected, question):
+    """Counted while active; only a state that can end is asked about ("still injecting?"): a past
+    operation, MS or osteoporosis is never "confirm it is current" (a spine physician's review)."""
     old = finding(concept_id, weeks_ago(52 * 4), dated_by="recorded")
     verdict = decide(make_facts(findings=[old]))
     assert verdict.code == expected
-    assert any(e.concept_id == concept_id for e in verdict.red_flags_found)
-    assert any("recorded" in line and "confirm it is current" in line for line in verdict.confirm) or (
-        verdict.code == "indicated-urgent"
-    )
+    assert any(e.concept_id == concept_id for e in verdict.red_flags_found) or expected == "low-value"
+    asked = [line for line in verdict.confirm if "recorded" in line and line.endswith("?")]
+    assert asked[0].endswith(question) if question else not asked, verdict.confirm
+    assert not any("confirm it is current" in line for line in verdict.confirm)
 
 
 def test_a_resolved_risk_counts_a_year_from_its_end_not_from_its_recorded_date():
@@ -485,7 +531,7 @@ def test_fracture_risk_after_radiographs_makes_mri_the_next_study():
     xray = study("radiograph", "lumbar", 7)
     verdict = decide(make_facts(findings=[finding("osteoporosis_fracture", weeks_ago(100))], imaging=[xray]))
     assert verdict.code == "indicated-routine" and verdict.first_study is None
-    assert "MRI is the next study" in verdict.picture
+    assert verdict.picture.endswith("MRI next") and "lumbar radiographs 1 week ago" in verdict.picture
 
 
 def test_radiographs_of_another_region_or_before_the_episode_or_a_year_ago_do_not_count():
@@ -908,3 +954,161 @@ def test_a_mappings_folder_missing_a_concept_the_rules_read_is_a_gap(tmp_path):
     red_flags["concepts"] = [c for c in red_flags["concepts"] if c["id"] != "cauda_equina"]
     (target / "red_flags.yaml").write_text(yaml.safe_dump(red_flags, sort_keys=False))
     assert "concept 'cauda_equina'" in knowledge_gaps(load_mappings(target))
+
+
+# ------------------------------------------------------------------ a spine physician's review (card review)
+
+
+def test_a_diagnosed_epidural_abscess_is_stat_with_surgery_today_cultures_and_contrast():
+    verdict = decide(make_facts(findings=[finding("epidural_abscess", TODAY - timedelta(days=1))]))
+    assert (verdict.code, verdict.priority, verdict.contrast) == ("indicated-urgent", "stat", "with-and-without")
+    assert {"surgical-referral", "blood-cultures"} <= {step.kind for step in verdict.next_steps}
+    assert "epidural abscess" in verdict.picture and "suspected" not in verdict.picture
+
+
+def test_every_urgent_finding_counts_the_dominant_one_is_named_first():
+    """An abscess with new weakness was once the weakness's card (urgent, no contrast, referral "if
+    it progresses"): every urgent rule is read, the highest priority, every next step, the most
+    demanding contrast, and one referral."""
+    verdict = decide(
+        make_facts(
+            findings=[
+                finding("epidural_abscess", TODAY - timedelta(days=2)),
+                finding("progressive_neuro_deficit", TODAY - timedelta(days=1)),
+            ]
+        )
+    )
+    assert verdict.picture == "spinal epidural abscess in the record with new weakness"
+    assert (verdict.priority, verdict.contrast) == ("stat", "with-and-without")
+    assert {e.concept_id for e in verdict.red_flags_found} >= {"epidural_abscess", "progressive_neuro_deficit"}
+    now = verdict.now or ""
+    assert now.count("refer to spinal surgery") == 1 and "blood cultures" in now
+    infection = decide(
+        make_facts(
+            findings=[finding("fever", TODAY - timedelta(days=2)), finding("progressive_neuro_deficit", weeks_ago(1))]
+        )
+    )
+    assert infection.picture == "suspected spinal infection with new weakness"
+    assert {"surgical-referral", "blood-cultures"} <= {step.kind for step in infection.next_steps}
+
+
+def test_cancer_with_new_bladder_symptoms_is_metastatic_compression_not_a_plain_cauda_equina_card():
+    verdict = decide(
+        make_facts(findings=[finding("cancer_history", weeks_ago(250)), finding("cauda_equina", weeks_ago(0.2))])
+    )
+    assert "metastatic cord compression" in verdict.picture and verdict.priority == "stat"
+    assert "whole-spine" in {step.kind for step in verdict.next_steps}
+    assert "within a week" not in (verdict.now or "")  # the plain cancer rule does not speak as well
+
+
+def test_new_weakness_after_spine_surgery_names_the_surgery_and_wants_contrast():
+    verdict = decide(
+        make_facts(
+            findings=[
+                finding("prior_spine_surgery", weeks_ago(100)),
+                finding("progressive_neuro_deficit", weeks_ago(0.5)),
+            ]
+        )
+    )
+    assert verdict.code == "indicated-urgent" and "after spine surgery" in verdict.picture
+    assert verdict.contrast == "with-and-without" and "spinal surgeon who operated" not in (verdict.now or "")
+
+
+@pytest.mark.parametrize("risk", ["ivdu", "immunosuppression", "diabetes"])
+def test_raised_markers_with_diabetes_injection_drug_use_or_immunosuppression_are_suspected_infection(risk):
+    markers = finding("inflammatory_markers", TODAY - timedelta(days=2), value="CRP 60 mg/L")
+    verdict = decide(make_facts(pain_weeks=3, findings=[markers, finding(risk, weeks_ago(500))]))
+    assert (verdict.code, verdict.contrast) == ("indicated-urgent", "with-and-without")
+
+
+def test_diabetes_alone_is_not_a_reason_for_mri():
+    verdict = decide(make_facts(findings=[finding("diabetes", weeks_ago(500))]))
+    assert verdict.code == "low-value"
+    assert "diabetes" in {e.concept_id for e in verdict.red_flags_found}  # reported, not asked as absent
+
+
+def test_stimulant_use_is_not_injection_drug_use_the_card_asks_and_never_recommends_cancelling():
+    markers = finding("inflammatory_markers", TODAY - timedelta(days=2), value="CRP 14 mg/L")
+    verdict = decide(make_facts(findings=[markers, finding("stimulant_use", weeks_ago(100))]))
+    assert verdict.code == "radiographs-first"
+    assert verdict.doubts and "inject" in verdict.doubts[0]
+    assert verdict.picture.startswith("stimulant use disorder in the record")
+
+
+@pytest.mark.parametrize("region,question", [("lumbar", "Variant 5"), ("cervical", "Variant 3")])
+def test_arthrodesis_of_any_joint_is_asked_about_never_read_as_spine_surgery(region, question):
+    verdict = decide(make_facts(region=region, findings=[finding("arthrodesis_status", weeks_ago(150))]))
+    assert verdict.code == "low-value" and "prior_spine_surgery" not in {e.concept_id for e in verdict.red_flags_found}
+    assert question in verdict.doubts[0] and "was it a" in verdict.doubts[0]
+    assert "no red flag" not in verdict.picture and "no red flag recorded" not in verdict.why
+
+
+def test_numbness_in_this_episode_asks_where_saddle_numbness_is_an_emergency():
+    verdict = decide(make_facts(findings=[finding("numbness", TODAY - timedelta(days=3))]))
+    assert verdict.code == "low-value" and verdict.picture.startswith("numbness 3 days ago")
+    assert "Saddle numbness" in verdict.doubts[0]
+    old = decide(make_facts(findings=[finding("numbness", weeks_ago(100))]))
+    assert not old.doubts  # years-old numbness is not this episode's question
+
+
+def test_a_preliminary_fever_or_a_value_in_an_unknown_unit_is_named_and_asked_never_reassured():
+    """Set aside by facts.py (not counted), never silent: the card leads with it."""
+    for why, state in (("preliminary result, not yet verified", "preliminary"), ("unit 'K' not recognised", "unit")):
+        fever = finding("fever", TODAY - timedelta(days=1), value="Body temperature 39 °C", status=state)
+        facts = make_facts()
+        facts.set_aside.append((fever, why))
+        verdict = decide(facts)
+        assert verdict.code == "low-value"
+        assert verdict.picture.startswith("body temperature 39 °C (")
+        assert verdict.doubts == ["confirm it: a fever makes the MRI urgent"]
+        assert "no red flag recorded" not in verdict.why
+        assert not any("fever" in line for line in verdict.confirm if line.startswith("not in the record"))
+
+
+def test_age_is_a_fracture_risk_for_back_pain_only_neck_pain_at_68_is_rated_alike_for_men_and_women():
+    man = decide(make_facts(region="cervical", age=68, sex="male"))
+    woman = decide(make_facts(region="cervical", age=68, sex="female"))
+    assert (man.code, man.variant_id) == (woman.code, woman.variant_id) == ("low-value", "CN-V1")
+    assert decide(make_facts(region="lumbar", age=72, sex="male")).variant_id == "LBP-V6"
+
+
+def test_chronic_neck_pain_with_arm_paresthesia_after_radiographs_is_variant_8_with_symptoms():
+    xray = study("radiograph", "cervical", 40)
+    verdict = decide(
+        make_facts(region="cervical", pain_weeks=20, findings=[finding("paresthesia", weeks_ago(8))], imaging=[xray])
+    )
+    assert (verdict.code, verdict.variant_id) == ("indicated-routine", "CN-V8")
+    assert "no radiculopathy" not in verdict.picture
+
+
+def test_therapy_begun_but_short_of_six_weeks_says_continue_not_start():
+    pt = physical_therapy(3)
+    verdict = decide(make_facts(pain_weeks=8, findings=[finding("radiculopathy", weeks_ago(8))], therapy=[pt]))
+    assert verdict.code == "low-value"
+    assert (verdict.now or "").startswith("Continue therapy to 6 weeks (3 more)")
+
+
+def test_cervical_stenosis_is_not_radiculopathy_its_question_is_myelopathy():
+    verdict = decide(make_facts(region="cervical", pain_weeks=8, findings=[finding("stenosis", weeks_ago(8))]))
+    assert verdict.picture == "cervical spinal stenosis for 8 weeks: myelopathy?"
+
+
+def test_a_contrast_only_mri_the_variant_does_not_rate_does_not_adhere():
+    from cds_service.clinical.rules import pama_rating
+
+    assert pama_rating("indicated-routine", "LBP-V3", "mri-with", False, ACR_RATINGS) == ("not-appropriate", None)
+    assert pama_rating("indicated-routine", "LBP-V3", "mri-without", False, ACR_RATINGS)[0] == "appropriate"
+
+
+def test_weaker_cancer_risks_are_not_given_a_rating_acr_did_not_give():
+    """ACP's weight loss or raised markers: ACR rates them under Variant 7 or not at all: PAMA
+    "no criteria apply"; age over 50 alone stays ACR Variant 1's "not appropriate"."""
+    loss = decide(make_facts(pain_weeks=5, findings=[finding("weight_loss", weeks_ago(4))]))
+    assert (loss.code, loss.pama_rating) == ("radiographs-first", "no-criteria-apply")
+    age = decide(make_facts(pain_weeks=7, age=55))
+    assert (age.code, age.pama_rating) == ("radiographs-first", "not-appropriate")
+
+
+def test_prior_lumbar_surgery_offers_contrast_without_pressing_it():
+    verdict = decide(make_facts(findings=[finding("prior_spine_surgery", weeks_ago(100))]))
+    assert (verdict.contrast, verdict.contrast_optional) == ("with-and-without", True)

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from .codesystems import short_system
-from .mappings import CodeMatch, Mappings
+from .mappings import CodeMatch, Mappings, Threshold, unit_key
 from .model import (
     FROM_ORDER,
     FROM_RECORD,
@@ -33,6 +33,9 @@ PRIORITIES = ("routine", "urgent", "asap", "stat")  # ServiceRequest.priority (F
 IGNORED_VERIFICATION = {"refuted", "entered-in-error"}
 INACTIVE_CLINICAL = {"resolved", "inactive", "remission"}
 USABLE_OBSERVATION_STATUS = {"final", "amended", "corrected"}
+# A result not yet verified: not counted, never silent. A red-flag value in one is set aside with
+# why, and the card asks to confirm it (a 39.0 preliminary temperature is not "no fever").
+UNVERIFIED_OBSERVATION_STATUS = {"preliminary", "registered"}
 USABLE_MEDICATION_STATUS = {"active", "completed", "stopped", "on-hold"}
 USABLE_PROCEDURE_STATUS = {"completed", "in-progress"}
 USABLE_REPORT_STATUS = {"final", "amended", "corrected", "appended"}
@@ -45,7 +48,8 @@ SYSTEM_LABELS = {
     "cpt": "CPT",
 }
 # UCUM units as a card writes them.
-UNIT_WORDS = {"Cel": "°C", "[degF]": "°F", "mm/h": "mm/h", "mg/L": "mg/L", "10*3/uL": "x10^3/µL"}
+# (keyed as mappings.unit_key spells a unit)
+UNIT_WORDS = {"cel": "°C", "[degf]": "°F", "mm/h": "mm/h", "mg/l": "mg/L", "mg/dl": "mg/dL", "10*3/ul": "x10^3/µL"}
 # Days per UCUM time unit, for medication supply durations.
 DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
 
@@ -344,8 +348,27 @@ def _quantity(value: Resource) -> tuple[float | None, str | None]:
     return float(number), unit or value.get("code") or value.get("unit")
 
 
+def _measured(
+    mappings: Mappings, threshold: Threshold, observation: Resource, value: float, unit: str | None, when: date | None
+) -> Evidence:
+    """A measured value as a finding: "CRP 45 mg/L", dated."""
+    concept = mappings.concepts[threshold.concept_id]
+    words = UNIT_WORDS.get(unit_key(unit), unit) if unit else "(no unit)"
+    return Evidence(
+        concept_id=concept.id,
+        label=concept.label,
+        reference=_ref(observation),
+        origin=FROM_RECORD,
+        description=f"{threshold.display} {value:g} {unit or ''}".rstrip()
+        + (f" on {when.isoformat()}" if when else ""),
+        date=when,
+        value=f"{threshold.display} {value:g} {words}",
+    )
+
+
 def _observation_facts(facts: Facts, observation: Resource, mappings: Mappings) -> None:
-    if observation.get("status") not in USABLE_OBSERVATION_STATUS:
+    status = observation.get("status")
+    if status not in USABLE_OBSERVATION_STATUS and status not in UNVERIFIED_OBSERVATION_STATUS:
         return
     codings = _codes(observation.get("code"))
     matches = _code_matches(mappings, observation.get("code"))
@@ -370,24 +393,21 @@ def _observation_facts(facts: Facts, observation: Resource, mappings: Mappings) 
                 continue
             canonical = threshold.to_canonical(value, unit)
             if canonical is None:
+                # Not judged, and not silent either: the card asks to check it.
                 facts.skipped.append(
                     f"{_ref(observation)}: {threshold.display} in unit '{unit}' was not used (unit not recognised)"
                 )
+                item = _measured(mappings, threshold, observation, value, unit, when)
+                facts.set_aside.append((item, f"unit '{unit}' not recognised: the value was not judged"))
+            elif not threshold.is_met(canonical):
                 continue
-            if threshold.is_met(canonical):
-                concept = mappings.concepts[threshold.concept_id]
-                facts.findings.append(
-                    Evidence(
-                        concept_id=concept.id,
-                        label=concept.label,
-                        reference=_ref(observation),
-                        origin=FROM_RECORD,
-                        description=f"{threshold.display} {value:g} {unit}"
-                        + (f" on {when.isoformat()}" if when else ""),
-                        date=when,
-                        value=f"{threshold.display} {value:g} {UNIT_WORDS.get(str(unit), unit)}",
-                    )
-                )
+            elif status in UNVERIFIED_OBSERVATION_STATUS:
+                item = replace(_measured(mappings, threshold, observation, value, unit, when), status=str(status))
+                facts.set_aside.append((item, f"{status} result, not yet verified"))
+            else:
+                facts.findings.append(_measured(mappings, threshold, observation, value, unit, when))
+    if status in UNVERIFIED_OBSERVATION_STATUS:
+        return  # a coded finding in an unverified result waits for its verification
     # Observations may also carry coded findings (e.g. a problem-style SNOMED code).
     facts.findings.extend(
         item

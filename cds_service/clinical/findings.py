@@ -15,6 +15,7 @@ card never calls a finding in the record "not found", nor "not relevant".
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -29,7 +30,7 @@ from .model import (
     MedicationCourse,
     PriorImaging,
 )
-from .wording import plural
+from .wording import finding_name, format_ago, lower_first, plural
 
 # ----------------------------------------------------------------------------- windows (days)
 # ACP/APS 2007 counts fever as a sign of infection; a fever or raised ESR/CRP/WBC speaks for a
@@ -63,21 +64,11 @@ NEW_DEFICIT_DAYS = 12 * 7
 UNDATED_EPISODE_LOOKBACK_DAYS = 182
 # Prior spine imaging is read for the last 12 months (the card names each study).
 PRIOR_IMAGING_DAYS = 365
-# A chronic entry written down this long ago is shown with "confirm it is current".
+# A cancer or injection drug use entry written down this long ago: the card asks whether it is
+# still so (a past operation, MS or osteoporosis does not stop being current: never asked).
 CONFIRM_CURRENT_DAYS = 365
 
 EPISODE_CONCEPTS = ("low_back_pain", "neck_pain", "thoracic_pain", "radiculopathy", "stenosis")
-CHRONIC_CONCEPTS = (
-    "cancer",
-    "cancer_history",
-    "ivdu",
-    "immunosuppression",
-    "axial_spa",
-    "dish",
-    "osteoporosis_fracture",
-    "prior_spine_surgery",
-    "demyelinating_disease",
-)
 EPISODIC_DAYS = {
     "fever": RECENT_FINDING_DAYS,
     "inflammatory_markers": RECENT_FINDING_DAYS,
@@ -92,23 +83,51 @@ EPISODIC_DAYS = {
 # Resolved, these still speak for today's risk within a year of their end (OP-8, HEDIS); any
 # other resolved diagnosis (a treated spinal infection, an old deficit) is history.
 RESOLVED_RISKS = ("ivdu", "immunosuppression")
-MOTOR_DEFICIT_CONCEPTS = ("progressive_neuro_deficit", "possible_motor_deficit")
+# A focal motor deficit (foot drop, monoplegia, paresis): new, it is urgent. The possible ones
+# (a gait disturbance, "weakness" that may be pain or frailty) are never urgent by themselves:
+# the card asks to examine.
+FOCAL_DEFICIT_CONCEPTS = ("progressive_neuro_deficit",)
+POSSIBLE_DEFICIT_CONCEPTS = ("possible_motor_deficit",)
+MOTOR_DEFICIT_CONCEPTS = FOCAL_DEFICIT_CONCEPTS + POSSIBLE_DEFICIT_CONCEPTS
+# Results seen but not used: not counted, and not silent either (set aside by facts.py with why).
+UNJUDGED_BECAUSE = ("preliminary", "registered", "unit ")
+
+# What a result the service could not judge would change (Findings._doubts).
+UNJUDGED_QUESTION = {
+    "fever": "confirm it: a fever makes the MRI urgent",
+    "inflammatory_markers": "confirm it: a raised ESR or CRP with a risk factor makes the MRI urgent",
+}
+NUMBNESS_QUESTION = {
+    "lumbar": "Saddle numbness, or new bladder or bowel symptoms: MRI now",
+    "cervical": "Both arms or legs, or clumsy hands: MRI urgently (cord compression?)",
+    "thoracic": "A sensory level on the trunk, or both legs: MRI urgently (cord compression?)",
+}
+FUSION_QUESTION = {
+    "lumbar": "was it a spinal fusion? If so, MRI is indicated (ACR LBP Variant 5)",
+    "cervical": "was it a cervical fusion? If so, radiographs or CT first (ACR Cervical Neck Pain Variant 3)",
+    "thoracic": "was it a spinal fusion? If so, MRI is indicated",
+}
+# What to ask of an old entry that may have ended (Findings._ask_if_old).
+STILL_SO = {"cancer": "still active, or treated?", "ivdu": "still injecting?"}
 
 # Guideline variant per rule and region. Thoracic spine has no ACR pain topic of its own:
 # the lumbar variants apply by analogy and the verdict is marked extrapolated.
 VARIANTS = {
-    "cauda_equina": {"lumbar": "LBP-V4"},
-    "motor_deficit": {"lumbar": "ACP-DEFICIT", "cervical": "CN-V2", "thoracic": "TH-MYELO"},
+    # Bladder, bowel or saddle symptoms: cauda equina on a lumbar order, cord compression above it.
+    "cauda_equina": {"lumbar": "LBP-V4", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
+    # A new motor deficit with neck or thoracic pain: the cord first (ACR Myelopathy).
+    "motor_deficit": {"lumbar": "ACP-DEFICIT", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
     "myelopathy": {"lumbar": "MYELO-V1", "cervical": "MYELO-V1", "thoracic": "TH-MYELO"},
     "spinal_cord_injury": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
     "infection": {"lumbar": "LBP-V7", "cervical": "CN-V4", "thoracic": "TH-INFX"},
+    "epidural_abscess": {"lumbar": "TH-INFX", "cervical": "TH-INFX", "thoracic": "TH-INFX"},
     "neuraxial_procedure": {"lumbar": "ASRA-HAEMATOMA", "cervical": "ASRA-HAEMATOMA", "thoracic": "ASRA-HAEMATOMA"},
     "cancer": {"lumbar": "LBP-V7", "cervical": "CN-V5", "thoracic": "LBP-V7"},
     "trauma": {"lumbar": "TRAUMA-TL", "cervical": "TRAUMA-C", "thoracic": "TRAUMA-TL"},
     "vertebral_fracture": {"lumbar": "VCF-V1", "cervical": "VCF-V1", "thoracic": "VCF-V1"},
     "prior_surgery": {"lumbar": "LBP-V5", "cervical": "CN-V3", "thoracic": "LBP-V5"},
     "therapy_failed": {"lumbar": "LBP-V3", "thoracic": "LBP-V3"},
-    "fracture_risk": {"lumbar": "LBP-V6", "cervical": "CN-V1", "thoracic": "TH-VCF"},
+    "fracture_risk": {"lumbar": "LBP-V6", "thoracic": "TH-VCF"},
     "weaker_risk": {"lumbar": "LBP-ACP-DEFER", "cervical": "LBP-ACP-DEFER", "thoracic": "LBP-ACP-DEFER"},
     "acute": {"lumbar": "LBP-V1", "cervical": "CN-V1", "thoracic": "TH-NONSPECIFIC"},
     "no_therapy": {"lumbar": "LBP-V2", "cervical": "CN-V7", "thoracic": "TH-NONSPECIFIC"},
@@ -131,6 +150,15 @@ def steroid_days(courses: list[MedicationCourse], as_of: date) -> int:
             if window_start <= day <= as_of:
                 covered.add(day)
     return len(covered)
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """A possible red flag the record cannot settle: the card names it and asks, never reassures."""
+
+    evidence: Evidence
+    headline: str  # for the summary: "temperature 39.0 °C (preliminary)"
+    question: str  # for the card: "confirm it: a fever makes the MRI urgent"
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,40 @@ class Findings:
         ]
         self.pregnant = self.has("pregnancy")
         self.child = facts.age is not None and facts.age < CHILD_AGE
+        self.doubts = self._doubts()
+
+    def without(self, items: list[Evidence]) -> Findings:
+        """These findings as they would be without `items` (the verdict if an old finding is old)."""
+        other = copy.copy(self)
+        other.flags = {c: [e for e in found if e not in items] for c, found in self.flags.items()}
+        other.flags = {c: found for c, found in other.flags.items() if found}
+        other.doubts = [d for d in self.doubts if d.evidence not in items]
+        return other
+
+    def _doubts(self) -> list[Doubt]:
+        """Possible red flags the record cannot settle: a result not verified or in a unit not
+        recognised, numbness whose site is not coded, a fusion of any joint, stimulant use."""
+        found = []
+        for item, why in self.not_counted:
+            if why.startswith(UNJUDGED_BECAUSE):
+                state = item.status if why.startswith(item.status) else "unit not recognised"
+                found.append(Doubt(item, f"{lower_first(item.value)} ({state})", UNJUDGED_QUESTION[item.concept_id]))
+        for item in self.evidence("numbness"):
+            if self.is_new(item):
+                when = format_ago(item.date, self.as_of) if item.date else "on the order"
+                question = "where is the numbness? " + NUMBNESS_QUESTION[self.rule_region]
+                found.append(Doubt(item, f"numbness {when}", question))
+        for item in self.evidence("arthrodesis_status"):
+            found.append(Doubt(item, "a fusion (any joint) in the record", FUSION_QUESTION[self.rule_region]))
+        for item in self.evidence("stimulant_use"):
+            found.append(
+                Doubt(
+                    item,
+                    f"{lower_first(finding_name(item))} in the record",
+                    "does the patient inject drugs? If so, a spinal infection is a concern",
+                )
+            )
+        return found
 
     # ------------------------------------------------------------------ what counts
     def _count(self, findings: list[Evidence]) -> None:
@@ -210,16 +272,17 @@ class Findings:
         return None
 
     def _ask_if_old(self, item: Evidence) -> None:
-        """A chronic entry written down long ago counts, and the card asks to confirm it is current."""
+        """An old cancer or injection drug use entry counts, and the card asks whether it still is so.
+        States that do not end (a past operation, MS, osteoporosis, HIV) are never questioned."""
+        question = STILL_SO.get(item.concept_id)
         if (
-            item.concept_id in CHRONIC_CONCEPTS
+            question
             and item.origin == FROM_RECORD
             and item.date is not None
             and (self.as_of - item.date).days > CONFIRM_CURRENT_DAYS
             and item.status == "active"
         ):
-            when = "recorded" if item.dated_by == "recorded" else "dated"
-            self.to_confirm.append(f"{item.label} {when} {item.date.isoformat()}: confirm it is current")
+            self.to_confirm.append(f"{lower_first(finding_name(item))} recorded {item.date.year}: {question}")
 
     def _derive_flags(self) -> None:
         facts, as_of = self.facts, self.as_of
@@ -338,6 +401,12 @@ class Findings:
 
     def evidence(self, *concept_ids: str) -> list[Evidence]:
         return [e for c in concept_ids for e in self.flags.get(c, [])]
+
+    def is_new(self, item: Evidence) -> bool:
+        """In this episode, or recorded in the last 12 weeks: a finding a clinician would call new."""
+        if self.in_episode(item):
+            return True
+        return item.date is not None and (self.as_of - item.date).days <= NEW_DEFICIT_DAYS
 
     def in_episode(self, item: Evidence) -> bool:
         """Stated on the order, or dated since this episode began (the last 12 weeks when the

@@ -55,6 +55,28 @@ def default_mappings_dir() -> Path:
     return PACKAGED_MAPPINGS
 
 
+# How records spell the UCUM units the thresholds accept: a temperature in "degC" or "°C", a CRP
+# in "mg/dl", is the same value (a spine physician's review: a 39.2 in "degC" read as no fever).
+UNIT_ALIASES = {
+    "°c": "cel",
+    "degc": "cel",
+    "c": "cel",
+    "celsius": "cel",
+    "°f": "[degf]",
+    "degf": "[degf]",
+    "f": "[degf]",
+    "fahrenheit": "[degf]",
+    "mm/hr": "mm/h",
+    "mm/hour": "mm/h",
+}
+
+
+def unit_key(unit: str) -> str:
+    """A unit as compared: without case or spaces, common spellings read as their UCUM code."""
+    key = unit.replace(" ", "").lower()
+    return UNIT_ALIASES.get(key, key)
+
+
 @dataclass(frozen=True)
 class Threshold:
     """An Observation code with the value that makes it count (e.g. temperature >= 38.0 Cel)."""
@@ -65,13 +87,14 @@ class Threshold:
     comparator: str
     value: float
     unit: str
-    units: dict[str, dict[str, float]]  # accepted UCUM unit -> {"scale", "offset"} to convert into `unit`
+    # accepted unit (as unit_key spells it) -> {"scale", "offset"} to convert into `unit`
+    units: dict[str, dict[str, float]]
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """The value in the threshold's unit, or None when the unit is not one we accept."""
         if unit is None:
             return None
-        conversion = self.units.get(unit)
+        conversion = self.units.get(unit_key(unit))
         if conversion is None:
             return None
         return value * float(conversion.get("scale", 1)) + float(conversion.get("offset", 0))
@@ -460,7 +483,10 @@ def _load_concepts(mappings: Mappings, document: Json, source_file: str) -> None
                 comparator=entry["comparator"],
                 value=float(entry["value"]),
                 unit=entry["unit"],
-                units=entry.get("units") or {entry["unit"]: {"scale": 1, "offset": 0}},
+                units={
+                    unit_key(name): conversion
+                    for name, conversion in (entry.get("units") or {entry["unit"]: {"scale": 1, "offset": 0}}).items()
+                },
             )
             mappings.thresholds.setdefault(threshold.code, []).append(threshold)
 

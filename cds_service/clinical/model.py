@@ -134,11 +134,20 @@ class Verdict:
     # -- what the card offers
     priority: str | None = None  # urgent verdicts: the order's priority the guideline asks (urgent | stat)
     next_steps: list[NextStep] = field(default_factory=list)
-    ask_if_new: bool = False  # a motor deficit the code cannot date: new or worsening -> urgent, else routine
+    # A finding the record cannot date (weakness, retention): the clinician says whether it is new.
+    ask_if_new: bool = False
+    priority_if_new: str = "urgent"  # the order's priority if it is new (stat for bladder or saddle symptoms)
+    ask_what: str = "weakness"  # what the card asks about, for its buttons ("bladder or saddle symptoms")
+    # The verdict if it is old and stable: (code, picture, PAMA rating), for the card's "old" button.
+    if_old: tuple[str, str, str | None] | None = None
+    # Possible red flags the record cannot settle, as questions: the card warns and asks, never
+    # recommends cancelling (a preliminary temperature, numbness whose site is not coded).
+    doubts: list[str] = field(default_factory=list)
     first_study: str | None = None  # "radiograph" | "ct": the study to order instead of (or before) MRI
     first_study_required: bool = True  # False: a cheaper first study, MRI being appropriate too (ACR LBP V6)
     contrast: str | None = None  # what this indication wants: "without" | "with-and-without"; None: either
     contrast_reason: str = ""  # why, in words ("suspected infection", "pregnancy: no gadolinium")
+    contrast_optional: bool = False  # ACR rates both: the contrast change is offered, not recommended
     suggest_cancel: bool = False
     override_set: str = "default"  # which override reasons fit this verdict (hooks.cards.OVERRIDE_SETS)
     # -- the evidence behind it (the evidence page lists all of it)
@@ -157,4 +166,7 @@ class Verdict:
     acr_rating: str | None = None  # ACR's rating of the ordered study in this variant, when known
     pama_rating: str | None = None  # appropriate | not-appropriate | no-criteria-apply | None
     extrapolated: bool = False
+    # Rated by a guideline that is not ACR's (ACP's weaker risks) where ACR's own variant is not
+    # clear: PAMA "no criteria apply" rather than a rating ACR did not give.
+    no_acr_criteria: bool = False
     pregnant: bool = False

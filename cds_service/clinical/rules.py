@@ -17,12 +17,14 @@ Where guidelines disagree the choice is made here, in a comment beside the rule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from .findings import (
     EPISODE_CONCEPTS,
-    MOTOR_DEFICIT_CONCEPTS,
+    FOCAL_DEFICIT_CONCEPTS,
+    POSSIBLE_DEFICIT_CONCEPTS,
     POST_PROCEDURE_DAYS,
     PRIOR_IMAGING_DAYS,
     VARIANTS,
@@ -30,7 +32,16 @@ from .findings import (
     steroid_days,
 )
 from .model import FROM_ORDER, Evidence, Facts, NextStep, Verdict
-from .wording import REGION_WORDS, finding_words, format_ago, format_weeks, lower_first, study_words
+from .wording import (
+    REGION_WORDS,
+    finding_name,
+    finding_words,
+    format_ago,
+    format_weeks,
+    lower_first,
+    sentence,
+    study_words,
+)
 
 if TYPE_CHECKING:
     from .mappings import Mappings
@@ -48,16 +59,20 @@ ACP_TRIAL_WEEKS = 4
 CCR_AGE = 65
 
 INFECTION_RISK_CONCEPTS = ("ivdu", "immunosuppression")
+# With raised ESR, CRP or WBC these make infection the question (ACR Suspected Spine Infection
+# lists diabetes with injection drug use, cancer, HIV and dialysis); diabetes alone does not.
+MARKER_RISK_CONCEPTS = (*INFECTION_RISK_CONCEPTS, "diabetes")
 FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
 ANKYLOSED_SPINE_CONCEPTS = ("axial_spa", "dish")
 INJURY_CONCEPTS = ("trauma", "recent_injury", "vertebral_fracture")
 # What a demyelinating disease's new cord symptom can be coded as (ACR Myelopathy).
-CORD_SYMPTOM_CONCEPTS = ("paresthesia", "possible_motor_deficit", "progressive_neuro_deficit", "myelopathy")
+CORD_SYMPTOM_CONCEPTS = ("paresthesia", "numbness", "possible_motor_deficit", "progressive_neuro_deficit", "myelopathy")
 # The red flags the card reports as "checked", per region (C16: a neck card never names the
 # cauda equina). The evidence page lists each: found, not counted and why, or not in the record.
 CHECKED_RED_FLAGS = {
     "lumbar": (
         "cauda_equina",
+        "epidural_abscess",
         "progressive_neuro_deficit",
         "possible_motor_deficit",
         "cancer",
@@ -82,6 +97,7 @@ CHECKED_RED_FLAGS = {
     ),
     "cervical": (
         "myelopathy",
+        "epidural_abscess",
         "progressive_neuro_deficit",
         "possible_motor_deficit",
         "spinal_cord_injury",
@@ -106,6 +122,7 @@ CHECKED_RED_FLAGS = {
     ),
     "thoracic": (
         "myelopathy",
+        "epidural_abscess",
         "progressive_neuro_deficit",
         "possible_motor_deficit",
         "spinal_cord_injury",
@@ -131,6 +148,11 @@ CHECKED_RED_FLAGS = {
         "pregnancy",
     ),
 }
+# In the record, reported with the red flags found, though never asked as absent: risks that
+# count only with others (diabetes with raised markers) or that the card asks about.
+REPORTED_RISKS = ("diabetes", "stimulant_use", "arthrodesis_status", "numbness")
+# Red flags of any region, and the emergencies every order reads.
+ANY_RED_FLAG = frozenset(c for region in CHECKED_RED_FLAGS.values() for c in region) | {"cauda_equina"}
 # What would change a verdict without a red flag, per region, and the concepts each item names
 # (an item is asked only when none of its concepts is in the record).
 TO_ASK = {
@@ -153,6 +175,7 @@ TO_ASK = {
         ("fever, injection drug use or immunosuppression", ("fever", "ivdu", "immunosuppression")),
         ("cancer history or weight loss", ("cancer", "cancer_history", "weight_loss")),
         ("osteoporosis, long-term steroids or a recent injury", ("osteoporosis_fracture", "long_term_steroids")),
+        ("night or non-mechanical pain; a chest or abdominal cause", ()),
     ],
 }
 # Thoracic verdicts that rest on lumbar evidence by analogy (PAMA: no criteria apply).
@@ -164,7 +187,6 @@ EXTRAPOLATED_THORACIC = {
     "LBP-ACP-DEFER",
     "TH-NONSPECIFIC",
     "TH-VCF",
-    "TRAUMA-TL",
 }
 # PAMA rating when the mappings give no ACR rating of the ordered study in the variant.
 RATING = {
@@ -197,7 +219,7 @@ def _pain(ctx: Findings) -> str:
             ctx.rule_region, "radiculopathy"
         )
     elif ctx.has("stenosis"):
-        what = "spinal stenosis"
+        what = f"{ctx.rule_region} spinal stenosis"
     else:
         what = REGION_WORDS.get(ctx.region, "back") + " pain"
     if ctx.episode_weeks is None or ctx.episode_start is None:
@@ -216,7 +238,8 @@ def _ask(ctx: Findings, extra: list[str] | None = None) -> list[str]:
             when = why.split(":")[0]
             items.append(f"{item.label} {when}: is it current?")
     items += extra or []
-    absent = [words for words, concepts in TO_ASK[ctx.rule_region] if not ctx.has(*concepts)]
+    in_record = {item.concept_id for item, _ in ctx.not_counted} | set(ctx.flags)
+    absent = [words for words, concepts in TO_ASK[ctx.rule_region] if not in_record.intersection(concepts)]
     if absent:
         items.append("not in the record, ask or examine: " + "; ".join(absent[: max(1, 5 - len(items))]))
     return items[:5]
@@ -227,8 +250,20 @@ def _ask(ctx: Findings, extra: list[str] | None = None) -> list[str]:
 
 def decide(facts: Facts) -> Verdict:
     ctx = Findings(facts)
+    verdict = _decide(ctx)
+    asked = list(verdict.red_flags_found) if verdict.ask_if_new else []
+    verdict = _finish(verdict, ctx)
+    if asked:
+        # The card's "old and stable" answer: the verdict without the findings it asks about.
+        without = ctx.without(asked)
+        old = _finish(_decide(without), without)
+        verdict.if_old = (old.code, old.picture, old.pama_rating)
+    return verdict
+
+
+def _decide(ctx: Findings) -> Verdict:
     verdict = _urgent(ctx) or (
-        _motor_deficit_to_confirm(ctx)
+        _new_or_old(ctx)
         or _follow_up(ctx)
         or _vertebral_compression_fracture(ctx)
         or _trauma(ctx)
@@ -247,52 +282,109 @@ def decide(facts: Facts) -> Verdict:
     # A red flag found is enough to call the MRI indicated; anything less needs every source.
     if not verdict.code.startswith("indicated-") and ctx.missing:
         verdict = _missing_data(ctx)
-    return _finish(verdict, ctx)
+    return verdict
+
+
+@dataclass
+class Urgent:
+    """One urgent finding: its verdict, its name in a combined picture, what to do besides the MRI."""
+
+    verdict: Verdict
+    short: str  # "new weakness": how a combined picture names it ("epidural abscess with new weakness")
+    actions: list[str]  # "refer to spinal surgery today", "blood cultures before antibiotics"
+    timing: str | None = None  # the MRI's timing when not the priority's ("within 24 hours")
+
+
+# The MRI's timing in words, by the priority the guideline asks.
+TIMING = {"stat": "MRI now (stat)", "urgent": "MRI urgently"}
 
 
 def _urgent(ctx: Findings) -> Verdict | None:
-    """Any urgent red flag -> MRI now, and the order made urgent (ACR LBP V4/V7, CN-V4/V5,
-    Myelopathy, Suspected Spine Infection, Suspected Spine Trauma; ACP 2007; NICE NG234).
+    """Every urgent red flag, combined: the order made as urgent as the most urgent asks, each
+    next step, the contrast the most demanding wants, and the dominant diagnosis named first (ACR
+    LBP V4/V7, CN-V4/V5, Myelopathy, Suspected Spine Infection, Suspected Spine Trauma; ACP 2007;
+    NICE NG234; ASRA 2018). An epidural abscess with new weakness is the abscess's card, with the
+    weakness's referral; cancer with new bladder symptoms is metastatic compression.
 
     Suspected infection: a diagnosed spinal infection, bacteremia, a recent fever (ACP 2007 lists
     fever as a sign of infection on its own), or raised ESR/CRP/WBC with a risk factor, even
     without fever (ACR LBP V7 and Suspected Spine Infection: injection drug use, opioid use
-    disorder, immunosuppression). Raised markers alone are too unspecific (_weaker_risk).
+    disorder, immunosuppression, diabetes). Raised markers alone are too unspecific (_weaker_risk).
     """
-    new_deficit = [e for e in ctx.evidence(*MOTOR_DEFICIT_CONCEPTS) if ctx.in_episode(e)]
+    new_deficit = [e for e in ctx.evidence(*FOCAL_DEFICIT_CONCEPTS) if ctx.is_new(e)]
+    sphincter = [e for e in ctx.evidence("cauda_equina") if ctx.is_new(e)]
     infection = ctx.evidence("spinal_infection", "bacteremia_sepsis", "fever")
-    if ctx.has("inflammatory_markers") and ctx.has(*INFECTION_RISK_CONCEPTS):
-        infection += ctx.evidence("inflammatory_markers", *INFECTION_RISK_CONCEPTS)
+    if ctx.has("inflammatory_markers") and ctx.has(*MARKER_RISK_CONCEPTS):
+        infection += ctx.evidence("inflammatory_markers", *MARKER_RISK_CONCEPTS)
     cancer = ctx.evidence("cancer", "cancer_history")
-    cord = ctx.evidence("myelopathy") + new_deficit
-    if cancer and cord:
-        return _cord_compression_in_cancer(ctx, cancer, cord)
-    checks: tuple[Callable[[], Verdict | None], ...] = (
-        lambda: _cauda_equina(ctx),
+    cord = ctx.evidence("myelopathy") + sphincter + new_deficit
+    checks: tuple[Callable[[], Urgent | None], ...] = (
+        lambda: _cord_compression_in_cancer(ctx, cancer, cord) if cancer and cord else None,
+        lambda: _epidural_abscess(ctx),
+        lambda: _cauda_equina(ctx, sphincter),
         lambda: _cord_injury(ctx),
-        lambda: _myelopathy(ctx),
-        lambda: _new_deficit(ctx, new_deficit),
-        lambda: _ankylosed_spine_injury(ctx),
         lambda: _after_neuraxial_procedure(ctx, new_deficit),
         lambda: _suspected_infection(ctx, infection),
-        lambda: _cancer(ctx, cancer),
+        lambda: _ankylosed_spine_injury(ctx),
+        lambda: _myelopathy(ctx),
+        lambda: _cancer(ctx, cancer) if not cord else None,
+        lambda: _new_deficit(ctx, new_deficit),
     )
-    for check in checks:
-        verdict = check()
-        if verdict is not None:
-            return verdict
-    return None
+    found = [urgent for urgent in (check() for check in checks) if urgent is not None]
+    if not found:
+        return None
+    return _combined(ctx, found)
+
+
+def _combined(ctx: Findings, found: list[Urgent]) -> Verdict:
+    """The first (dominant) finding's verdict, with what every other one adds."""
+    verdict = found[0].verdict
+    dominant = list(verdict.red_flags_found)
+    priorities = [u.verdict.priority or "urgent" for u in found]
+    verdict.priority = max(priorities, key=PRIORITY_ORDER.index)
+    for other in found[1:]:
+        more = other.verdict
+        verdict.red_flags_found += [e for e in more.red_flags_found if e not in verdict.red_flags_found]
+        verdict.why += [line for line in more.why if line not in verdict.why]
+        kinds = {step.kind for step in verdict.next_steps}
+        verdict.next_steps += [step for step in more.next_steps if step.kind not in kinds]
+        verdict.guideline_ids += [g for g in more.guideline_ids if g not in verdict.guideline_ids]
+        verdict.confirm += [line for line in more.confirm if line not in verdict.confirm]
+        if more.contrast == "with-and-without" and verdict.contrast != "with-and-without":
+            verdict.contrast, verdict.contrast_reason = more.contrast, more.contrast_reason
+    # The second finding, when it adds one, joins the picture before its question:
+    # "vertebral osteomyelitis in the record with new weakness: epidural abscess?"
+    added = [u for u in found[1:] if any(e not in dominant for e in u.verdict.red_flags_found)]
+    if added and added[0].short not in verdict.picture:
+        head, colon, question = verdict.picture.partition(": ")
+        verdict.picture = f"{head} with {added[0].short}{colon}{question}"
+    surgery = [e for e in ctx.evidence("prior_spine_surgery") if e not in verdict.red_flags_found]
+    actions = [action for urgent in found for action in urgent.actions]
+    if surgery:
+        # ACR LBP V5: after surgery, contrast tells a recurrent disc from scar, and shows infection.
+        verdict.red_flags_found += surgery
+        verdict.why += _why(surgery, ctx.as_of)
+        actions.append("tell the spinal surgeon who operated")
+        head, colon, question = verdict.picture.partition(": ")
+        verdict.picture = f"{head} after spine surgery{colon}{question}"
+        if verdict.contrast is None:
+            verdict.contrast, verdict.contrast_reason = "with-and-without", "after spine surgery"
+    timing = found[0].timing if verdict.priority == (found[0].verdict.priority or "urgent") else None
+    # One referral, the dominant finding's: "refer to spinal surgery today" says all the others do.
+    referrals = [a for a in actions if a.startswith(("refer ", "tell "))]
+    actions = [a for a in actions if not a.startswith(("refer ", "tell ")) or a == referrals[0]]
+    verdict.now = sentence([timing or TIMING[verdict.priority], *dict.fromkeys(actions)])
+    return verdict
 
 
 def _urgent_verdict(
-    ctx: Findings, rule: str, picture: str, evidence: list[Evidence], now: str, priority: str, **more: object
+    ctx: Findings, rule: str, picture: str, evidence: list[Evidence], priority: str, **more: object
 ) -> Verdict:
     verdict = Verdict(
         code="indicated-urgent",
         variant_id=ctx.variant(rule),
         picture=picture,
         why=[*_why(evidence, ctx.as_of), _pain(ctx) if ctx.episode else ""],
-        now=now,
         priority=priority,
         red_flags_found=evidence,
         override_set="urgent",
@@ -303,81 +395,135 @@ def _urgent_verdict(
 
 
 SAME_DAY_REFERRAL = NextStep("surgical-referral", "refer to spinal surgery today", "ACR_LBP_2021")
+BLOOD_CULTURES = NextStep("blood-cultures", "blood cultures before antibiotics", "ACR_INFX_2021")
 
 
-def _cauda_equina(ctx: Findings) -> Verdict | None:
-    """ACR LBP V4, NICE NG59 1.1.1: suspected cauda equina -> emergency MRI and surgical referral."""
-    evidence = ctx.evidence("cauda_equina")
+def _epidural_abscess(ctx: Findings) -> Urgent | None:
+    """A diagnosed spinal epidural abscess: a surgical emergency. MRI now, without and with
+    contrast, same-day spinal surgery, blood cultures (ACR Suspected Spine Infection)."""
+    evidence = ctx.evidence("epidural_abscess")
     if not evidence:
         return None
-    return _urgent_verdict(
+    verdict = _urgent_verdict(
         ctx,
-        "cauda_equina",
-        "suspected cauda equina syndrome",
-        evidence,
-        "MRI now (stat); refer to spinal surgery today.",
+        "epidural_abscess",
+        "spinal epidural abscess in the record",
+        evidence + [e for e in ctx.evidence("fever", "inflammatory_markers") if e not in evidence],
         "stat",
-        next_steps=[SAME_DAY_REFERRAL],
-        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007", "NICE_NG59"],
+        next_steps=[
+            NextStep("surgical-referral", "refer to spinal surgery today", "ACR_INFX_2021"),
+            BLOOD_CULTURES,
+        ],
+        contrast="with-and-without",
+        contrast_reason="epidural abscess",
+        guideline_ids=["ACR_INFX_2021"],
+    )
+    return Urgent(
+        verdict,
+        "an epidural abscess",
+        ["refer to spinal surgery today", "blood cultures before antibiotics"],
     )
 
 
-def _cord_injury(ctx: Findings) -> Verdict | None:
+def _cauda_equina(ctx: Findings, sphincter: list[Evidence]) -> Urgent | None:
+    """New bladder, bowel or saddle symptoms (or a cauda equina diagnosis) in this episode.
+
+    Lumbar: suspected cauda equina syndrome, emergency MRI and surgical referral (ACR LBP V4,
+    NICE NG59 1.1.1). Neck or thoracic order: cord compression until shown otherwise (ACR
+    Myelopathy), and the cauda equina itself is in the lumbar spine: MRI of both, at once.
+    An old entry is asked about instead (_new_or_old)."""
+    if not sphincter:
+        return None
+    if ctx.rule_region == "lumbar":
+        verdict = _urgent_verdict(
+            ctx,
+            "cauda_equina",
+            "suspected cauda equina syndrome",
+            sphincter,
+            "stat",
+            next_steps=[SAME_DAY_REFERRAL],
+            guideline_ids=["ACR_LBP_2021", "ACP_APS_2007", "NICE_NG59"],
+        )
+        return Urgent(verdict, "bladder or saddle symptoms", ["refer to spinal surgery today"])
+    region = REGION_WORDS[ctx.rule_region]
+    verdict = _urgent_verdict(
+        ctx,
+        "cauda_equina",
+        f"bladder, bowel or saddle symptoms with {region} pain: cord compression or cauda equina?",
+        sphincter,
+        "stat",
+        next_steps=[SAME_DAY_REFERRAL, NextStep("lumbar-spine", "MRI of the lumbar spine too", "ACR_LBP_2021")],
+        guideline_ids=["ACR_MYELO_2020", "ACR_LBP_2021", "NICE_NG59"],
+    )
+    return Urgent(
+        verdict,
+        "bladder or saddle symptoms",
+        ["examine for myelopathy and saddle sensation", "refer to spinal surgery today"],
+        timing=f"MRI now (stat) of the {ctx.rule_region} spine (cord compression) and the lumbar spine (cauda equina)",
+    )
+
+
+def _cord_injury(ctx: Findings) -> Urgent | None:
     """ACR Suspected Spine Trauma: suspected cord or nerve-root injury -> MRI."""
     evidence = ctx.evidence("spinal_cord_injury")
     if not evidence:
         return None
-    return _urgent_verdict(
+    verdict = _urgent_verdict(
         ctx,
         "spinal_cord_injury",
         "spinal cord or nerve-root injury",
         evidence,
-        "MRI now (stat); spinal precautions; refer to spinal surgery today.",
         "stat",
         next_steps=[NextStep("surgical-referral", "refer to spinal surgery today", "ACR_TRAUMA")],
         guideline_ids=["ACR_TRAUMA"],
     )
+    return Urgent(verdict, "a cord injury", ["spinal precautions", "refer to spinal surgery today"])
 
 
-def _myelopathy(ctx: Findings) -> Verdict | None:
+def _myelopathy(ctx: Findings) -> Urgent | None:
     """ACR Myelopathy 2020: myelopathy (cord compression) -> MRI, urgently; refer to spinal surgery."""
     evidence = ctx.evidence("myelopathy")
     if not evidence:
         return None
-    return _urgent_verdict(
+    verdict = _urgent_verdict(
         ctx,
         "myelopathy",
         "myelopathy: suspected cord compression",
         evidence,
-        "MRI urgently; refer to spinal surgery (cord compression).",
         "urgent",
         next_steps=[NextStep("surgical-referral", "refer to spinal surgery (cord compression)", "ACR_MYELO_2020")],
         guideline_ids=["ACR_MYELO_2020"],
     )
+    return Urgent(verdict, "myelopathy", ["refer to spinal surgery (cord compression)"])
 
 
-def _new_deficit(ctx: Findings, new_deficit: list[Evidence]) -> Verdict | None:
-    """A motor deficit that began in this episode (or is stated on the order): urgent.
-
-    ACP 2007 / 2011: severe or progressive neurologic deficits -> prompt MRI; CW NASS: a focal
-    deficit or progression is a red flag. A weakness code that cannot grade the deficit (R26,
-    R29.898, a SNOMED CT weakness) is taken as one when it began in this episode: under doubt,
-    the card warns.
-    """
+def _new_deficit(ctx: Findings, new_deficit: list[Evidence]) -> Urgent | None:
+    """A focal motor deficit (foot drop, monoplegia, paresis) that is new: urgent MRI and surgical
+    evaluation now (ACP 2007: severe or progressive deficits -> prompt MRI and surgical
+    evaluation; CW NASS: a focal deficit or progression is a red flag). With neck or thoracic
+    pain the cord comes first (ACR Myelopathy). A possible deficit (a gait disturbance, an
+    unspecific weakness code) is asked about instead (_new_or_old)."""
     if not new_deficit:
         return None
-    return _urgent_verdict(
+    lumbar = ctx.rule_region == "lumbar"
+    verdict = _urgent_verdict(
         ctx,
         "motor_deficit",
         f"new weakness with {_pain(ctx)}",
         new_deficit,
-        "MRI urgently; examine strength, reflexes and sensation; refer to spinal surgery if it progresses.",
         "urgent",
-        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
+        next_steps=[NextStep("surgical-referral", "refer to spinal surgery now (new motor deficit)", "ACP_APS_2007")],
+        confirm=[] if lumbar else ["sudden onset without neck pain: exclude a stroke"],
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if lumbar else ["ACR_MYELO_2020", "ACP_APS_2007"],
+    )
+    return Urgent(
+        verdict,
+        "new weakness",
+        ["examine strength, reflexes and sensation", "refer to spinal surgery now (new motor deficit)"],
     )
 
 
-def _ankylosed_spine_injury(ctx: Findings) -> Verdict | None:
+def _ankylosed_spine_injury(ctx: Findings) -> Urgent | None:
     """An ankylosed spine (ankylosing spondylitis, DISH) after any injury: urgent MRI, even after a
     negative CT. ACR Suspected Spine Trauma: these fractures are unstable and CT misses them."""
     spine = ctx.evidence(*ANKYLOSED_SPINE_CONCEPTS)
@@ -388,20 +534,25 @@ def _ankylosed_spine_injury(ctx: Findings) -> Verdict | None:
     why = _why(injury + spine, ctx.as_of)
     if ct:
         why.append(f"CT {ct[-1].date.isoformat()} does not exclude an unstable fracture")
-    return _urgent_verdict(
+    verdict = _urgent_verdict(
         ctx,
         "trauma",
         f"injury with an ankylosed spine ({lower_first(spine[0].label)})",
         injury + spine,
-        "MRI urgently, even after a negative CT; spinal precautions until imaged.",
         "urgent",
         why=why,
         guideline_ids=["ACR_TRAUMA"],
         override_set="trauma",
     )
+    return Urgent(
+        verdict,
+        "an injured ankylosed spine",
+        ["spinal precautions until imaged"],
+        timing="MRI urgently, even after a negative CT",
+    )
 
 
-def _after_neuraxial_procedure(ctx: Findings, new_deficit: list[Evidence]) -> Verdict | None:
+def _after_neuraxial_procedure(ctx: Findings, new_deficit: list[Evidence]) -> Urgent | None:
     """New back pain or a new deficit within days of an epidural or spinal injection, or spine
     surgery: epidural haematoma or abscess until proven otherwise, more so on an anticoagulant
     (ASRA Horlocker 2018: imaging and surgical consultation at once; ACR Suspected Spine
@@ -422,70 +573,86 @@ def _after_neuraxial_procedure(ctx: Findings, new_deficit: list[Evidence]) -> Ve
     if not new_pain and not new_deficit:
         return None
     anticoagulant = ctx.evidence("anticoagulant_medication")
-    evidence = [procedure, *new_deficit, *anticoagulant]
-    return _urgent_verdict(
+    verdict = _urgent_verdict(
         ctx,
         "neuraxial_procedure",
         "new pain after a spinal procedure: epidural haematoma or abscess?",
-        evidence,
-        "MRI urgently; refer to spinal surgery today" + ("; review the anticoagulant." if anticoagulant else "."),
+        [procedure, *new_deficit, *anticoagulant],
         "stat" if new_deficit or anticoagulant else "urgent",
         next_steps=[SAME_DAY_REFERRAL],
         contrast="with-and-without",
         contrast_reason="epidural abscess or haematoma",
         guideline_ids=["ASRA_2018", "ACR_INFX_2021"],
     )
+    actions = ["refer to spinal surgery today"] + (["review the anticoagulant"] if anticoagulant else [])
+    return Urgent(verdict, "a recent spinal procedure", actions)
 
 
-def _suspected_infection(ctx: Findings, infection: list[Evidence]) -> Verdict | None:
+def _suspected_infection(ctx: Findings, infection: list[Evidence]) -> Urgent | None:
     if not infection:
         return None
     infection = infection + [e for e in ctx.evidence(*INFECTION_RISK_CONCEPTS) if e not in infection]
-    return _urgent_verdict(
+    diagnosed = ctx.evidence("spinal_infection")
+    picture = (
+        f"{lower_first(finding_name(diagnosed[0]))} in the record: epidural abscess?"
+        if diagnosed
+        else "suspected spinal infection"
+    )
+    verdict = _urgent_verdict(
         ctx,
         "infection",
-        "suspected spinal infection",
+        picture,
         infection,
-        "MRI urgently; blood cultures before antibiotics.",
         "urgent",
-        next_steps=[NextStep("blood-cultures", "blood cultures before antibiotics", "ACR_INFX_2021")],
+        next_steps=[BLOOD_CULTURES],
         contrast="with-and-without",
         contrast_reason="suspected infection",
         guideline_ids=["ACR_INFX_2021"] + (["ACP_APS_2007"] if ctx.rule_region == "lumbar" else []),
     )
+    return Urgent(verdict, "suspected infection", ["blood cultures before antibiotics"])
 
 
-def _cancer(ctx: Findings, cancer: list[Evidence]) -> Verdict | None:
+def _cancer(ctx: Findings, cancer: list[Evidence]) -> Urgent | None:
     """Cancer (active or a history of) with new spine pain: MRI without and with contrast within a
     week (NICE NG234 for suspected spinal metastases without neurological symptoms; ACR LBP V7,
     CN-V5; ACP 2007). Skin basal and squamous cell carcinomas and carcinoma in situ are not in
     the cancer concepts (mappings)."""
     if not cancer:
         return None
+    name = lower_first(cancer[0].label)  # the record's words are on the "why" line
+    # (wording only: a metastasis the record names already is not asked about again)
+    known = any("metasta" in e.display.lower() or "secondary malignant" in e.display.lower() for e in cancer)
+    region = REGION_WORDS.get(ctx.region, "back")
     verdict = _urgent_verdict(
         ctx,
         "cancer",
-        f"{lower_first(cancer[0].label)} with new {REGION_WORDS.get(ctx.region, 'back')} pain: spinal metastasis?",
+        f"known metastases, new {region} pain: progression, fracture or cord compression?"
+        if known
+        else f"{name} with new {region} pain: spinal metastasis?",
         cancer,
-        "MRI within a week (NICE NG234); at once, of the whole spine, if neurological symptoms appear.",
         "urgent",
         contrast="with-and-without",
         contrast_reason="suspected tumour",
         guideline_ids=["NICE_NG234"] + (["ACP_APS_2007"] if ctx.rule_region == "lumbar" else []),
     )
     verdict.extrapolated = ctx.region == "thoracic"
-    return verdict
+    return Urgent(
+        verdict,
+        "a cancer history",
+        ["at once, of the whole spine, if neurological symptoms appear"],
+        timing="MRI within a week (NICE NG234)",
+    )
 
 
-def _cord_compression_in_cancer(ctx: Findings, cancer: list[Evidence], cord: list[Evidence]) -> Verdict:
-    """Cancer with myelopathy or a new deficit: suspected metastatic spinal cord compression.
-    NICE NG234: MRI of the whole spine at once, within 24 hours, and same-day referral."""
-    return _urgent_verdict(
+def _cord_compression_in_cancer(ctx: Findings, cancer: list[Evidence], cord: list[Evidence]) -> Urgent:
+    """Cancer with myelopathy, new bladder or saddle symptoms or a new deficit: suspected
+    metastatic compression of the cord or cauda equina. NICE NG234: MRI of the whole spine within
+    24 hours, and same-day referral to the spinal or acute oncology team."""
+    verdict = _urgent_verdict(
         ctx,
         "cancer",
-        "suspected metastatic spinal cord compression",
+        f"{lower_first(cancer[0].label)} with new neurological symptoms: metastatic cord compression?",
         cord + cancer,
-        "MRI of the whole spine within 24 hours (NICE NG234); refer to the spinal or acute oncology team today.",
         "stat",
         next_steps=[
             NextStep("whole-spine", "MRI of the whole spine", "NICE_NG234"),
@@ -495,26 +662,63 @@ def _cord_compression_in_cancer(ctx: Findings, cancer: list[Evidence], cord: lis
         contrast_reason="suspected tumour",
         guideline_ids=["NICE_NG234"],
     )
+    return Urgent(
+        verdict,
+        "metastatic cord compression",
+        ["refer to the spinal or acute oncology team today"],
+        timing="MRI of the whole spine within 24 hours (NICE NG234)",
+    )
 
 
-def _motor_deficit_to_confirm(ctx: Findings) -> Verdict | None:
-    """A motor deficit the record cannot place in this episode (undated, or recorded before it):
-    MRI indicated, and the card asks. New or worsening: make the order urgent (ACP 2007: severe
-    or progressive deficit -> prompt MRI); old and stable: keep it routine. Never an info card:
-    under doubt about a red flag, warn (HEDIS counts neurological impairment as an exclusion)."""
-    evidence = [e for e in ctx.evidence(*MOTOR_DEFICIT_CONCEPTS) if not ctx.in_episode(e)]
+def _new_or_old(ctx: Findings) -> Verdict | None:
+    """A finding that would be urgent if new, but that the record cannot place in this episode
+    (undated, or recorded before it), or a possible motor deficit (a gait disturbance, an
+    unspecific weakness code) whatever its date: the card warns and asks. New: the order is made
+    urgent (stat for bladder or saddle symptoms); old and stable: the verdict without it. Never an
+    info card: under doubt about a red flag, warn (HEDIS counts neurological impairment as an
+    exclusion). An old retention code is often the prostate; an old cauda equina syndrome often
+    its residue (a spine physician's review)."""
+    sphincter = [e for e in ctx.evidence("cauda_equina") if not ctx.is_new(e)]
+    deficit = [e for e in ctx.evidence(*FOCAL_DEFICIT_CONCEPTS) if not ctx.is_new(e)]
+    possible = ctx.evidence(*POSSIBLE_DEFICIT_CONCEPTS)
+    evidence = sphincter + deficit + possible
     if not evidence:
         return None
+    pain = _pain(ctx)
+    lumbar = ctx.rule_region == "lumbar"
+    if sphincter:
+        what = lower_first(finding_name(sphincter[0]))
+        when = f"recorded {sphincter[0].date.year}" if sphincter[0].date else "undated"
+        picture = f"{what} ({when}) with {pain}: new?"
+        now = "Ask and examine now: new retention, incontinence or saddle numbness is an emergency " + (
+            "(MRI now, spinal surgery today)." if lumbar else "(cord compression: MRI now)."
+        )
+        question = "are the bladder, bowel or saddle symptoms new?"
+    elif deficit:
+        picture = f"weakness in the record with {pain}: new or old?"
+        now = "Examine strength, reflexes and sensation: new or worsening weakness makes the MRI urgent."
+        question = "is the weakness new or worsening?"
+    elif lumbar:
+        picture = f"{lower_first(finding_name(possible[0]))} with {pain}: motor deficit?"
+        now = "Examine strength, reflexes and sensation now: a new motor deficit makes the MRI urgent."
+        question = "is there a new motor deficit on examination?"
+    else:
+        # A gait change with neck or thoracic pain is the cord's question (ACR Myelopathy).
+        picture = f"{lower_first(finding_name(possible[0]))} with {pain}: myelopathy?"
+        now = "Examine for myelopathy now (hands, gait, reflexes, a sensory level): signs make the MRI urgent."
+        question = "are there new myelopathic signs or weakness?"
     return Verdict(
         code="indicated-routine",
-        variant_id=ctx.variant("motor_deficit"),
-        picture=f"weakness in the record with {_pain(ctx)}: new or old?",
-        why=[*_why(evidence, ctx.as_of), _pain(ctx)],
-        now="Examine strength, reflexes and sensation: new or worsening weakness makes the MRI urgent.",
-        confirm=["is the weakness new or worsening?"],
+        variant_id=ctx.variant("cauda_equina" if sphincter else "motor_deficit"),
+        picture=picture,
+        why=[*_why(evidence, ctx.as_of), pain],
+        now=now,
+        confirm=[question],
         ask_if_new=True,
+        priority_if_new="stat" if sphincter else "urgent",
+        ask_what="bladder or saddle symptoms" if sphincter else "weakness" if deficit or lumbar else "signs",
         red_flags_found=evidence,
-        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
+        guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if lumbar else ["ACR_MYELO_2020"],
         override_set="deficit",
     )
 
@@ -575,13 +779,15 @@ def _vertebral_compression_fracture(ctx: Findings) -> Verdict | None:
     fragility = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
     if not fractures or not fragility:
         return None
+    age = ctx.facts.age
+    younger = age is None or age < CCR_AGE
     return Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("vertebral_fracture"),
-        picture=f"new vertebral fracture with {lower_first(fragility[0].label)}: MRI dates it",
+        picture="new osteoporotic vertebral fracture: MRI shows its age and any lesion beneath",
         why=_why(fractures + fragility, ctx.as_of),
-        now="MRI: the fracture's age, an underlying lesion, augmentation planning.",
-        confirm=["a high-energy injury in a younger patient: CT first", "a neurological deficit: MRI urgently"],
+        now="MRI without contrast: the fracture's age, an underlying lesion, augmentation planning.",
+        confirm=(["a high-energy injury: CT first"] if younger else []) + ["a neurological deficit: MRI urgently"],
         guideline_ids=["ACR_VCF_2018"],
         red_flags_found=fractures + fragility,
         contrast="without",
@@ -606,7 +812,7 @@ def _trauma_high_risk(ctx: Findings) -> list[Evidence]:
                     "Patient",
                     "record",
                     f"age {age}: Canadian C-spine rule high-risk factor",
-                    value=f"age {age} (Canadian C-spine rule: 65 or older)",
+                    value=f"age {age} (65 or older: Canadian C-spine rule)",
                 )
             )
     return risk
@@ -632,15 +838,15 @@ def _trauma(ctx: Findings) -> Verdict | None:
         return None
     injury_dates = [e.date for e in fracture + injury if e.date is not None]
     since = min(injury_dates) if injury_dates else None
-    what = "recent spinal fracture" if fracture else f"neck injury with {risk[0].value or risk[0].label.lower()}"
+    what = "recent spinal fracture" if fracture else f"neck injury, {risk[0].value or lower_first(risk[0].label)}"
     ct_done = ctx.prior_studies(("ct",), since)
     if ct_done:
         study = ct_done[-1]
         return Verdict(
             code="low-value",
             variant_id=ctx.variant("trauma"),
-            picture=f"{what}, CT done {study.date.isoformat()}, no neurological finding",
-            why=[*_why(fracture + injury + risk, ctx.as_of), f"CT {study.date.isoformat()} ({study.reference})"],
+            picture=f"{what}, CT done {format_ago(study.date, ctx.as_of)}, no neurological finding recorded",
+            why=[*_why(fracture + injury + risk, ctx.as_of), f"CT {study.date.isoformat()}"],
             now="MRI after CT is for a neurological finding or a suspected ligament injury.",
             confirm=["a neurological deficit or suspected cord injury: MRI urgently", "suspected ligament injury"],
             guideline_ids=["ACR_TRAUMA"],
@@ -651,7 +857,7 @@ def _trauma(ctx: Findings) -> Verdict | None:
     return Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("trauma"),
-        picture=f"{what}, no neurological deficit",
+        picture=f"{what}, no deficit recorded",
         why=_why(fracture + injury + risk, ctx.as_of),
         now=f"CT of the {ctx.rule_region} spine without contrast first; MRI for a neurological deficit.",
         confirm=["a neurological deficit or suspected cord injury: MRI urgently"],
@@ -664,10 +870,12 @@ def _trauma(ctx: Findings) -> Verdict | None:
 
 def _prior_surgery(ctx: Findings) -> Verdict | None:
     """Prior spine surgery with new symptoms: lumbar MRI indicated, without and with contrast (ACR
-    LBP V5 rates both usually appropriate; contrast tells scar from recurrent disc); cervical:
+    LBP V5 rates both usually appropriate: contrast is offered for a recurrent disc or scar after a
+    discectomy, not recommended); cervical:
     radiographs or CT first (ACR CN-V3 rates them usually appropriate, MRI may be appropriate).
     Read from Procedures (CPT 22xxx fusion, 630xx decompression, SNOMED CT procedures) and from
-    diagnoses (Z98.1 arthrodesis status, M96.1 postlaminectomy syndrome)."""
+    diagnoses (M96.1 postlaminectomy syndrome; Z98.1 arthrodesis status is any joint, so the card
+    asks instead: findings.FUSION_QUESTION)."""
     evidence = ctx.evidence("prior_spine_surgery")
     if not evidence:
         return None
@@ -690,12 +898,14 @@ def _prior_surgery(ctx: Findings) -> Verdict | None:
         variant_id=ctx.variant("prior_surgery"),
         picture=f"{_pain(ctx)} after spine surgery",
         why=[*_why(evidence, ctx.as_of), _pain(ctx)],
-        now="MRI: scar, a recurrent disc, instability or infection?",
+        now="MRI: a recurrent disc, adjacent-segment disease, instability or infection?",
         confirm=["symptoms unchanged since before surgery: imaging may not change management"],
         guideline_ids=["ACR_LBP_2021", "OP8", "HEDIS_LBP_MY2025"],
         red_flags_found=evidence,
+        # ACR LBP V5 rates MRI without and MRI without and with contrast both usually appropriate.
         contrast="with-and-without",
-        contrast_reason="after spine surgery: it tells scar from a recurrent disc",
+        contrast_reason="after a discectomy: recurrent disc or scar",
+        contrast_optional=True,
         override_set="contrast",
     )
 
@@ -736,7 +946,7 @@ def _demyelinating(ctx: Findings) -> Verdict | None:
     return Verdict(
         code="indicated-routine",
         variant_id="DEMYEL-V1",
-        picture=f"{lower_first(disease[0].label)} with a new cord symptom",
+        picture=f"{lower_first(finding_name(disease[0]))} with a new cord symptom: relapse?",
         why=_why(symptoms + disease, ctx.as_of),
         now="MRI: active demyelination? Tell the neurologist.",
         confirm=["weakness progressing over days: MRI urgently"],
@@ -761,15 +971,19 @@ def _child(ctx: Findings) -> Verdict | None:
         variant_id="CHILD-SPONDYLOLYSIS" if spondylolysis else "CHILD-V1",
         picture=f"{_pain(ctx)} at age {ctx.facts.age}" + (": spondylolysis?" if spondylolysis else ", no red flag"),
         why=[_pain(ctx), f"age {ctx.facts.age}", *_why(spondylolysis, ctx.as_of)],
-        now="Radiographs first if spondylolysis is suspected (athlete, pain on extension); rest from sport.",
+        now=(
+            "Radiographs of the painful area first; MRI if they are negative and suspicion remains."
+            if spondylolysis
+            else "No imaging: most back pain at this age settles. "
+            "An athlete with pain on extension: radiographs (spondylolysis?)."
+        ),
         confirm=[
             "not in the record, ask or examine: constant or night pain; radicular pain; "
             "an abnormal neurological examination; fever or weight loss"
         ],
         guideline_ids=["ACR_BACKPAIN_CHILD"],
         red_flags_found=spondylolysis,
-        first_study="radiograph",
-        first_study_required=bool(spondylolysis),
+        first_study="radiograph" if spondylolysis else None,
         suggest_cancel=not spondylolysis,
         override_set="first-study" if spondylolysis else "low-value",
     )
@@ -791,7 +1005,8 @@ def _therapy_failed(ctx: Findings) -> Verdict | None:
         return Verdict(
             code="insufficient-information",
             variant_id=None,
-            picture=f"{kind}: the therapy tried has no dates",
+            guideline_ids=["ACR_LBP_2021"],
+            picture=f"{kind}, therapy dates missing",
             why=[_pain(ctx), "conservative therapy recorded without dates"],
             now="Date the therapy: 6 weeks or more makes MRI indicated; less, MRI is low-value.",
             not_documented=["dates of the conservative therapy (Procedure.performed, MedicationRequest.authoredOn)"],
@@ -815,6 +1030,7 @@ def _therapy_failed(ctx: Findings) -> Verdict | None:
 
 def _cervical_radiculopathy(ctx: Findings) -> Verdict | None:
     """ACR Cervical Neck Pain CN-V2: radiculopathy persisting >= 6 weeks -> MRI without contrast.
+    Cervical canal stenosis is not radiculopathy: its question is myelopathy (ACR Myelopathy).
 
     The 2018 criteria rate MRI usually appropriate for any new radiculopathy; the 2024 update
     rates it only 'may be appropriate' when acute. We follow 2024: defer under 6 weeks.
@@ -826,19 +1042,25 @@ def _cervical_radiculopathy(ctx: Findings) -> Verdict | None:
         return Verdict(
             code="insufficient-information",
             variant_id=None,
-            picture="cervical radiculopathy of unknown duration",
-            why=["cervical radiculopathy without an onset date"],
+            picture=f"{_pain(ctx).split(' (')[0]} of unknown duration",
+            why=[f"{_pain(ctx).split(' (')[0]} without an onset date"],
+            guideline_ids=["ACR_CNECK_2024"],
             now="Record its onset: 6 weeks or more makes MRI indicated; less, without a deficit, defer it.",
             not_documented=["onset date of the radiculopathy (Condition.onsetDateTime)"],
             override_set="low-value",
         )
+    stenosis = not ctx.has("radiculopathy")
     if weeks >= ACUTE_WEEKS:
         return Verdict(
             code="indicated-routine",
             variant_id="CN-V2",
-            picture=f"cervical radiculopathy for {format_weeks(weeks)}",
+            picture=f"{_pain(ctx)}" + (": myelopathy?" if stenosis else ""),
             why=[_pain(ctx)],
-            now="MRI of the cervical spine.",
+            now=(
+                "Examine for myelopathy (hand clumsiness, gait, reflexes): signs make it urgent; MRI."
+                if stenosis
+                else "MRI, if an injection or surgery is considered; examine for weakness or myelopathic signs."
+            ),
             confirm=["symptoms resolving: MRI will not change management"],
             guideline_ids=["ACR_CNECK_2024", "NOR_2010"],
             contrast="without",
@@ -847,7 +1069,7 @@ def _cervical_radiculopathy(ctx: Findings) -> Verdict | None:
     return Verdict(
         code="low-value",
         variant_id="CN-V2",
-        picture=f"cervical radiculopathy for {format_weeks(weeks)}, no deficit: most resolve",
+        picture=f"{_pain(ctx)}, no deficit recorded: most settle within 6 weeks",
         why=[_pain(ctx), "no motor deficit or myelopathic sign recorded"],
         now="Conservative care; MRI if it persists past 6 weeks or a deficit appears.",
         confirm=_ask(ctx),
@@ -876,8 +1098,8 @@ def _first_study_done(ctx: Findings, verdict: Verdict, subject: str, since: date
     verdict.code = "indicated-routine"
     verdict.first_study = None
     verdict.suggest_cancel = False
-    verdict.picture = f"{verdict.picture.split(':')[0]}; {words}: MRI is the next study"
-    verdict.why.append(f"{words} ({study.date.isoformat()}, {study.reference})")
+    verdict.picture = f"{verdict.picture.split(':')[0]}, {words}: MRI next"
+    verdict.why.append(f"{words} ({study.date.isoformat()})")
     verdict.now = "MRI, if the earlier study did not explain the symptoms."
     verdict.confirm = ["the earlier study already explains the symptoms: MRI adds little"]
     verdict.override_set = "contrast"
@@ -893,26 +1115,44 @@ def _fracture_risk(ctx: Findings) -> Verdict | None:
     a recent thoracic or lumbar injury counts when the patient is >= 65 (the age the Canadian
     C-spine rule uses; V6 gives no number). In younger patients a sprain or strain code alone is
     how acute back pain is often coded, not a red flag (reference note). Age alone is not the
-    frame for radiculopathy (B10): sciatica at 70 is rated as sciatica.
+    frame for radiculopathy (B10): sciatica at 70 is rated as sciatica. Thoracolumbar only: a
+    fragility fracture is a thoracolumbar question, and neck pain in an older patient without an
+    injury is rated as neck pain (an injury: the Canadian C-spine rule, _trauma).
     """
+    if ctx.rule_region == "cervical":
+        return None
     evidence = ctx.evidence(*FRACTURE_RISK_CONCEPTS)
     age = ctx.facts.age
-    if ctx.rule_region != "cervical" and age is not None and age >= CCR_AGE and ctx.has("recent_injury"):
-        evidence += ctx.evidence("recent_injury")
+    if age is not None and age >= CCR_AGE and ctx.has("recent_injury"):
+        evidence = ctx.evidence("recent_injury") + evidence
     if not evidence and not ctx.radicular:
         evidence += ctx.evidence("age_fracture_risk")
     if not evidence:
         return None
     region = ctx.rule_region
+    first = evidence[0]
+    risk = (
+        "long-term steroids"
+        if first.concept_id == "long_term_steroids"
+        else f"age {age}"
+        if first.concept_id == "age_fracture_risk"
+        else f"{_injury_words(first)} {format_ago(first.date, ctx.as_of)} at {age}"
+        if first.concept_id == "recent_injury" and first.date
+        else lower_first(finding_name(first))
+    )
+    also = (
+        "ACR rates MRI without contrast usually appropriate too"
+        if region == "lumbar"
+        else "MRI is also reasonable (by analogy with ACR LBP Variant 6)"
+    )
     verdict = Verdict(
         code="indicated-routine",
         variant_id=ctx.variant("fracture_risk"),
-        picture=f"{_pain(ctx)} with fracture risk ({lower_first(evidence[0].label)}): radiographs usually first",
+        picture=f"fracture? {risk}, {_pain(ctx)}",
         why=[*_why(evidence, ctx.as_of), _pain(ctx)],
-        now=f"Radiographs of the {region} spine are the usual first study (ACP 2007); "
-        "ACR rates MRI usually appropriate too.",
+        now=f"Radiographs of the {region} spine are the usual first study (ACP 2007); {also}.",
         confirm=["a neurological deficit: MRI urgently"],
-        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007"] if ctx.rule_region == "lumbar" else ["ACR_LBP_2021"],
+        guideline_ids=["ACR_LBP_2021", "ACP_APS_2007"] if region == "lumbar" else ["ACR_LBP_2021"],
         red_flags_found=evidence,
         first_study="radiograph",
         first_study_required=False,
@@ -923,6 +1163,12 @@ def _fracture_risk(ctx: Findings) -> Verdict | None:
     if done:
         return _first_study_done(ctx, verdict, "fracture risk")
     return verdict
+
+
+def _injury_words(item: Evidence) -> str:
+    """ "fall", or "an injury" when the record's words are long ("sprain of ligaments of ...")."""
+    name = lower_first(finding_name(item))
+    return name if len(name) <= 20 else "an injury"
 
 
 def _weaker_risk(ctx: Findings) -> Verdict | None:
@@ -946,14 +1192,21 @@ def _weaker_risk(ctx: Findings) -> Verdict | None:
         return None
     if age and ctx.prior_studies(("radiograph", "ct")):
         return None  # the radiographs answered the weaker cancer risk: the pain rules apply
-    what = specific[0].label.lower() if specific else "not improving after a month"
+    what = (specific[0].value or lower_first(specific[0].label)) if specific else f"at age {ctx.facts.age}"
+    markers_known = ctx.has("inflammatory_markers")
     verdict = Verdict(
         code="radiographs-first",
         variant_id=ctx.variant("weaker_risk"),
-        picture=f"{_pain(ctx)}, {what}",
+        picture=f"{_pain(ctx)}, {what}" if specific else f"{_pain(ctx)} {what}",
         why=[_pain(ctx), *_why(specific + age, ctx.as_of)],
-        now="Radiographs and ESR/CRP first; MRI if they are abnormal or suspicion remains.",
-        confirm=["fever, a cancer history or a neurological deficit: MRI now"],
+        now=(
+            "Radiographs first (ESR or CRP already raised); MRI if they are abnormal or suspicion remains."
+            if markers_known
+            else "Radiographs and ESR/CRP first; MRI if they are abnormal or suspicion remains."
+        ),
+        confirm=["fever, a cancer history or a progressive motor deficit: MRI urgently"],
+        # ACR rates these under Variant 7 (suspected cancer) or not at all: PAMA "no criteria apply".
+        no_acr_criteria=bool(specific),
         guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if ctx.rule_region == "lumbar" else [],
         red_flags_found=specific + age,
         first_study="radiograph",
@@ -999,7 +1252,16 @@ def _conservative_care(ctx: Findings, chronic: bool) -> str:
     if ctx.rule_region == "lumbar":
         if chronic:
             care = "exercise or physical therapy, spinal manipulation or acupuncture"
-            return f"Start 6 weeks of therapy: {care}; MRI if sciatica persists in a surgical candidate."
+            mri = (
+                "MRI then if sciatica persists and an injection or surgery is considered"
+                if ctx.radicular
+                else "MRI only if sciatica develops and persists after it, in a surgical candidate"
+            )
+            tried = ctx.therapy.weeks
+            if tried is not None and tried >= 1:
+                left = max(1, round(THERAPY_TRIAL_WEEKS - tried))
+                return f"Continue therapy to 6 weeks ({left} more): {care}; {mri}."
+            return f"Start 6 weeks of therapy: {care}; {mri}."
         drugs = "" if ctx.pregnant else "; an NSAID or muscle relaxant if needed"
         return f"Conservative care: stay active, heat, massage or manipulation{drugs}; reassess at 4-6 weeks."
     if ctx.rule_region == "cervical":
@@ -1015,16 +1277,36 @@ def _no_red_flags(ctx: Findings) -> Verdict:
     radiculopathy or myelopathy MRI stays low-value (CN-V8 asks for neurological signs)."""
     weeks = ctx.episode_weeks
     pain = _pain(ctx)
-    flags = [item for item, why in ctx.not_counted if item.concept_id in CHECKED_RED_FLAGS[ctx.rule_region]]
-    nothing = "" if flags else ", no red flag"
+    # Any red flag in the record, counted or not (another region, outside its window, not
+    # verified): the card never says "no red flag" then.
+    flags = [item for item, _ in ctx.not_counted if item.concept_id in ANY_RED_FLAG]
+    flags += [d.evidence for d in ctx.doubts]
+    nothing = "" if flags else ", no red flag recorded"
     if ctx.rule_region == "cervical" and weeks is not None and weeks >= ACUTE_WEEKS:
         xray = ctx.prior_studies(("radiograph",))
+        arm = ctx.evidence("paresthesia", "numbness")
+        if xray and arm:
+            # ACR CN V8 rates MRI usually appropriate with neurologic signs or symptoms.
+            study = xray[-1]
+            return Verdict(
+                code="indicated-routine",
+                variant_id="CN-V8",
+                picture=f"chronic neck pain with {lower_first(finding_name(arm[0]))}, radiographs done: radicular?",
+                why=[pain, *_why(arm, ctx.as_of), f"{study_words(study, ctx.as_of)} ({study.date.isoformat()})"],
+                now="Examine for a radicular or myelopathic pattern; MRI without contrast.",
+                confirm=["symptoms resolving: MRI will not change management"],
+                guideline_ids=["ACR_CNECK_2018"],
+                red_flags_found=arm,
+                contrast="without",
+                override_set="contrast",
+            )
         if xray:
             study = xray[-1]
             return Verdict(
                 code="low-value",
                 variant_id="CN-V8-NO-SIGNS",
-                picture=f"chronic neck pain, radiographs done, no radiculopathy{nothing}",
+                picture="chronic neck pain, radiographs done, no radiculopathy"
+                + (" or red flag recorded" if not flags else " recorded"),
                 why=[pain, f"{study_words(study, ctx.as_of)} ({study.date.isoformat()})", "no radiculopathy recorded"],
                 now="MRI after radiographs is for radiculopathy or myelopathic signs; continue exercise therapy.",
                 confirm=_ask(ctx),
@@ -1037,7 +1319,7 @@ def _no_red_flags(ctx: Findings) -> Verdict:
             variant_id="CN-V7",
             picture=f"chronic neck pain for {format_weeks(weeks)}{nothing}",
             why=[pain],
-            now="Radiographs of the cervical spine first (ACR CN-V7).",
+            now="Radiographs of the cervical spine first; MRI after them for radicular or myelopathic signs.",
             confirm=_ask(ctx),
             guideline_ids=["ACR_CNECK_2018", "NOR_2010"],
             first_study="radiograph",
@@ -1049,10 +1331,15 @@ def _no_red_flags(ctx: Findings) -> Verdict:
             code="low-value",
             variant_id="TRAUMA-C-LOW",
             picture=f"{pain} after a low-risk neck injury: imaging not indicated",
-            why=[pain, *_why(ctx.evidence("recent_injury"), ctx.as_of), "no Canadian C-spine rule high-risk factor"],
+            why=[
+                pain,
+                *_why(ctx.evidence("recent_injury"), ctx.as_of),
+                "no Canadian C-spine rule high-risk factor recorded",
+            ],
             now="No imaging: low risk by the Canadian C-spine rule.",
             confirm=[
-                "age 65 or older, a dangerous mechanism, paresthesias, or unable to turn the neck 45 degrees: CT first"
+                ("" if ctx.facts.age is not None else "age 65 or older, ")
+                + "a dangerous mechanism, paresthesias, or unable to turn the neck 45 degrees: CT first"
             ],
             guideline_ids=["ACR_TRAUMA", "CCR_2001"],
             suggest_cancel=True,
@@ -1087,7 +1374,7 @@ def _no_red_flags(ctx: Findings) -> Verdict:
             pain,
             therapy if chronic else "",
             "pregnant" if ctx.pregnant else "",
-            "no red flag in the record" if not flags else "",
+            "no red flag recorded" if not flags else "",
         ],
         now=now,
         confirm=_ask(ctx),
@@ -1129,8 +1416,8 @@ def _repeat_mri(ctx: Findings, verdict: Verdict) -> Verdict:
     return Verdict(
         code="low-value",
         variant_id="REPEAT-MRI",
-        picture=f"repeat MRI: {words}, nothing new recorded since",
-        why=[f"{words} ({latest.date.isoformat()}, {latest.reference})", "no finding recorded after it"],
+        picture=f"{words}, nothing new recorded since",
+        why=[f"{words} ({latest.date.isoformat()})", "no finding recorded after it"],
         now=f"Review the MRI of {latest.date.isoformat()} before repeating it.",
         confirm=["new or progressing symptoms, or a new red flag, since that MRI"],
         guideline_ids=["ACP_2011", "ACR_LBP_2021"] if ctx.rule_region == "lumbar" else ["ACR_CNECK_2018"],
@@ -1178,26 +1465,49 @@ def pama_rating(
     insufficient information, and radiographs (PAMA covers advanced imaging only)."""
     if verdict_code == "insufficient-information" or study == "radiograph":
         return None, None
-    acr = acr_ratings.get(variant_id or "", {}).get(study)
+    ratings = acr_ratings.get(variant_id or "", {})
+    acr = ratings.get(study)
     if extrapolated:
         return "no-criteria-apply", acr
     if acr is not None:
         return ("appropriate" if acr in ADHERENT_RATINGS else "not-appropriate"), acr
+    if ratings and study == "mri-with":
+        # A contrast-only MRI the variant's table does not rate appropriate does not adhere to it
+        # (ACR lists contrast-only spine MRI, where it rates it, as usually not appropriate).
+        return "not-appropriate", None
     return RATING.get(verdict_code), None
 
 
 def _rating(verdict: Verdict, ctx: Findings) -> None:
     contrast = ctx.order.contrast if ctx.order.contrast != "unspecified" else "without"
     verdict.pama_rating, verdict.acr_rating = pama_rating(
-        verdict.code, verdict.variant_id, f"mri-{contrast}", verdict.extrapolated, ctx.facts.acr_ratings
+        verdict.code,
+        verdict.variant_id,
+        f"mri-{contrast}",
+        verdict.extrapolated or verdict.no_acr_criteria,
+        ctx.facts.acr_ratings,
     )
+
+
+def _doubt(verdict: Verdict, ctx: Findings) -> None:
+    """A verdict short of indicated with a possible red flag the record cannot settle: the card
+    names it first and asks, and never recommends cancelling (under doubt, warn)."""
+    if not ctx.doubts or verdict.code.startswith("indicated-"):
+        return
+    first = ctx.doubts[0]
+    verdict.doubts = [d.question for d in ctx.doubts]
+    verdict.picture = f"{first.headline} with {_pain(ctx)}"
+    verdict.why = [*(_why([d.evidence for d in ctx.doubts], ctx.as_of)), *verdict.why]
+    verdict.why = [line for line in verdict.why if line != "no red flag recorded"]
+    otherwise = f"if not: {lower_first(verdict.now or '')}"
+    verdict.now = sentence([*verdict.doubts] + ([otherwise] if len(otherwise) < 120 else []))
 
 
 def _finish(verdict: Verdict, ctx: Findings) -> Verdict:
     """Fill what every verdict reports: flags checked, episode, therapy, prior imaging, contrast, rating."""
     checked = CHECKED_RED_FLAGS[ctx.rule_region]
     found_ids = {e.concept_id for e in verdict.red_flags_found}
-    for concept_id in checked:
+    for concept_id in (*checked, *REPORTED_RISKS):
         if concept_id in ctx.flags and concept_id not in found_ids:
             verdict.red_flags_found.extend(ctx.flags[concept_id])
             found_ids.add(concept_id)
@@ -1212,8 +1522,9 @@ def _finish(verdict: Verdict, ctx: Findings) -> Verdict:
             ("radiograph", "ct", "mri"), since=ctx.as_of - timedelta(days=PRIOR_IMAGING_DAYS)
         )
     ]
+    _doubt(verdict, ctx)
     verdict.why = [line for line in dict.fromkeys(verdict.why) if line]
-    if verdict.code != "indicated-urgent":  # an old entry behind the verdict: ask whether it is current
+    if verdict.code != "indicated-urgent":  # an old entry behind the verdict: ask whether it still is so
         verdict.confirm = list(dict.fromkeys([*ctx.to_confirm, *verdict.confirm]))
     verdict.episode_weeks = ctx.episode_weeks
     verdict.episode_evidence = ctx.episode
@@ -1255,6 +1566,11 @@ READ_CONCEPTS = tuple(
             "anticoagulant_medication",
             "follow_up_encounter",
             "spondylolysis",
+            "diabetes",
+            "stimulant_use",
+            "arthrodesis_status",
+            "numbness",
+            "cauda_equina",
         )
     )
 )
@@ -1263,6 +1579,7 @@ READ_KINDS = ("therapy",)
 NAMED_VARIANTS = (
     "CN-V2",
     "CN-V7",
+    "CN-V8",
     "CN-V8-NO-SIGNS",
     "TRAUMA-C-LOW",
     "REPEAT-MRI",

@@ -49,7 +49,9 @@ def finding_words(item: Evidence, as_of: date) -> str:
     "urinary retention (on the order)", "CRP 45 mg/L (2026-11-20)", "osteoporosis (recorded
     2019-03-02)": a date that is only the day the entry was written says so.
     """
-    words = item.value or lower_first(_short(item.display) or item.label)
+    words = lower_first(item.value or _short(item.display) or item.label)
+    if item.status in ("preliminary", "registered"):
+        words += f", {item.status}"
     if item.reference == "Patient":
         return words  # age: no date to give
     if item.origin == "order":
@@ -64,14 +66,45 @@ def finding_words(item: Evidence, as_of: date) -> str:
 # SNOMED CT's semantic tags add nothing for a reader: "Low back pain (finding)" -> "Low back pain".
 _SEMANTIC_TAG = re.compile(r"\s*\((finding|disorder|situation|procedure|observable entity)\)$")
 SHORT_WORDS = 60
+# Where a long code display can end and still say what it is: before its qualifiers
+# ("Age-related osteoporosis | without current pathological fracture", "Unspecified displaced
+# fracture of first cervical vertebra | , initial encounter for closed fracture").
+_QUALIFIERS = (
+    re.compile(r",? (without|with|due to|initial encounter|subsequent encounter|not elsewhere)\b"),
+    re.compile(r"[,;(]"),
+)
+
+
+# ICD-10-CM's bookkeeping words, never clinical: "Sprain of ligaments of thoracic spine, initial encounter".
+_BOOKKEEPING = re.compile(
+    r",? (initial|subsequent) encounter( for [a-z ]+)?$|,? not elsewhere classified|,? NEC\b|, uncomplicated$"
+)
 
 
 def _short(display: str) -> str:
-    """The record's words, without a SNOMED CT tag, cut at a word under 60 characters."""
-    text = _SEMANTIC_TAG.sub("", display.strip())
+    """The record's words, without a SNOMED CT tag or ICD-10-CM qualifiers, under 60 characters:
+    cut before a qualifier, else at a word."""
+    text = _BOOKKEEPING.sub("", _SEMANTIC_TAG.sub("", display.strip())).strip()
+    if text.startswith("Unspecified ") and len(text) > len("Unspecified ") + 3:
+        text = text[len("Unspecified ") :]
+        text = text[:1].upper() + text[1:]
+    if len(text) <= SHORT_WORDS:
+        return text
+    for qualifier in _QUALIFIERS:
+        cuts = [cut.start() for cut in qualifier.finditer(text) if 12 <= cut.start() <= SHORT_WORDS]
+        if cuts:
+            return text[: cuts[-1] if qualifier is _QUALIFIERS[1] else cuts[0]].rstrip(" ,;")
     if len(text) <= SHORT_WORDS:
         return text
     return text[: SHORT_WORDS - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
+def finding_name(item: Evidence) -> str:
+    """What the record calls it, short ("Foot drop, right foot"), or the concept's words when the
+    record's say nothing ("Other symptoms and signs involving the musculoskeletal system")."""
+    if not item.display or (item.display.startswith(("Other ", "Unspecified ")) and len(item.display) > SHORT_WORDS):
+        return item.label
+    return _short(item.display)
 
 
 def lower_first(text: str) -> str:

@@ -155,11 +155,20 @@ def plain(text) -> str:
 
 
 def _summary(verdict: Verdict, already_urgent: bool = False) -> str:
-    """The clinical picture in plain words behind the verdict's lead, under 140 characters."""
-    if verdict.code == "radiographs-first":
-        lead = ("CT" if verdict.first_study == "ct" else "Radiographs") + " first, not MRI"
+    """The clinical picture in plain words behind the verdict's lead, under 140 characters.
+
+    The lead never contradicts the source line: where ACR rates the MRI as ordered "may be
+    appropriate", a first study is "first", not "not MRI", and a low-value MRI "can wait"."""
+    adherent = verdict.pama_rating == "appropriate"
+    study = "CT" if verdict.first_study == "ct" else "Radiographs"
+    if verdict.doubts or verdict.ask_if_new:
+        lead = "Check first"
+    elif verdict.code == "radiographs-first":
+        lead = f"{study} first" + ("" if adherent else ", not MRI")
     elif verdict.code == "indicated-routine" and verdict.first_study:
-        lead = "MRI appropriate"
+        lead = f"{study} first, MRI also appropriate"
+    elif verdict.code == "low-value" and adherent:
+        lead = "MRI can wait"
     elif already_urgent:
         lead = "Urgent MRI (already so ordered)"
     else:
@@ -185,7 +194,11 @@ def _source(verdict: Verdict, mappings: Mappings) -> dict:
         if verdict.extrapolated and "analogy" not in label:
             label += " (applied by analogy to the thoracic spine)"
         return {"label": label, "url": guideline.get("url")} if guideline.get("url") else {"label": label}
-    return {"label": "spine-imaging CDS: ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE"}
+    if verdict.guideline_ids:  # no variant (the rule needs data the record lacks): the rule's guideline
+        cited = mappings.guideline(verdict.guideline_ids[0])
+        name = str(cited.get("short", cited["id"]))
+        return {"label": name, "url": cited["url"]} if cited.get("url") else {"label": name}
+    return {"label": "ACR Appropriateness Criteria, ACP, Choosing Wisely, NICE"}
 
 
 def rendered_length(detail: str) -> int:
@@ -220,8 +233,17 @@ def _detail(order: MriOrder, verdict: Verdict, source: dict, notes: list[str]) -
         return "\n\n".join(lines)
 
     detail = build()
-    while rendered_length(detail) > DETAIL_LIMIT and (len(confirm) > 1 or len(why) > 1):
-        (confirm if len(confirm) > 1 else why).pop()
+    # Cut from the least needed: the last questions to confirm, then the last items of a long
+    # "not in the record" list, and only then the findings behind the verdict.
+    while rendered_length(detail) > DETAIL_LIMIT:
+        if len(confirm) > 1:
+            confirm.pop()
+        elif confirm and "; " in confirm[-1]:
+            confirm[-1] = confirm[-1].rsplit("; ", 1)[0]
+        elif len(why) > 1:
+            why.pop()
+        else:
+            break
         detail = build()
     if rendered_length(detail) > DETAIL_LIMIT:
         notes = []
@@ -328,7 +350,8 @@ class CardContext:
 
 def _rating_of(card: CardContext, study: str) -> str | None:
     verdict = card.verdict
-    return pama_rating(verdict.code, verdict.variant_id, study, verdict.extrapolated, card.mappings.acr_ratings)[0]
+    no_criteria = verdict.extrapolated or verdict.no_acr_criteria
+    return pama_rating(verdict.code, verdict.variant_id, study, no_criteria, card.mappings.acr_ratings)[0]
 
 
 def _contrast_change(card: CardContext) -> tuple[str, str] | None:
@@ -374,6 +397,11 @@ def _escalation(card: CardContext) -> list[tuple[str, dict]]:
                 ),
             )
         )
+    elif change:
+        # Already as urgent as asked: the contrast the indication wants is still to change.
+        contrast = _contrast_suggestion(card, change)
+        if contrast is not None:
+            found.append(contrast)
     for step in verdict.next_steps:
         actions = _next_step_actions(card, step.kind)
         if actions:
@@ -381,9 +409,44 @@ def _escalation(card: CardContext) -> list[tuple[str, dict]]:
     return found
 
 
+def _contrast_suggestion(card: CardContext, change: tuple[str, str]) -> tuple[str, dict] | None:
+    """The order changed to the contrast the indication wants: recommended, unless ACR rates both."""
+    verdict, order = card.verdict, card.order
+    kind, contrast = change
+    target = card.mappings.mri_order(order.region, contrast)
+    if target is None:
+        return None
+    why = f" ({verdict.contrast_reason})" if verdict.contrast_reason else ""
+    return (
+        kind,
+        _suggestion(
+            f"Change to MRI {order.region} spine {CONTRAST_WORDS[contrast]}{why}",
+            [
+                {
+                    "type": "update",
+                    "description": f"Order the MRI {CONTRAST_WORDS[contrast]}{why}.",
+                    "resource": _rated(order, target.codes, _rating_of(card, f"mri-{contrast}"), card),
+                }
+            ],
+            not verdict.contrast_optional,
+        ),
+    )
+
+
 def _next_step_actions(card: CardContext, kind: str) -> list[dict]:
     """Draft orders for a next step whose codes the mappings hold (none: the card says it in words)."""
     order = card.order.resource
+    if kind == "lumbar-spine":
+        target = card.mappings.mri_order("lumbar", "without")
+        if target is None or card.order.region == "lumbar":
+            return []
+        return [
+            {
+                "type": "create",
+                "description": "Add MRI of the lumbar spine without contrast (cauda equina).",
+                "resource": _new_request(order, target.codes, card.verdict.priority or "stat"),
+            }
+        ]
     if kind == "whole-spine":
         others = [region for region in ("cervical", "thoracic", "lumbar") if region != card.order.region]
         targets = [card.mappings.mri_order(region, "with-and-without") for region in others]
@@ -423,45 +486,69 @@ def _new_request(draft: dict, codes: tuple[dict, ...], priority: str | None) -> 
     return request
 
 
+def _new_or_old(card: CardContext) -> list[tuple[str, dict]]:
+    """The clinician's answer, one click each, for a finding the record cannot date. New: the
+    order made as urgent as it asks. Old and stable: what the verdict is without it (cancel when
+    nothing else calls for the MRI, else keep it routine), neither recommended."""
+    verdict, order = card.verdict, card.order
+    what = verdict.ask_what
+    new = with_rating(order.resource, card.rating_extensions)
+    new["priority"] = verdict.priority_if_new
+    found = [
+        (
+            SUGGEST_URGENT,
+            _suggestion(
+                f"New or worsening {what}: make this MRI {verdict.priority_if_new}",
+                [
+                    {
+                        "type": "update",
+                        "description": f"Set the draft order's priority to {verdict.priority_if_new}.",
+                        "resource": new,
+                    }
+                ],
+            ),
+        )
+    ]
+    old_code, _, old_rating = verdict.if_old or ("indicated-routine", "", verdict.pama_rating)
+    if old_code in ("low-value", "radiographs-first"):
+        found.append(
+            (
+                SUGGEST_CANCEL,
+                _suggestion(
+                    f"Old and stable {what}: cancel the MRI (nothing else calls for it)",
+                    [
+                        {
+                            "type": "delete",
+                            "description": f"Remove the draft order for {order_label(order)}.",
+                            "resourceId": order.reference,
+                        }
+                    ],
+                ),
+            )
+        )
+        return found
+    extensions = pama_extensions(old_rating, old_code, card.consult_id, card.auc_url) if old_rating else []
+    routine = with_rating(order.resource, extensions)
+    routine["priority"] = "routine"
+    found.append(
+        (
+            SUGGEST_KEEP_ROUTINE,
+            _suggestion(
+                f"Old and stable {what}: keep it routine",
+                [{"type": "update", "description": "Keep the draft order's priority routine.", "resource": routine}],
+            ),
+        )
+    )
+    return found
+
+
 def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
     """(kind, suggestion) pairs, the recommended first, and the card's selectionBehavior."""
     verdict, order, mappings = card.verdict, card.order, card.mappings
     if verdict.code == "indicated-urgent":
         return _escalation(card), "any"
     if verdict.ask_if_new:
-        # The clinician's answer, one click: the record cannot say whether the weakness is new.
-        urgent = with_rating(order.resource, card.rating_extensions)
-        urgent["priority"] = "urgent"
-        routine = with_rating(order.resource, card.rating_extensions)
-        routine["priority"] = "routine"
-        return [
-            (
-                SUGGEST_URGENT,
-                _suggestion(
-                    "New or worsening weakness: make this MRI urgent",
-                    [
-                        {
-                            "type": "update",
-                            "description": "Set the draft order's priority to urgent.",
-                            "resource": urgent,
-                        }
-                    ],
-                ),
-            ),
-            (
-                SUGGEST_KEEP_ROUTINE,
-                _suggestion(
-                    "Old and stable weakness: keep it routine",
-                    [
-                        {
-                            "type": "update",
-                            "description": "Keep the draft order's priority routine.",
-                            "resource": routine,
-                        }
-                    ],
-                ),
-            ),
-        ], "at-most-one"
+        return _new_or_old(card), "at-most-one"
     found: list[tuple[str, dict]] = []
     region = order.region if order.region not in ("multi", "unspecified") else None
     if verdict.first_study and region:
@@ -475,12 +562,13 @@ def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
                 *list(switched.get("note") or []),
                 {"text": f"Changed by spine-imaging CDS from {order_label(order)}: {name} first."},
             ]
-            verb = "instead of" if verdict.first_study_required else "before"
+            # Labelled by what it does: the draft MRI becomes the first study.
+            then = "instead of MRI" if verdict.first_study_required else "MRI later if needed"
             found.append(
                 (
                     SUGGEST_FIRST_STUDY,
                     _suggestion(
-                        f"Order {name} of the {region} spine {verb} MRI",
+                        f"Change to {name} of the {region} spine ({then})",
                         [
                             {
                                 "type": "update",
@@ -489,32 +577,14 @@ def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
                                 "resource": switched,
                             }
                         ],
-                        verdict.first_study_required,
+                        verdict.first_study_required and not verdict.doubts,
                     ),
                 )
             )
     change = _contrast_change(card)
-    if change is not None:
-        kind, contrast = change
-        target = mappings.mri_order(order.region, contrast)
-        if target is not None:
-            why = f" ({verdict.contrast_reason})" if verdict.contrast_reason else ""
-            found.append(
-                (
-                    kind,
-                    _suggestion(
-                        f"Change to MRI {order.region} spine {CONTRAST_WORDS[contrast]}{why}",
-                        [
-                            {
-                                "type": "update",
-                                "description": f"Order the MRI {CONTRAST_WORDS[contrast]}{why}.",
-                                "resource": _rated(order, target.codes, _rating_of(card, f"mri-{contrast}"), card),
-                            }
-                        ],
-                        True,
-                    ),
-                )
-            )
+    contrast = _contrast_suggestion(card, change) if change is not None else None
+    if contrast is not None:
+        found.append(contrast)
     if verdict.suggest_cancel and (found or not verdict.first_study):
         # Removing a draft is what no update can say: CDS Hooks' delete (which the sandbox's PAMA
         # view does not apply; EHRs do). Never the only button of a first-study card (C18).
@@ -530,7 +600,7 @@ def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
                             "resourceId": order.reference,
                         }
                     ],
-                    not found,
+                    not found and not verdict.doubts,  # under doubt about a red flag, never recommended
                 ),
             )
         )
@@ -579,17 +649,16 @@ def build_card(
         }
     already_urgent = verdict.code == "indicated-urgent" and verdict.priority is None
     card: dict = {"uuid": new_uuid(), "summary": _summary(verdict, already_urgent)}
-    if already_urgent:
-        # The draft is already as urgent as the guideline asks: one line is enough.
-        card["indicator"] = "info"
-        steps = "; ".join(step.text for step in verdict.next_steps)
-        card["detail"] = md(f"Already ordered {order.priority}." + (f" Next: {steps}." if steps else ""))
-    else:
-        card["indicator"] = "warning" if verdict.ask_if_new else INDICATOR.get(verdict.code, "info")
-        card["detail"] = _detail(order, verdict, source, notes or [])
-    card["source"] = source
     context = CardContext(order, verdict, mappings, consult_id, source.get("url"), rating_extensions)
-    suggestions, behaviour = _suggestions(context) if not already_urgent else ([], "any")
+    suggestions, behaviour = _suggestions(context)
+    if already_urgent:
+        # The draft is already as urgent as the guideline asks: what is left is the next step and
+        # the contrast (a warning while any is left to do: never one line of info for an emergency).
+        card["indicator"] = "warning" if suggestions else "info"
+    else:
+        card["indicator"] = "warning" if verdict.ask_if_new or verdict.doubts else INDICATOR.get(verdict.code, "info")
+    card["detail"] = _detail(order, verdict, source, notes or [])
+    card["source"] = source
     reasons: list[tuple[str, str]] = []
     if suggestions:
         card["suggestions"] = [suggestion for _, suggestion in suggestions]
