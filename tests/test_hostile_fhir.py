@@ -493,20 +493,32 @@ def test_all_queries_and_pages_of_a_hook_share_one_byte_budget(hostile, mappings
 
 
 def test_the_byte_budget_leaves_what_was_read_within_it(hostile, mappings):
-    """A hook whose answers fit the budget reads them all; one query going past it stays unread alone."""
-    small, large = EMPTY_BUNDLE, endless_pages(MIB)
+    """A hook whose answers fit the budget reads them all; one query going past it stays unread alone.
+    The large query's pages come only once every small query was answered, and slowly (0.2 s a
+    page), so the small ones are read before the budget runs out, whatever the machine's load."""
+    small_answered = threading.Semaphore(0)
+    large = endless_pages(MIB, delay=0.2)
+    gate = threading.Event()
 
     def behaviour(handler):
-        return large(handler) if handler.path.startswith("/Observation") else answer(handler, 200, small)
+        if not handler.path.startswith("/Observation"):
+            answer(handler, 200, EMPTY_BUNDLE)
+            small_answered.release()
+            return
+        if not gate.is_set():
+            for _ in range(len(PAGED_KEYS) - 1):
+                small_answered.acquire(timeout=60)
+            gate.set()
+        large(handler)
 
     server = hostile(behaviour)
     fetcher = FhirFetcher(
-        FhirSettings(allowed_servers=frozenset({server.url}), budget_seconds=60, budget_bytes=3 * MIB)
+        FhirSettings(allowed_servers=frozenset({server.url}), budget_seconds=120, budget_bytes=3 * MIB)
     )
     body = request_reading(server.url, missing=PAGED_KEYS)
     data = from_prefetch(body["prefetch"])
     fetcher.fill(data, body, prefetch_templates(mappings), PAGED_KEYS)
-    assert set(data.unread) == {"observations"}
+    assert set(data.unread) == {"observations"}, data.unread
     assert "CDS_FHIR_BUDGET_BYTES" in data.unread["observations"]
 
 
@@ -527,7 +539,11 @@ def test_the_time_budget_holds_across_pages_and_retries(hostile, mappings):
     asked = len(server.requests)
     time.sleep(0.5)
     for key in PAGED_KEYS:
-        assert data.unread[key] == "the FHIR server did not answer within the time budget", data.unread[key]
+        # cut at the deadline; or, when a 503 came with no time left for its retry, that 503
+        assert data.unread[key] in (
+            "the FHIR server did not answer within the time budget",
+            "the FHIR server answered an error (no detail given)",
+        ), data.unread[key]
     assert len(server.requests) <= asked + len(PAGED_KEYS)  # no query goes on paging after the hook
     assert elapsed < budget + late_by()  # what this machine's load adds to a wait, measured now
 
