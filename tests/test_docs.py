@@ -135,7 +135,7 @@ def document(request) -> Path:
 def test_the_checks_see_the_paths():
     # A guard against a checker that quietly finds nothing.
     text = README.read_text(encoding="utf-8")
-    assert {"scripts/test.sh", "cds_service/clinical/", "fixtures/hooks/lbp-osteoporosis.order-select.json"} <= (
+    assert {"scripts/test.sh", "cds_service/clinical/", "fixtures/hooks/lbp-acute-simple.order-select.json"} <= (
         repository_paths(text)
     )
     assert "docs/clinical.md" in links(text)
@@ -201,3 +201,27 @@ def test_readme_links_every_document():
     expected = {f"docs/{name}.md" for name in FIVE_DOCS} | {_name(path) for path in DOCS}
     assert expected <= targets, f"README.md does not link {sorted(expected - targets)}"
     assert all((ROOT / "docs" / f"{name}.md").is_file() for name in FIVE_DOCS)
+
+
+@pytest.mark.parametrize(
+    "document,fixture",
+    [("README.md", "lbp-acute-simple"), ("docs/integrating.md", "lbp-osteoporosis")],
+)
+def test_the_example_card_is_what_the_service_answers(document, fixture):
+    """The example's summary, suggestion labels and rating are the service's own, for that fixture."""
+    from datetime import date
+
+    from cds_service.cli import fixtures
+    from cds_service.clinical.mappings import get_mappings
+    from cds_service.hooks.evaluation import evaluate_hook
+
+    text = (ROOT / document).read_text(encoding="utf-8")
+    assert f"fixtures/hooks/{fixture}.order-select.json" in text
+    body = fixtures.hook_request(fixture, "order-select", today=date(2026, 11, 22))
+    response = evaluate_hook("spine-mri-order-select", body, get_mappings(), as_of=date(2026, 11, 22)).response
+    card = response["cards"][0]
+    assert f'"summary": "{card["summary"]}"' in text
+    assert f'"indicator": "{card["indicator"]}"' in text
+    for suggestion in card["suggestions"]:
+        assert f'"label": "{suggestion["label"]}"' in text
+    assert f'"description": "{response["systemActions"][0]["description"]}"' in text
