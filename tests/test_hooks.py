@@ -61,8 +61,9 @@ def test_every_fixture_over_http(case, hook, client, response_validator):
     assert card["indicator"] == case["expected_indicator"]
     assert len(card["summary"]) < 140
     assert card["source"]["label"]
-    if expected == "insufficient-information":
-        assert card["summary"].startswith("Cannot rate")
+    if case["expected_rating"] is None:
+        # insufficient information, or a card whose question must be answered first
+        assert card["summary"].startswith(("Cannot rate", "Check first"))
         # No rating is invented (the Argonaut list stays empty), but an earlier rating of the
         # order is removed: the order comes back without one.
         assert "extension" not in response
@@ -600,3 +601,28 @@ def test_the_summary_never_contradicts_the_rating_it_records(case, client):
         assert rating == "appropriate", summary
     # no internal variant ids ("ACR CN-V7") in what the clinician reads
     assert not re.search(r"\b[A-Z]{2,}-V\d", response["cards"][0]["detail"] + summary)
+
+
+@pytest.mark.parametrize("patient,priority", [("lbp-fever-preliminary", "urgent"), ("lbp-numbness-sciatica", "stat")])
+def test_a_doubt_card_offers_the_confirmed_answer_in_one_click(client, patient, priority):
+    card = card_for(client, patient)["cards"][0]
+    first = card["suggestions"][0]
+    assert first["label"] == f"Confirmed: make this MRI {priority}" and not first.get("isRecommended")
+    assert first["actions"][0]["resource"]["priority"] == priority
+    # no rating rides on it: the order is rated again when it is signed
+    assert not ALL_PAMA_URLS & {e["url"] for e in first["actions"][0]["resource"].get("extension", [])}
+
+
+def test_an_mri_acr_rates_may_be_appropriate_is_not_pressed_to_cancel(client):
+    card = card_for(client, "neck-acute-axial")["cards"][0]
+    assert card["summary"].startswith("MRI can wait")
+    assert [(s["label"], s.get("isRecommended")) for s in card["suggestions"]] == [("Cancel the MRI order", False)]
+
+
+def test_a_whole_spine_order_gets_no_button_adding_the_regions_it_already_covers(client):
+    body = fixtures.hook_request("lbp-cancer-retention", "order-select")
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["code"] = {"coding": [{"system": "http://loinc.org", "code": "30854-4"}]}
+    card = client.post(SELECT, json=body).get_json()["cards"][0]
+    assert "metastatic cord compression" in card["summary"]
+    assert not [a for a in actions_of(card) if a["type"] == "create" and "MRI" in a["description"]]

@@ -523,7 +523,8 @@ def test_age_alone_after_negative_radiographs_is_not_an_open_question():
 def test_raised_markers_after_negative_radiographs_keep_the_question_open():
     markers = finding("inflammatory_markers", TODAY - timedelta(days=3))
     verdict = decide(make_facts(findings=[markers], imaging=[study("radiograph", "lumbar", 4)]))
-    assert (verdict.code, verdict.variant_id) == ("indicated-routine", "LBP-ACP-DEFER")
+    # its own scenario (ACP's radiographs-and-ESR strategy), not "weaker cancer risk"
+    assert (verdict.code, verdict.variant_id) == ("indicated-routine", "LBP-ACP-MARKERS")
     assert verdict.contrast == "with-and-without"
 
 
@@ -1112,3 +1113,120 @@ def test_weaker_cancer_risks_are_not_given_a_rating_acr_did_not_give():
 def test_prior_lumbar_surgery_offers_contrast_without_pressing_it():
     verdict = decide(make_facts(findings=[finding("prior_spine_surgery", weeks_ago(100))]))
     assert (verdict.contrast, verdict.contrast_optional) == ("with-and-without", True)
+
+
+# ------------------------------------------------------------------ a second review
+
+
+def test_new_is_measured_by_the_entrys_own_date_not_by_a_chronic_episode():
+    """Low back pain on the problem list for 5 years made a 3-year-old monoplegia "new"."""
+    old_weakness = finding("progressive_neuro_deficit", weeks_ago(156))
+    verdict = decide(make_facts(pain_weeks=260, findings=[old_weakness]))
+    assert verdict.code == "indicated-routine" and verdict.ask_if_new
+    old_retention = finding("cauda_equina", weeks_ago(156))
+    assert decide(make_facts(pain_weeks=208, findings=[old_retention])).ask_if_new
+
+
+def test_a_myelopathy_known_for_years_is_asked_about_a_new_one_is_urgent():
+    old = decide(make_facts(region="cervical", findings=[finding("myelopathy", weeks_ago(300))]))
+    assert old.code == "indicated-routine" and old.ask_if_new and old.ask_what == "myelopathic signs"
+    new = decide(make_facts(region="cervical", findings=[finding("myelopathy", weeks_ago(2))]))
+    assert new.code == "indicated-urgent"
+    with_cancer = decide(
+        make_facts(
+            region="cervical",
+            findings=[finding("myelopathy", weeks_ago(150)), finding("cancer_history", weeks_ago(300))],
+        )
+    )
+    assert "metastatic" not in with_cancer.picture  # an old myelopathy is not a new neurological symptom
+
+
+@pytest.mark.parametrize("sign", ["possible_motor_deficit", "numbness"])
+def test_with_cancer_a_new_gait_or_numbness_code_is_metastatic_cord_compression(sign):
+    """NICE NG234: difficulty walking and sensory change are neurological symptoms of MSCC."""
+    verdict = decide(make_facts(findings=[finding("cancer", weeks_ago(30)), finding(sign, TODAY - timedelta(days=2))]))
+    assert verdict.priority == "stat" and "metastatic cord compression" in verdict.picture
+    assert "whole-spine" in {step.kind for step in verdict.next_steps}
+
+
+def test_a_new_deficit_on_an_anticoagulant_is_stat_and_names_it():
+    verdict = decide(
+        make_facts(
+            findings=[
+                finding("progressive_neuro_deficit", TODAY - timedelta(days=1)),
+                finding("anticoagulant_medication", weeks_ago(20)),
+                finding("recent_injury", TODAY - timedelta(days=2)),
+            ]
+        )
+    )
+    assert verdict.priority == "stat" and "anticoagulant" in verdict.picture and "injury" in verdict.picture
+    assert "check clotting" in (verdict.now or "")
+
+
+def test_pain_days_after_spine_surgery_is_expected_a_new_deficit_is_not():
+    surgery = finding("prior_spine_surgery", TODAY - timedelta(days=5))
+    pain_only = decide(make_facts(pain_weeks=0.3, findings=[surgery]))
+    assert pain_only.code == "indicated-routine" and "wound discharge" in pain_only.confirm[0]
+    deficit = decide(make_facts(pain_weeks=0.3, findings=[surgery, finding("progressive_neuro_deficit", TODAY)]))
+    assert (deficit.code, deficit.priority) == ("indicated-urgent", "stat")
+
+
+@pytest.mark.parametrize(
+    "age,pain_weeks,findings,flag",
+    [
+        (11, 5, [finding("weight_loss", weeks_ago(4))], "weight loss"),
+        (13, 2, [finding("long_term_steroids", weeks_ago(20))], "long-term steroids"),
+        (9, 10, [], "pain over 4 weeks"),
+        (4, 1, [], "under 5"),
+    ],
+)
+def test_a_childs_red_flag_means_radiographs_first_never_low_value(age, pain_weeks, findings, flag):
+    """ACR Back Pain-Child V2 (a second review: a child with weight loss was told "no red flag")."""
+    verdict = decide(make_facts(age=age, pain_weeks=pain_weeks, findings=findings))
+    assert (verdict.code, verdict.variant_id) == ("radiographs-first", "CHILD-V2")
+    assert flag in verdict.picture and not verdict.suggest_cancel
+    plain = decide(make_facts(age=12, pain_weeks=2))
+    assert (plain.code, plain.variant_id) == ("low-value", "CHILD-V1")
+
+
+def test_a_resolved_cauda_equina_still_leaves_its_question_asked():
+    past = finding("cauda_equina", weeks_ago(150), status="resolved", abated=weeks_ago(100))
+    verdict = decide(make_facts(findings=[past]))
+    assert verdict.code == "low-value"
+    assert any("saddle numbness or urinary retention" in line for line in verdict.confirm)
+
+
+def test_a_cervical_fracture_in_an_older_osteoporotic_patient_is_trauma_not_a_fragility_fracture():
+    facts = make_facts(
+        region="cervical",
+        age=80,
+        findings=[
+            finding("vertebral_fracture", TODAY - timedelta(days=2)),
+            finding("trauma", TODAY - timedelta(days=2)),
+            finding("osteoporosis_fracture", weeks_ago(200)),
+        ],
+    )
+    verdict = decide(facts)
+    assert verdict.variant_id == "TRAUMA-C" and "augmentation" not in (verdict.now or "")
+
+
+def test_a_doubt_on_an_indicated_verdict_is_asked_too_and_the_order_waits_for_its_rating():
+    """HIV with a preliminary 39.1: the card once asked to "check temperature today"."""
+    fever = finding("fever", TODAY - timedelta(days=1), value="Body temperature 39.1 °C", status="preliminary")
+    facts = make_facts(findings=[finding("immunosuppression", weeks_ago(200))])
+    facts.set_aside.append((fever, "preliminary result, not yet verified"))
+    verdict = decide(facts)
+    assert verdict.code == "indicated-routine" and verdict.doubts and verdict.if_confirmed == "urgent"
+    assert verdict.picture.startswith("body temperature 39.1 °C (preliminary)")
+    assert verdict.pama_rating is None
+
+
+def test_fever_with_neck_pain_asks_about_meningitis_first():
+    verdict = decide(make_facts(region="cervical", findings=[finding("fever", TODAY - timedelta(days=1))]))
+    assert "meningitis" in (verdict.now or "")
+
+
+def test_long_durations_read_in_months_and_years():
+    from cds_service.clinical.wording import format_weeks
+
+    assert [format_weeks(w) for w in (0.5, 3, 30, 261)] == ["4 days", "3 weeks", "7 months", "5 years"]

@@ -159,6 +159,7 @@ class Doubt:
     evidence: Evidence
     headline: str  # for the summary: "temperature 39.0 °C (preliminary)"
     question: str  # for the card: "confirm it: a fever makes the MRI urgent"
+    if_confirmed: str | None = None  # the order's priority if the clinician confirms it (urgent | stat)
 
 
 @dataclass(frozen=True)
@@ -218,12 +219,14 @@ class Findings:
         for item, why in self.not_counted:
             if why.startswith(UNJUDGED_BECAUSE):
                 state = item.status if why.startswith(item.status) else "unit not recognised"
-                found.append(Doubt(item, f"{lower_first(item.value)} ({state})", UNJUDGED_QUESTION[item.concept_id]))
+                headline = f"{lower_first(item.value)} ({state})"
+                found.append(Doubt(item, headline, UNJUDGED_QUESTION[item.concept_id], "urgent"))
         for item in self.evidence("numbness"):
             if self.is_new(item):
                 when = format_ago(item.date, self.as_of) if item.date else "on the order"
                 question = "where is the numbness? " + NUMBNESS_QUESTION[self.rule_region]
-                found.append(Doubt(item, f"numbness {when}", question))
+                priority = "stat" if self.rule_region == "lumbar" else "urgent"
+                found.append(Doubt(item, f"numbness {when}", question, priority))
         for item in self.evidence("arthrodesis_status"):
             found.append(Doubt(item, "a fusion (any joint) in the record", FUSION_QUESTION[self.rule_region]))
         for item in self.evidence("stimulant_use"):
@@ -403,8 +406,10 @@ class Findings:
         return [e for c in concept_ids for e in self.flags.get(c, [])]
 
     def is_new(self, item: Evidence) -> bool:
-        """In this episode, or recorded in the last 12 weeks: a finding a clinician would call new."""
-        if self.in_episode(item):
+        """Stated on the order, or dated in the last 12 weeks (ACP's subacute window): a finding a
+        clinician would call new. Its own date, never the episode's: low back pain on a problem
+        list for years would make every later entry "this episode's" (a second review)."""
+        if item.origin == FROM_ORDER:
             return True
         return item.date is not None and (self.as_of - item.date).days <= NEW_DEFICIT_DAYS
 

@@ -143,6 +143,7 @@ class Verdict:
     # Possible red flags the record cannot settle, as questions: the card warns and asks, never
     # recommends cancelling (a preliminary temperature, numbness whose site is not coded).
     doubts: list[str] = field(default_factory=list)
+    if_confirmed: str | None = None  # the order's priority if the doubt is confirmed (the card's button)
     first_study: str | None = None  # "radiograph" | "ct": the study to order instead of (or before) MRI
     first_study_required: bool = True  # False: a cheaper first study, MRI being appropriate too (ACR LBP V6)
     contrast: str | None = None  # what this indication wants: "without" | "with-and-without"; None: either

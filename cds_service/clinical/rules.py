@@ -65,6 +65,11 @@ MARKER_RISK_CONCEPTS = (*INFECTION_RISK_CONCEPTS, "diabetes")
 FRACTURE_RISK_CONCEPTS = ("osteoporosis_fracture", "long_term_steroids")
 ANKYLOSED_SPINE_CONCEPTS = ("axial_spa", "dish")
 INJURY_CONCEPTS = ("trauma", "recent_injury", "vertebral_fracture")
+# A child's red flags the record can show (ACR Back Pain-Child V2; the pediatric red-flag table
+# its literature gives, AJNR: weight loss, steroids, raised markers, pain over 4 weeks, under 5).
+CHILD_RED_FLAGS = ("weight_loss", "long_term_steroids", "osteoporosis_fracture", "inflammatory_markers", "axial_spa")
+CHILD_PAIN_WEEKS = 4
+CHILD_YOUNG_AGE = 5
 # What a demyelinating disease's new cord symptom can be coded as (ACR Myelopathy).
 CORD_SYMPTOM_CONCEPTS = ("paresthesia", "numbness", "possible_motor_deficit", "progressive_neuro_deficit", "myelopathy")
 # The red flags the card reports as "checked", per region (C16: a neck card never names the
@@ -238,7 +243,8 @@ def _ask(ctx: Findings, extra: list[str] | None = None) -> list[str]:
             when = why.split(":")[0]
             items.append(f"{item.label} {when}: is it current?")
     items += extra or []
-    in_record = {item.concept_id for item, _ in ctx.not_counted} | set(ctx.flags)
+    # A resolved entry does not answer today's question: a past cauda equina is asked about again.
+    in_record = {item.concept_id for item, why in ctx.not_counted if not why.startswith("resolved")} | set(ctx.flags)
     absent = [words for words, concepts in TO_ASK[ctx.rule_region] if not in_record.intersection(concepts)]
     if absent:
         items.append("not in the record, ask or examine: " + "; ".join(absent[: max(1, 5 - len(items))]))
@@ -313,11 +319,15 @@ def _urgent(ctx: Findings) -> Verdict | None:
     """
     new_deficit = [e for e in ctx.evidence(*FOCAL_DEFICIT_CONCEPTS) if ctx.is_new(e)]
     sphincter = [e for e in ctx.evidence("cauda_equina") if ctx.is_new(e)]
+    myelopathy = [e for e in ctx.evidence("myelopathy") if ctx.is_new(e)]
+    # NICE NG234 lists difficulty walking and sensory change among the neurological symptoms of
+    # metastatic cord compression: with cancer, a new gait code or new numbness counts too.
+    neurological = [e for e in ctx.evidence(*POSSIBLE_DEFICIT_CONCEPTS, "numbness") if ctx.is_new(e)]
     infection = ctx.evidence("spinal_infection", "bacteremia_sepsis", "fever")
     if ctx.has("inflammatory_markers") and ctx.has(*MARKER_RISK_CONCEPTS):
         infection += ctx.evidence("inflammatory_markers", *MARKER_RISK_CONCEPTS)
     cancer = ctx.evidence("cancer", "cancer_history")
-    cord = ctx.evidence("myelopathy") + sphincter + new_deficit
+    cord = myelopathy + sphincter + new_deficit + neurological
     checks: tuple[Callable[[], Urgent | None], ...] = (
         lambda: _cord_compression_in_cancer(ctx, cancer, cord) if cancer and cord else None,
         lambda: _epidural_abscess(ctx),
@@ -326,7 +336,7 @@ def _urgent(ctx: Findings) -> Verdict | None:
         lambda: _after_neuraxial_procedure(ctx, new_deficit),
         lambda: _suspected_infection(ctx, infection),
         lambda: _ankylosed_spine_injury(ctx),
-        lambda: _myelopathy(ctx),
+        lambda: _myelopathy(ctx, myelopathy),
         lambda: _cancer(ctx, cancer) if not cord else None,
         lambda: _new_deficit(ctx, new_deficit),
     )
@@ -445,11 +455,18 @@ def _cauda_equina(ctx: Findings, sphincter: list[Evidence]) -> Urgent | None:
             guideline_ids=["ACR_LBP_2021", "ACP_APS_2007", "NICE_NG59"],
         )
         return Urgent(verdict, "bladder or saddle symptoms", ["refer to spinal surgery today"])
-    region = REGION_WORDS[ctx.rule_region]
+    elsewhere = [e for e, why in ctx.not_counted if e.concept_id in EPISODE_CONCEPTS and "finding; this order" in why]
+    pain = (
+        f" with {REGION_WORDS[ctx.rule_region]} pain"
+        if ctx.episode
+        else f" with {lower_first(elsewhere[0].label)} (was a {elsewhere[0].region} MRI meant?)"
+        if elsewhere
+        else ""
+    )
     verdict = _urgent_verdict(
         ctx,
         "cauda_equina",
-        f"bladder, bowel or saddle symptoms with {region} pain: cord compression or cauda equina?",
+        f"bladder, bowel or saddle symptoms{pain}: cord compression or cauda equina?",
         sphincter,
         "stat",
         next_steps=[SAME_DAY_REFERRAL, NextStep("lumbar-spine", "MRI of the lumbar spine too", "ACR_LBP_2021")],
@@ -480,9 +497,9 @@ def _cord_injury(ctx: Findings) -> Urgent | None:
     return Urgent(verdict, "a cord injury", ["spinal precautions", "refer to spinal surgery today"])
 
 
-def _myelopathy(ctx: Findings) -> Urgent | None:
-    """ACR Myelopathy 2020: myelopathy (cord compression) -> MRI, urgently; refer to spinal surgery."""
-    evidence = ctx.evidence("myelopathy")
+def _myelopathy(ctx: Findings, evidence: list[Evidence]) -> Urgent | None:
+    """ACR Myelopathy 2020: myelopathy (cord compression) that is new -> MRI, urgently; refer to
+    spinal surgery. A myelopathy known for longer (often operated) is asked about (_new_or_old)."""
     if not evidence:
         return None
     verdict = _urgent_verdict(
@@ -506,21 +523,27 @@ def _new_deficit(ctx: Findings, new_deficit: list[Evidence]) -> Urgent | None:
     if not new_deficit:
         return None
     lumbar = ctx.rule_region == "lumbar"
+    # On an anticoagulant a new deficit may be an epidural haematoma: stat (ASRA 2018), and the
+    # injury behind it, if any, named.
+    anticoagulant = ctx.evidence("anticoagulant_medication")
+    injury = ctx.evidence(*INJURY_CONCEPTS) if anticoagulant else []
+    picture = f"new weakness with {_pain(ctx)}"
+    if anticoagulant:
+        picture = f"new weakness on an anticoagulant{' after an injury' if injury else ''}: epidural haematoma?"
     verdict = _urgent_verdict(
         ctx,
         "motor_deficit",
-        f"new weakness with {_pain(ctx)}",
-        new_deficit,
-        "urgent",
+        picture,
+        new_deficit + anticoagulant + injury,
+        "stat" if anticoagulant else "urgent",
         next_steps=[NextStep("surgical-referral", "refer to spinal surgery now (new motor deficit)", "ACP_APS_2007")],
         confirm=[] if lumbar else ["sudden onset without neck pain: exclude a stroke"],
         guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if lumbar else ["ACR_MYELO_2020", "ACP_APS_2007"],
     )
-    return Urgent(
-        verdict,
-        "new weakness",
-        ["examine strength, reflexes and sensation", "refer to spinal surgery now (new motor deficit)"],
-    )
+    actions = ["examine strength, reflexes and sensation"]
+    if anticoagulant:
+        actions.append("check clotting and review the anticoagulant now")
+    return Urgent(verdict, "new weakness", [*actions, "refer to spinal surgery now (new motor deficit)"])
 
 
 def _ankylosed_spine_injury(ctx: Findings) -> Urgent | None:
@@ -557,10 +580,12 @@ def _after_neuraxial_procedure(ctx: Findings, new_deficit: list[Evidence]) -> Ur
     surgery: epidural haematoma or abscess until proven otherwise, more so on an anticoagulant
     (ASRA Horlocker 2018: imaging and surgical consultation at once; ACR Suspected Spine
     Infection)."""
+    # After spine surgery pain is expected: only a new deficit is the haematoma's question there
+    # (a second review); after an injection, new pain is.
     procedures = ctx.evidence("neuraxial_procedure") + [
         e
         for e in ctx.evidence("prior_spine_surgery")
-        if e.date is not None and (ctx.as_of - e.date).days <= POST_PROCEDURE_DAYS
+        if new_deficit and e.date is not None and (ctx.as_of - e.date).days <= POST_PROCEDURE_DAYS
     ]
     if not procedures:
         return None
@@ -609,7 +634,10 @@ def _suspected_infection(ctx: Findings, infection: list[Evidence]) -> Urgent | N
         contrast_reason="suspected infection",
         guideline_ids=["ACR_INFX_2021"] + (["ACP_APS_2007"] if ctx.rule_region == "lumbar" else []),
     )
-    return Urgent(verdict, "suspected infection", ["blood cultures before antibiotics"])
+    actions = ["blood cultures before antibiotics"]
+    if ctx.rule_region == "cervical" and ctx.has("fever"):
+        actions.insert(0, "assess for meningitis now (neck stiffness, rash, sepsis)")
+    return Urgent(verdict, "suspected infection", actions)
 
 
 def _cancer(ctx: Findings, cancer: list[Evidence]) -> Urgent | None:
@@ -680,8 +708,9 @@ def _new_or_old(ctx: Findings) -> Verdict | None:
     its residue (a spine physician's review)."""
     sphincter = [e for e in ctx.evidence("cauda_equina") if not ctx.is_new(e)]
     deficit = [e for e in ctx.evidence(*FOCAL_DEFICIT_CONCEPTS) if not ctx.is_new(e)]
+    myelopathy = [e for e in ctx.evidence("myelopathy") if not ctx.is_new(e)]
     possible = ctx.evidence(*POSSIBLE_DEFICIT_CONCEPTS)
-    evidence = sphincter + deficit + possible
+    evidence = sphincter + deficit + myelopathy + possible
     if not evidence:
         return None
     pain = _pain(ctx)
@@ -694,6 +723,11 @@ def _new_or_old(ctx: Findings) -> Verdict | None:
             "(MRI now, spinal surgery today)." if lumbar else "(cord compression: MRI now)."
         )
         question = "are the bladder, bowel or saddle symptoms new?"
+    elif myelopathy and not deficit:
+        when = f"known since {myelopathy[0].date.year}" if myelopathy[0].date else "undated"
+        picture = f"myelopathy ({when}) with {pain}: new or progressing signs?"
+        now = "Examine for myelopathy (hands, gait, reflexes): new or progressing signs make the MRI urgent."
+        question = "are the myelopathic signs new or progressing?"
     elif deficit:
         picture = f"weakness in the record with {pain}: new or old?"
         now = "Examine strength, reflexes and sensation: new or worsening weakness makes the MRI urgent."
@@ -709,14 +743,20 @@ def _new_or_old(ctx: Findings) -> Verdict | None:
         question = "are there new myelopathic signs or weakness?"
     return Verdict(
         code="indicated-routine",
-        variant_id=ctx.variant("cauda_equina" if sphincter else "motor_deficit"),
+        variant_id=ctx.variant(
+            "cauda_equina" if sphincter else "myelopathy" if myelopathy and not deficit else "motor_deficit"
+        ),
         picture=picture,
         why=[*_why(evidence, ctx.as_of), pain],
         now=now,
         confirm=[question],
         ask_if_new=True,
         priority_if_new="stat" if sphincter else "urgent",
-        ask_what="bladder or saddle symptoms" if sphincter else "weakness" if deficit or lumbar else "signs",
+        ask_what="bladder or saddle symptoms"
+        if sphincter
+        else "weakness"
+        if deficit or (lumbar and not myelopathy)
+        else "myelopathic signs",
         red_flags_found=evidence,
         guideline_ids=["ACP_APS_2007", "ACP_2011", "CW_NASS"] if lumbar else ["ACR_MYELO_2020"],
         override_set="deficit",
@@ -777,7 +817,8 @@ def _vertebral_compression_fracture(ctx: Findings) -> Verdict | None:
     """
     fractures = ctx.evidence("vertebral_fracture")
     fragility = ctx.evidence(*FRACTURE_RISK_CONCEPTS, "age_fracture_risk")
-    if not fractures or not fragility:
+    # Thoracolumbar and low-energy only: an atlas fracture or a fall from height is trauma (_trauma).
+    if not fractures or not fragility or ctx.rule_region == "cervical" or ctx.has("dangerous_mechanism"):
         return None
     age = ctx.facts.age
     younger = age is None or age < CCR_AGE
@@ -859,8 +900,10 @@ def _trauma(ctx: Findings) -> Verdict | None:
         variant_id=ctx.variant("trauma"),
         picture=f"{what}, no deficit recorded",
         why=_why(fracture + injury + risk, ctx.as_of),
-        now=f"CT of the {ctx.rule_region} spine without contrast first; MRI for a neurological deficit.",
-        confirm=["a neurological deficit or suspected cord injury: MRI urgently"],
+        now=f"CT of the {ctx.rule_region} spine without contrast first; MRI for a neurological deficit"
+        + (", or for the ligaments or cord once CT shows the fracture." if fracture else "."),
+        confirm=["a neurological deficit or suspected cord injury: MRI urgently"]
+        + (["CT already done: MRI for the ligaments or cord is the next study"] if fracture else []),
         guideline_ids=["ACR_TRAUMA"] + (["CCR_2001"] if ctx.rule_region == "cervical" and not fracture else []),
         red_flags_found=fracture + injury + risk,
         first_study="ct",
@@ -899,12 +942,18 @@ def _prior_surgery(ctx: Findings) -> Verdict | None:
         picture=f"{_pain(ctx)} after spine surgery",
         why=[*_why(evidence, ctx.as_of), _pain(ctx)],
         now="MRI: a recurrent disc, adjacent-segment disease, instability or infection?",
-        confirm=["symptoms unchanged since before surgery: imaging may not change management"],
+        confirm=(
+            # in the first days after surgery pain is expected; these are the emergencies
+            ["a new deficit, fever or wound discharge: MRI now, and tell the operating surgeon"]
+            if any(e.date and (ctx.as_of - e.date).days <= POST_PROCEDURE_DAYS for e in evidence)
+            else []
+        )
+        + ["symptoms unchanged since before surgery: imaging may not change management"],
         guideline_ids=["ACR_LBP_2021", "OP8", "HEDIS_LBP_MY2025"],
         red_flags_found=evidence,
         # ACR LBP V5 rates MRI without and MRI without and with contrast both usually appropriate.
         contrast="with-and-without",
-        contrast_reason="after a discectomy: recurrent disc or scar",
+        contrast_reason="if a recurrent disc or an infection is suspected",
         contrast_optional=True,
         override_set="contrast",
     )
@@ -959,18 +1008,50 @@ def _demyelinating(ctx: Findings) -> Verdict | None:
 
 
 def _child(ctx: Findings) -> Verdict | None:
-    """Back pain under 18 without a red flag: imaging usually not indicated; radiographs first when
-    spondylolysis is suspected (an athlete with pain on extension), and MRI only after them (ACR
-    Appropriateness Criteria Back Pain-Child). A child's red flags (constant or night pain,
-    radicular pain, an abnormal neurological examination, fever, weight loss) are asked."""
+    """Back pain under 18 (ACR Appropriateness Criteria Back Pain-Child). No red flag: imaging
+    usually not appropriate (V1); radiographs first when spondylolysis is suspected (an athlete with
+    pain on extension), MRI only after them. With a child's red flag (V2: radiographs of the area
+    usually appropriate, MRI may be appropriate): radiographs first, and MRI when they are negative
+    and the suspicion remains. The red flags read from the record are those of the pediatric
+    red-flag table the narrative's literature gives (AJNR, Symptoms and signs that may indicate
+    serious pathology in children with back pain): weight loss, long-term steroids, raised
+    markers, pain for more than 4 weeks, age under 5; the others (night or constant pain, an
+    abnormal examination) are asked."""
     if not ctx.child or ctx.rule_region == "cervical" or not ctx.episode:
         return None
+    age = ctx.facts.age or 0
+    recorded = ctx.evidence(*CHILD_RED_FLAGS)
+    flags = _why(recorded, ctx.as_of)
+    names = [
+        "long-term steroids" if e.concept_id == "long_term_steroids" else lower_first(finding_name(e)) for e in recorded
+    ]
+    if ctx.episode_weeks is not None and ctx.episode_weeks > CHILD_PAIN_WEEKS:
+        flags.append(f"pain for {format_weeks(ctx.episode_weeks)} (over {CHILD_PAIN_WEEKS} weeks)")
+        names.append(f"pain over {CHILD_PAIN_WEEKS} weeks")
+    if age < CHILD_YOUNG_AGE:
+        flags.append(f"age {age} (under {CHILD_YOUNG_AGE})")
+        names.append(f"under {CHILD_YOUNG_AGE}")
+    if flags:
+        verdict = Verdict(
+            code="radiographs-first",
+            variant_id="CHILD-V2",
+            picture=f"{_pain(ctx)} at age {age}, red flag: {names[0]}",
+            why=[_pain(ctx), f"age {age}", *flags],
+            now="Radiographs of the painful area first, with a blood count and ESR or CRP; "
+            "MRI if they are negative and the suspicion remains.",
+            confirm=["a neurological deficit, bladder or bowel symptoms or fever: MRI urgently"],
+            guideline_ids=["ACR_BACKPAIN_CHILD"],
+            red_flags_found=ctx.evidence(*CHILD_RED_FLAGS),
+            first_study="radiograph",
+            override_set="first-study",
+        )
+        return _first_study_done(ctx, verdict, "radiographs done")
     spondylolysis = ctx.evidence("spondylolysis")
     verdict = Verdict(
         code="radiographs-first" if spondylolysis else "low-value",
         variant_id="CHILD-SPONDYLOLYSIS" if spondylolysis else "CHILD-V1",
-        picture=f"{_pain(ctx)} at age {ctx.facts.age}" + (": spondylolysis?" if spondylolysis else ", no red flag"),
-        why=[_pain(ctx), f"age {ctx.facts.age}", *_why(spondylolysis, ctx.as_of)],
+        picture=f"{_pain(ctx)} at age {age}" + (": spondylolysis?" if spondylolysis else ", no red flag recorded"),
+        why=[_pain(ctx), f"age {age}", *_why(spondylolysis, ctx.as_of)],
         now=(
             "Radiographs of the painful area first; MRI if they are negative and suspicion remains."
             if spondylolysis
@@ -979,7 +1060,7 @@ def _child(ctx: Findings) -> Verdict | None:
         ),
         confirm=[
             "not in the record, ask or examine: constant or night pain; radicular pain; "
-            "an abnormal neurological examination; fever or weight loss"
+            "an abnormal neurological examination; fever"
         ],
         guideline_ids=["ACR_BACKPAIN_CHILD"],
         red_flags_found=spondylolysis,
@@ -1194,9 +1275,12 @@ def _weaker_risk(ctx: Findings) -> Verdict | None:
         return None  # the radiographs answered the weaker cancer risk: the pain rules apply
     what = (specific[0].value or lower_first(specific[0].label)) if specific else f"at age {ctx.facts.age}"
     markers_known = ctx.has("inflammatory_markers")
+    markers_only = markers_known and not ctx.has("weight_loss", "axial_spa")
     verdict = Verdict(
         code="radiographs-first",
-        variant_id=ctx.variant("weaker_risk"),
+        # Raised markers alone: ACP 2007's radiographs-and-ESR strategy (Joines 2001), not the
+        # weaker-cancer-risk scenario the other weak risks share.
+        variant_id="LBP-ACP-MARKERS" if markers_only else ctx.variant("weaker_risk"),
         picture=f"{_pain(ctx)}, {what}" if specific else f"{_pain(ctx)} {what}",
         why=[_pain(ctx), *_why(specific + age, ctx.as_of)],
         now=(
@@ -1492,7 +1576,7 @@ def _rating(verdict: Verdict, ctx: Findings) -> None:
 def _doubt(verdict: Verdict, ctx: Findings) -> None:
     """A verdict short of indicated with a possible red flag the record cannot settle: the card
     names it first and asks, and never recommends cancelling (under doubt, warn)."""
-    if not ctx.doubts or verdict.code.startswith("indicated-"):
+    if not ctx.doubts or verdict.code == "indicated-urgent" or verdict.ask_if_new:
         return
     first = ctx.doubts[0]
     verdict.doubts = [d.question for d in ctx.doubts]
@@ -1501,6 +1585,8 @@ def _doubt(verdict: Verdict, ctx: Findings) -> None:
     verdict.why = [line for line in verdict.why if line != "no red flag recorded"]
     otherwise = f"if not: {lower_first(verdict.now or '')}"
     verdict.now = sentence([*verdict.doubts] + ([otherwise] if len(otherwise) < 120 else []))
+    verdict.if_confirmed = next((d.if_confirmed for d in ctx.doubts if d.if_confirmed), None)
+    verdict.suggest_cancel = verdict.code in ("low-value", "radiographs-first")
 
 
 def _finish(verdict: Verdict, ctx: Findings) -> Verdict:
@@ -1539,6 +1625,10 @@ def _finish(verdict: Verdict, ctx: Findings) -> Verdict:
         verdict.priority = None  # the draft already says it: nothing to escalate
     _contrast(verdict, ctx)
     _rating(verdict, ctx)
+    if verdict.doubts:
+        # Not rated until the clinician answers the card's question (a confirmed fever is another
+        # verdict): any earlier rating is removed, as for insufficient information.
+        verdict.pama_rating = verdict.acr_rating = None
     if verdict.code in ("low-value", "radiographs-first") and not verdict.first_study:
         verdict.suggest_cancel = True
     return verdict
@@ -1581,6 +1671,8 @@ NAMED_VARIANTS = (
     "CN-V7",
     "CN-V8",
     "CN-V8-NO-SIGNS",
+    "LBP-ACP-MARKERS",
+    "CHILD-V2",
     "TRAUMA-C-LOW",
     "REPEAT-MRI",
     "FOLLOW-UP",

@@ -17,10 +17,15 @@ def plural(count: int, word: str) -> str:
 
 
 def format_weeks(weeks: float) -> str:
-    """A duration in weeks in words: days under a week, else whole weeks."""
+    """A duration in words: days under a week, weeks under 6 months, then months, then years
+    ("261 weeks" is "5 years" to a reader)."""
     if weeks < 1:
         return plural(round(weeks * 7), "day")
-    return plural(round(weeks), "week")
+    if weeks < 26:
+        return plural(round(weeks), "week")
+    if weeks < 104:
+        return plural(round(weeks * 7 / 30.44), "month")
+    return plural(round(weeks / 52.18), "year")
 
 
 def format_ago(when: date, as_of: date) -> str:
@@ -70,7 +75,8 @@ SHORT_WORDS = 60
 # ("Age-related osteoporosis | without current pathological fracture", "Unspecified displaced
 # fracture of first cervical vertebra | , initial encounter for closed fracture").
 _QUALIFIERS = (
-    re.compile(r",? (without|with|due to|initial encounter|subsequent encounter|not elsewhere)\b"),
+    # (not " with": "osteoporosis with current pathological fracture" would lose its fracture)
+    re.compile(r",? (without|due to|initial encounter|subsequent encounter|not elsewhere)\b"),
     re.compile(r"[,;(]"),
 )
 

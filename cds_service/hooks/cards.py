@@ -436,6 +436,8 @@ def _contrast_suggestion(card: CardContext, change: tuple[str, str]) -> tuple[st
 def _next_step_actions(card: CardContext, kind: str) -> list[dict]:
     """Draft orders for a next step whose codes the mappings hold (none: the card says it in words)."""
     order = card.order.resource
+    if card.order.region in ("multi", "unspecified") and kind in ("lumbar-spine", "whole-spine"):
+        return []  # the order already covers more than one region: nothing to add
     if kind == "lumbar-spine":
         target = card.mappings.mri_order("lumbar", "without")
         if target is None or card.order.region == "lumbar":
@@ -585,6 +587,28 @@ def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
     contrast = _contrast_suggestion(card, change) if change is not None else None
     if contrast is not None:
         found.append(contrast)
+    if verdict.if_confirmed:
+        # The doubt's answer, one click: confirmed, the order is made as urgent as it asks (and
+        # leaves unrated: the order-sign evaluation rates it with the finding in the record).
+        confirmed = with_rating(order.resource, [])
+        confirmed["priority"] = verdict.if_confirmed
+        found.insert(
+            0,
+            (
+                SUGGEST_URGENT,
+                _suggestion(
+                    f"Confirmed: make this MRI {verdict.if_confirmed}",
+                    [
+                        {
+                            "type": "update",
+                            "description": f"Set the draft order's priority to {verdict.if_confirmed}.",
+                            "resource": confirmed,
+                        }
+                    ],
+                    False,
+                ),
+            ),
+        )
     if verdict.suggest_cancel and (found or not verdict.first_study):
         # Removing a draft is what no update can say: CDS Hooks' delete (which the sandbox's PAMA
         # view does not apply; EHRs do). Never the only button of a first-study card (C18).
@@ -600,7 +624,8 @@ def _suggestions(card: CardContext) -> tuple[list[tuple[str, dict]], str]:
                             "resourceId": order.reference,
                         }
                     ],
-                    not found and not verdict.doubts,  # under doubt about a red flag, never recommended
+                    # never recommended under doubt about a red flag, nor for an MRI the rating calls appropriate
+                    not found and not verdict.doubts and verdict.pama_rating != "appropriate",
                 ),
             )
         )
