@@ -210,11 +210,6 @@ def test_draft_orders_for_the_context_patient_or_without_a_subject_pass():
     check_request(SELECT, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hooks/evaluation.py gather() must call from_prefetch(body.get('prefetch'), "
-    "body['context']['patientId'], body.get('hookInstance')); remove this mark once it does",
-)
 def test_the_hook_does_not_rate_from_another_patients_prefetch(mappings):
     body = fixtures.hook_request("lbp-acute-simple")
     body["prefetch"]["conditions"]["entry"] += cauda_equina_of(f"Patient/{OTHER}")["entry"]
