@@ -91,3 +91,9 @@ def test_record_text_on_the_page_is_data_never_markup():
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert "href='javascript" not in page  # only https sources become links
+
+
+def test_a_lone_surrogate_from_the_record_is_sealed_as_a_replacement_character():
+    links = EvidenceLinks(b"k" * 32, ttl_seconds=3600)
+    token = links.url("https://cds.example", {"why": ["fever \ud800 39"]}).rsplit("/", 1)[1]
+    assert links.open(token) == {"why": ["fever \ufffd 39"]}

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import html
 import os
+import re
 import struct
 import time
 import zlib
@@ -60,9 +61,13 @@ class EvidenceLinks:
         self.ttl_seconds = ttl_seconds
 
     def url(self, base: str, page: dict[str, Any], now: float | None = None) -> str:
+        try:
+            encoded = orjson.dumps(page)
+        except TypeError:  # a lone surrogate from the record: shown as U+FFFD, never a 500
+            encoded = orjson.dumps(_scrubbed(page))
         nonce = os.urandom(12)
         sealed_at = struct.pack(">Q", int(time.time() if now is None else now))
-        sealed = self._aead.encrypt(nonce, sealed_at + zlib.compress(orjson.dumps(page), 1), VERSION)
+        sealed = self._aead.encrypt(nonce, sealed_at + zlib.compress(encoded, 1), VERSION)
         token = base64.urlsafe_b64encode(VERSION + nonce + sealed).rstrip(b"=").decode()
         return f"{base.rstrip('/')}{EVIDENCE_PATH}{token}"
 
@@ -81,6 +86,20 @@ class EvidenceLinks:
         except (InvalidTag, ValueError, zlib.error, struct.error):
             return None
         return page if isinstance(page, dict) else None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrubbed(value: Any) -> Any:
+    """A JSON tree whose strings are valid UTF-8: lone surrogates become U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_scrubbed(key): _scrubbed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    return value
 
 
 def _list(items: list[Any], render=lambda item: html.escape(str(item))) -> str:
