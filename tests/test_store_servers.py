@@ -317,7 +317,8 @@ print(json.dumps(counts))
 def test_feedback_for_unknown_cards_does_not_hold_the_hooks_threads(tmp_path):
     """16 clients posting feedback for a card nobody issued once pushed hook latency from 20 ms to
     6 s (each held a thread 2 s). Judged against a baseline measured in this test: hook latency
-    under that load stays within a small multiple of the latency without it."""
+    under that load stays within a small multiple of the latency without it, or under a second,
+    whichever is larger (a busy CI machine alone can multiply a 2 ms hook)."""
     import statistics
 
     db = tmp_path / "cds.sqlite3"
@@ -353,4 +354,6 @@ def test_feedback_for_unknown_cards_does_not_hold_the_hooks_threads(tmp_path):
     refused = json.loads(counts)  # {status: count} printed by the load script
     assert set(refused) == {"400"} and refused["400"] > 100, refused
     print(f"\nhook p50: {baseline:.1f} ms alone, {loaded:.1f} ms beside 16 unknown-card feedback clients")
-    assert loaded < baseline * 8, (baseline, loaded)
+    # The failure was seconds (each unknown card held a thread 2 s); a loaded 2-core machine adds
+    # tens of milliseconds on its own. A floor far from the failure and far above the noise:
+    assert loaded < max(baseline * 8, 1000), (baseline, loaded)
