@@ -97,3 +97,38 @@ def test_a_lone_surrogate_from_the_record_is_sealed_as_a_replacement_character()
     links = EvidenceLinks(b"k" * 32, ttl_seconds=3600)
     token = links.url("https://cds.example", {"why": ["fever \ud800 39"]}).rsplit("/", 1)[1]
     assert links.open(token) == {"why": ["fever \ufffd 39"]}
+
+
+def test_a_long_page_is_compressed_a_short_one_is_not_and_both_open():
+    from cds_service.web.evidence import COMPRESS_ABOVE
+
+    links = EvidenceLinks(b"k" * 32, ttl_seconds=3600)
+    short, long_ = {"why": ["fever"]}, {"why": ["fever " * 2000]}
+    short_token = links.url("https://cds.example", short).rsplit("/", 1)[1]
+    long_token = links.url("https://cds.example", long_).rsplit("/", 1)[1]
+    assert links.open(short_token) == short and links.open(long_token) == long_
+    assert len(long_token) < COMPRESS_ABOVE  # 12 KB of page, compressed into a short link
+
+
+def test_a_link_sealed_before_the_flag_byte_still_opens_within_its_hours():
+    """Version 1 links (every page compressed) stay valid through an upgrade."""
+    import os
+    import struct
+    import time
+    import zlib
+
+    import orjson
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    links = EvidenceLinks(b"k" * 32, ttl_seconds=3600)
+    nonce = os.urandom(12)
+    plain = struct.pack(">Q", int(time.time())) + zlib.compress(orjson.dumps(PAGE), 1)
+    sealed = AESGCM(links._aead_key).encrypt(nonce, plain, b"\x01")
+    token = base64.urlsafe_b64encode(b"\x01" + nonce + sealed).rstrip(b"=").decode()
+    assert links.open(token) == PAGE
+
+
+def test_concordant_guidance_is_named_by_id_and_shown_with_title_and_link(client):
+    page = client.get(card_link(client)).get_data(as_text=True)
+    assert "<h2>Concordant guidance</h2>" in page
+    assert "href='https://doi.org/10.7326/0003-4819-147-7-200710020-00006'" in page  # ACP/APS 2007

@@ -65,8 +65,9 @@ CLINICAL_SOURCES = ("conditions", "observations", "medications", "procedures")
 def gather(body: dict, mappings: Mappings, fetcher: FhirFetcher | None, result: HookResult) -> ClinicalData:
     """Prefetch first; what it lacks, from the EHR's FHIR server when that server is allowed."""
     # only the context patient's resources are read (the others are left out, counted, noted)
-    context = body.get("context") if isinstance(body.get("context"), dict) else {}
-    patient_id = context.get("patientId") if isinstance(context.get("patientId"), str) else None
+    context = body.get("context")
+    patient = context.get("patientId") if isinstance(context, dict) else None
+    patient_id = patient if isinstance(patient, str) else None
     data = from_prefetch(body.get("prefetch"), patient_id, body.get("hookInstance"))
     missing = fetchable(data)
     base = body.get("fhirServer")

@@ -40,10 +40,6 @@ def evidence_page(
     order: MriOrder, verdict: Verdict, card: dict[str, Any], mappings: Mappings, as_of: date
 ) -> dict[str, Any]:
     """The page's content, as JSON-ready data (lists cut at 40 items: a record has no end)."""
-    concordant = []
-    for guideline_id in verdict.guideline_ids:
-        guideline = mappings.guideline(guideline_id)
-        concordant.append({"label": guideline.get("title", guideline_id), "url": guideline.get("url", "")})
     episode = (
         f"{format_weeks(verdict.episode_weeks)} since the earliest dated symptom"
         if verdict.episode_weeks is not None
@@ -74,5 +70,5 @@ def evidence_page(
         "missing": verdict.missing,
         "not_documented": verdict.not_documented,
         "skipped": verdict.skipped[:40],
-        "concordant": concordant,
+        "concordant": list(verdict.guideline_ids),  # by id: the page resolves them (a shorter link)
     }

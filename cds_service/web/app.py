@@ -112,7 +112,7 @@ def create_app(
     fetcher = FhirFetcher(settings.fhir) if settings.fhir.allowed_servers else None
     evidence_links = EvidenceLinks(store.patient_key, int(settings.evidence_link_hours * 3600))
     app = Flask(__name__)
-    app.register_blueprint(evidence_blueprint(evidence_links))
+    app.register_blueprint(evidence_blueprint(evidence_links, mappings.guideline))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()} or {"*"}
 

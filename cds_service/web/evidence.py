@@ -27,6 +27,7 @@ import re
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,17 +47,23 @@ HEADERS = {
 }
 
 
-VERSION = b"\x01"
+# v2: a flag byte says whether the page is compressed (v1, every page compressed, still opens).
+VERSION = b"\x02"
+OPENS = (b"\x01", VERSION)
+# zlib costs about as much as the rest of the card: a typical page (~2 KB) is sealed as it is (a
+# ~3 KB link), a long one compressed, so that no link outgrows a proxy's 16 KB request line.
+COMPRESS_ABOVE = 3072
 CLOCK_SKEW_SECONDS = 300  # a link sealed "in the future" by another instance's clock
 
 
 class EvidenceLinks:
     """Seals an evidence page into a link, and opens a link back into the page.
 
-    token = base64url(version, nonce, AES-128-GCM(sealed-at seconds, zlib(JSON page)))."""
+    token = base64url(version, nonce, AES-128-GCM(sealed-at seconds, flag, JSON page or zlib of it))."""
 
     def __init__(self, secret: bytes, ttl_seconds: int):
         key = hmac.new(secret, b"spine-imaging-cds evidence link v1", hashlib.sha256).digest()[:16]
+        self._aead_key = key
         self._aead = AESGCM(key)
         self.ttl_seconds = ttl_seconds
 
@@ -65,9 +72,10 @@ class EvidenceLinks:
             encoded = orjson.dumps(page)
         except TypeError:  # a lone surrogate from the record: shown as U+FFFD, never a 500
             encoded = orjson.dumps(_scrubbed(page))
+        body = b"z" + zlib.compress(encoded, 1) if len(encoded) > COMPRESS_ABOVE else b"j" + encoded
         nonce = os.urandom(12)
         sealed_at = struct.pack(">Q", int(time.time() if now is None else now))
-        sealed = self._aead.encrypt(nonce, sealed_at + zlib.compress(encoded, 1), VERSION)
+        sealed = self._aead.encrypt(nonce, sealed_at + body, VERSION)
         token = base64.urlsafe_b64encode(VERSION + nonce + sealed).rstrip(b"=").decode()
         return f"{base.rstrip('/')}{EVIDENCE_PATH}{token}"
 
@@ -75,14 +83,16 @@ class EvidenceLinks:
         """The page, or None when the link is not one of ours, was altered, or has expired."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            if raw[:1] != VERSION or len(raw) < 1 + 12 + 16 + 8:
+            version = raw[:1]
+            if version not in OPENS or len(raw) < 1 + 12 + 16 + 8:
                 return None
-            plain = self._aead.decrypt(raw[1:13], raw[13:], VERSION)
+            plain = self._aead.decrypt(raw[1:13], raw[13:], version)
             (sealed_at,) = struct.unpack(">Q", plain[:8])
             age = (time.time() if now is None else now) - sealed_at
             if age > self.ttl_seconds or age < -CLOCK_SKEW_SECONDS:
                 return None
-            page = orjson.loads(zlib.decompress(plain[8:]))
+            body = plain[8:] if version == VERSION else b"z" + plain[8:]
+            page = orjson.loads(zlib.decompress(body[1:]) if body[:1] == b"z" else body[1:])
         except (InvalidTag, ValueError, zlib.error, struct.error):
             return None
         return page if isinstance(page, dict) else None
@@ -118,8 +128,10 @@ def _finding(item: dict[str, str]) -> str:
     )
 
 
-def render_page(page: dict[str, Any]) -> str:
-    """The page as HTML: every value escaped (record text is data, never markup)."""
+def render_page(page: dict[str, Any], guideline: Callable[[str], dict[str, Any]] | None = None) -> str:
+    """The page as HTML: every value escaped (record text is data, never markup). The page names
+    concordant guidelines by id (a shorter link); `guideline` (mappings.guideline) gives each its
+    title and URL."""
     esc = html.escape
     source = page.get("source") or {}
     source_link = (
@@ -127,8 +139,13 @@ def render_page(page: dict[str, Any]) -> str:
         if str(source.get("url", "")).startswith("https://")
         else esc(source.get("label", ""))
     )
+    named = [
+        (guideline(item) if guideline else {"label": item}) if isinstance(item, str) else item
+        for item in page.get("concordant", [])
+    ]
+    named = [{"label": g.get("title", g.get("label", g.get("id", ""))), "url": g.get("url", "")} for g in named]
     concordant = _list(
-        page.get("concordant", []),
+        named,
         lambda g: (
             f"<a href='{esc(g['url'])}' rel='noreferrer'>{esc(g['label'])}</a>"
             if str(g.get("url", "")).startswith("https://")
@@ -172,7 +189,7 @@ def render_page(page: dict[str, Any]) -> str:
     )
 
 
-def blueprint(links: EvidenceLinks) -> Blueprint:
+def blueprint(links: EvidenceLinks, guideline: Callable[[str], dict[str, Any]] | None = None) -> Blueprint:
     """GET /evidence/<token>: the page, 410 when its link has expired or is not valid."""
     pages = Blueprint("evidence", __name__)
 
@@ -185,6 +202,6 @@ def blueprint(links: EvidenceLinks) -> Blueprint:
                 "expired or is not valid. Open the card again from the order to get a new one.</p>"
             )
             return Response(body, status=410, mimetype="text/html", headers=HEADERS)
-        return Response(render_page(page), mimetype="text/html", headers=HEADERS)
+        return Response(render_page(page, guideline), mimetype="text/html", headers=HEADERS)
 
     return pages
