@@ -64,8 +64,12 @@ def read_prefetch_value(key: str, value, data: ClinicalData, patient_id: str | N
         data.resources[key] = [value]
         return
     resources: list[dict[str, Any]] = []
+    doubtful: list[dict[str, Any]] = []  # not plainly this patient's: judged by _own after the loop
     failed: list[str] = []
     append = resources.append
+    # The patient check rides on the same loop: a subject that is exactly Patient/<id> is the
+    # usual case and costs one comparison; anything else goes to _own.
+    own_reference = f"Patient/{patient_id}" if patient_id is not None else None
     for entry in _list(value.get("entry")):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
@@ -74,7 +78,15 @@ def read_prefetch_value(key: str, value, data: ClinicalData, patient_id: str | N
         kind = resource.get("resourceType")
         search = entry.get("search")
         if kind == expected and not (isinstance(search, dict) and search.get("mode") == "include"):
-            append(resource)  # the usual entry, decided in as few steps as the rules below allow
+            # the usual entry, decided in as few steps as the rules below allow
+            if own_reference is None:
+                append(resource)
+                continue
+            subject = resource.get("subject")
+            if type(subject) is dict and subject.get("reference") == own_reference:
+                append(resource)
+            else:
+                doubtful.append(resource)
             continue
         search = search if isinstance(search, dict) else {}
         if kind == "OperationOutcome":
@@ -83,11 +95,11 @@ def read_prefetch_value(key: str, value, data: ClinicalData, patient_id: str | N
             if resource.get("id"):
                 data.included[f"{kind}/{resource['id']}"] = resource
         elif kind == expected:
-            resources.append(resource)
+            (doubtful if own_reference is not None else resources).append(resource)
         else:
             data.notes.append(f"{key}: a {kind} in a Bundle of {expected} was skipped")
-    if patient_id is not None and resources:
-        resources = _own(key, expected, resources, patient_id, data)
+    if patient_id is not None and doubtful:
+        resources += _own(key, expected, doubtful, patient_id, data)
         if not resources:
             data.unread[key] = (
                 f"only another patient's {expected} resources came back (left out): this patient's were not sent"
@@ -114,14 +126,9 @@ def _were(n: int) -> str:
 
 def _own(key: str, expected: str, resources: list[dict[str, Any]], patient_id: str, data: ClinicalData):
     """The resources of `patient_id`; the others are counted in `data.other_patient` and noted."""
-    own_reference = f"Patient/{patient_id}"
     kept: list[dict[str, Any]] = []
     other = unattributed = 0
     for resource in resources:
-        subject = resource.get("subject")
-        if isinstance(subject, dict) and subject.get("reference") == own_reference:
-            kept.append(resource)  # the usual case, decided without the general check
-            continue
         whose = owner(resource, patient_id)
         if whose == "own" or (whose == "none" and expected in SUBJECT_OPTIONAL):
             kept.append(resource)

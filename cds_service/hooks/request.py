@@ -99,15 +99,14 @@ def _check_draft_orders(context: dict, hook: str) -> None:
             continue
         reference = f"{resource.get('resourceType')}/{resource.get('id')}"
         present.update((reference, str(resource.get("id"))))  # a bare id is read as a selection too
-        _require(
-            owner(resource, patient_id) != "other",
-            f"context.draftOrders: {_shown(reference)} is for another patient: its subject is not "
-            "context.patientId (a hook carries only its own patient's orders)",
-        )
+        if owner(resource, patient_id) == "other":  # (the message is built only when it is said)
+            _require(
+                False,
+                f"context.draftOrders: {_shown(reference)} is for another patient: its subject is not "
+                "context.patientId (a hook carries only its own patient's orders)",
+            )
     if hook != "order-select":
         return
     for selection in context.get("selections") or []:
-        _require(
-            selection in present,
-            f"context.selections names {_shown(selection)}, which is not in context.draftOrders",
-        )
+        if selection not in present:
+            _require(False, f"context.selections names {_shown(selection)}, which is not in context.draftOrders")
