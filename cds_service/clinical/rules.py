@@ -2,10 +2,13 @@
 
 Pure functions only (no I/O, no clock: `facts.as_of` is "today"). What counts for this order
 is decided in `findings`; here the rules are checked in the order a spine physician would:
-urgent red flags first (each escalates: the order's priority and the next step the guideline
-names), then a motor deficit the record cannot date, follow-up of a known condition, a fragility
-fracture, trauma, prior surgery, infection risk, demyelinating disease, a child's back pain,
-radiculopathy, fracture risk, the weaker risk factors, and last the verdicts without a red flag.
+urgent red flags first (every one read and combined: the most urgent priority, every next step,
+the dominant diagnosis named first), then a finding that would be urgent if new but that the record
+cannot date (the card asks: new or old?), follow-up of a known condition, a fragility fracture,
+trauma, prior surgery, infection risk, demyelinating disease, a child's back pain, radiculopathy,
+fracture risk, the weaker risk factors, and last the verdicts without a red flag. A possible red
+flag the record cannot settle (a result not yet verified, numbness whose site is not coded) leads
+any non-urgent verdict as a question, and the card then never recommends cancelling.
 A rule whose first study is done answers with the next step only when that study's question is
 still open; an MRI of the region in the last 12 months makes a non-urgent order a repeat.
 

@@ -101,9 +101,6 @@ OVERRIDE_SETS: dict[str, list[tuple[str, str]]] = {
     "follow-up": [("clinical-change", "Clinical change: worse pain, fever, rising markers or a deficit")],
     "repeat": [("new-symptoms", "New or progressing symptoms since the last MRI")],
 }
-# Kept for the utilization record while it moves to the reasons each card offered.
-OVERRIDE_REASONS = [*OVERRIDE_SETS["low-value"], OTHER]
-CONTRAST_OVERRIDE_REASONS = [*OVERRIDE_SETS["contrast"], OTHER]
 SUMMARY_LIMIT = 140  # CDS Hooks: the summary is "less than 140 characters"
 DETAIL_LIMIT = 700  # characters of rendered text (issue 16: read in five seconds)
 CONFIRM_SHOWN = 5
