@@ -88,7 +88,6 @@ RESOLVED_RISKS = ("ivdu", "immunosuppression")
 # the card asks to examine.
 FOCAL_DEFICIT_CONCEPTS = ("progressive_neuro_deficit",)
 POSSIBLE_DEFICIT_CONCEPTS = ("possible_motor_deficit",)
-MOTOR_DEFICIT_CONCEPTS = FOCAL_DEFICIT_CONCEPTS + POSSIBLE_DEFICIT_CONCEPTS
 # Results seen but not used: not counted, and not silent either (set aside by facts.py with why).
 UNJUDGED_BECAUSE = ("preliminary", "registered", "unit ")
 
@@ -412,17 +411,6 @@ class Findings:
         if item.origin == FROM_ORDER:
             return True
         return item.date is not None and (self.as_of - item.date).days <= NEW_DEFICIT_DAYS
-
-    def in_episode(self, item: Evidence) -> bool:
-        """Stated on the order, or dated since this episode began (the last 12 weeks when the
-        episode has no date)."""
-        if item.origin == FROM_ORDER:
-            return True
-        if item.date is None:
-            return False
-        if self.episode_start is not None:
-            return item.date >= self.episode_start
-        return (self.as_of - item.date).days <= NEW_DEFICIT_DAYS
 
     def prior_studies(self, modalities: tuple[str, ...], since: date | None = None) -> list[PriorImaging]:
         """Dated studies of this region (or several regions) in the window, oldest first.

@@ -964,14 +964,13 @@ def _infection_risk(ctx: Findings) -> Verdict | None:
 
 
 def _demyelinating(ctx: Findings) -> Verdict | None:
-    """Multiple sclerosis or NMOSD with a new cord symptom in this episode (paresthesia such as
+    """Multiple sclerosis or NMOSD with a new cord symptom (the last 12 weeks: paresthesia such as
     Lhermitte's sign or numb hands, weakness, a gait change): MRI indicated, without and with
     contrast (ACR Myelopathy 2020). Read from the problem list when the order names no reason."""
     disease = ctx.evidence("demyelinating_disease")
     if not disease:
         return None
-    symptoms = [e for e in ctx.evidence(*CORD_SYMPTOM_CONCEPTS) if ctx.in_episode(e) or e.origin == FROM_ORDER]
-    symptoms += [e for e in ctx.evidence("paresthesia") if e not in symptoms and e.date and ctx.in_episode(e)]
+    symptoms = [e for e in ctx.evidence(*CORD_SYMPTOM_CONCEPTS) if ctx.is_new(e)]
     if not symptoms:
         return None
     return Verdict(
