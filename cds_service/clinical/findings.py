@@ -57,8 +57,8 @@ FRACTURE_AGE = {"male": 65, "female": 75}
 WEAKER_CANCER_AGE = 50
 # ACR Appropriateness Criteria Back Pain-Child: under 18, a child's red flags and first studies.
 CHILD_AGE = 18
-# A motor deficit first recorded within ACP's subacute window (<= 12 weeks) is this episode's,
-# when the episode itself has no date.
+# A finding recorded within ACP's subacute window (<= 12 weeks) is new (Findings.is_new): a
+# deficit, a bladder symptom, a myelopathy, a cord symptom.
 NEW_DEFICIT_DAYS = 12 * 7
 # A radiograph "of this episode" when the episode start is unknown: the last 26 weeks.
 UNDATED_EPISODE_LOOKBACK_DAYS = 182
