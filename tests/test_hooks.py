@@ -626,3 +626,11 @@ def test_a_whole_spine_order_gets_no_button_adding_the_regions_it_already_covers
     card = client.post(SELECT, json=body).get_json()["cards"][0]
     assert "metastatic cord compression" in card["summary"]
     assert not [a for a in actions_of(card) if a["type"] == "create" and "MRI" in a["description"]]
+
+
+def test_an_onset_in_the_future_is_said_on_the_card_as_a_note_to_correct(client):
+    """Issue 18, item 2: "low back pain for 0 days" from a typed future date was a silent acceptance."""
+    card = card_for(client, "lbp-future-onset")["cards"][0]
+    # (the fixture's dates move with today, so the date is matched, not named)
+    assert re.search(r"\*\*Note:\*\* the onset \d{4}-\d\d-\d\d is in the future \(a typing error\?\)", card["detail"])
+    assert "0 days" not in card["summary"] + card["detail"]

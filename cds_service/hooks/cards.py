@@ -225,7 +225,7 @@ def _detail(order: MriOrder, verdict: Verdict, source: dict, notes: list[str]) -
             lines.append(f"**Now:** {md(now)}")
         if confirm:
             lines.append(f"**Confirm:** {md(sentence(confirm))}")
-        lines += [md(note) for note in notes]
+        lines += [f"**Note:** {md(note)}" for note in notes]
         lines.append(f"**Source:** {md(source['label'], 300)}")
         return "\n\n".join(lines)
 

@@ -185,10 +185,12 @@ def evaluate_hook(
         # Order-sign after the same order-select, unchanged: keep the rating, no second card.
         shown = not (signing and shown_before is not None and shown_before(print_) is True)
         # a date that could not be used (an onset in the future) is said on the card
-        unusable = [note.split(": ", 1)[-1] for note in verdict.skipped if "in the future" in note][:1]
-        built = build_card(
-            order, verdict, mappings, consult_id, notes=notes + [n[:1].upper() + n[1:] for n in unusable]
-        )
+        unusable = [
+            note.split(": ", 1)[-1].replace(": not used", " (a typing error?): not used, correct it in the record")
+            for note in verdict.skipped
+            if "in the future" in note
+        ][:1]
+        built = build_card(order, verdict, mappings, consult_id, notes=notes + unusable)
         if evidence_link is not None and shown:
             page = evidence_page(order, verdict, built.card, mappings, as_of)
             built.card["links"] = [
