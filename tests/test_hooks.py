@@ -634,3 +634,18 @@ def test_an_onset_in_the_future_is_said_on_the_card_as_a_note_to_correct(client)
     # (the fixture's dates move with today, so the date is matched, not named)
     assert re.search(r"\*\*Note:\*\* the onset \d{4}-\d\d-\d\d is in the future \(a typing error\?\)", card["detail"])
     assert "0 days" not in card["summary"] + card["detail"]
+
+
+def test_order_sign_after_the_same_order_select_keeps_the_rating_and_shows_no_second_card(client):
+    """Issue 16: the clinician read the card at order-select; signing the unchanged order is not a
+    new question (Store.card_shown_for). A changed order is, and gets its card again."""
+    select = fixtures.hook_request("lbp-acute-simple", "order-select")
+    assert len(client.post(SELECT, json=select).get_json()["cards"]) == 1
+    sign = fixtures.hook_request("lbp-acute-simple", "order-sign")
+    signed = client.post(SIGN, json=sign).get_json()
+    assert signed["cards"] == []
+    [rating] = signed["systemActions"]
+    assert rating_codings(rating["resource"], PAMA_URLS["rating"][0])[0]["code"] == "not-appropriate"
+    changed = fixtures.hook_request("lbp-acute-simple", "order-sign")
+    changed["context"]["draftOrders"]["entry"][0]["resource"]["priority"] = "urgent"
+    assert len(client.post(SIGN, json=changed).get_json()["cards"]) == 1
