@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from apps import app_settings
 
 from cds_service.clinical.mappings import get_mappings
 from cds_service.web.app import create_app
@@ -26,13 +27,11 @@ def mappings():
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(
+    return app_settings(
+        tmp_path,
         feedback_db=tmp_path / "feedback.sqlite3",
-        mappings_dir=None,
         max_body_bytes=2 * 1024 * 1024,
-        cors_origins="*",
         bench_bare_endpoint=True,
-        log_level="INFO",
         allow_unauthenticated=True,
     )
 

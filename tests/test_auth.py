@@ -9,6 +9,7 @@ import uuid
 
 import jwt
 import pytest
+from apps import app_settings
 
 from cds_service.cli import fixtures
 from cds_service.web.app import create_app
@@ -48,13 +49,9 @@ def trust_file(tmp_path, keys, captured_sandbox):
 
 @pytest.fixture
 def client(tmp_path, trust_file):
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
+    settings = app_settings(
+        tmp_path,
         max_body_bytes=2 * 1024 * 1024,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
         trusted_issuers=trust_file,
     )
     return create_app(settings, [BASE]).test_client()
@@ -220,13 +217,8 @@ def test_token_command_signs_a_token_the_service_accepts(tmp_path, capsys, monke
     capsys.readouterr()
     assert main(["token", "--issuer", "https://ehr.example.org", "--key", str(tmp_path / "k1.pem"), "--aud", URL]) == 0
     printed = capsys.readouterr().out.strip()
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
+    settings = app_settings(
+        tmp_path,
         trusted_issuers=tmp_path / "trusted-issuers.json",
     )
     assert post(create_app(settings, [BASE]).test_client(), printed).status_code == 200
@@ -260,13 +252,10 @@ def test_jwks_url_is_refetched_when_a_token_names_an_unknown_kid(tmp_path, keys)
 
 
 def test_cors_allows_configured_origins(tmp_path):
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
+    settings = app_settings(
+        tmp_path,
         max_body_bytes=10**6,
         cors_origins="https://sandbox.cds-hooks.org, https://ehr.example.org",
-        bench_bare_endpoint=False,
-        log_level="INFO",
         allow_unauthenticated=True,
     )
     client = create_app(settings).test_client()
@@ -295,16 +284,7 @@ def test_the_host_header_does_not_choose_the_audience(client, keys):
 
 
 def _app(tmp_path, trust_file, bound=(), **extra):
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
-        trusted_issuers=trust_file,
-        **extra,
-    )
+    settings = app_settings(tmp_path, trusted_issuers=trust_file, **extra)
     return create_app(settings, list(bound)).test_client()
 
 
@@ -366,13 +346,8 @@ def test_the_401_names_no_internal_address_without_a_public_base_url(tmp_path, t
 def test_no_known_base_url_refuses_to_start(tmp_path, trust_file, monkeypatch, capsys):
     from cds_service.cli.main import main
 
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
+    settings = app_settings(
+        tmp_path,
         trusted_issuers=trust_file,
     )
     with pytest.raises(RuntimeError, match="CDS_PUBLIC_BASE_URL"):

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import pytest
 import requests
+from apps import app_settings
 from evidence_pages import evaluate_with_evidence, evidence_page_of
 from stub_servers import QuietHTTPServer
 from timing import late_by
@@ -168,15 +169,9 @@ def test_412_says_why_the_fhir_server_was_not_read(client, server, why):
 
 def test_http_hook_with_allowed_server(fhir_server, tmp_path):
     from cds_service.web.app import create_app
-    from cds_service.web.config import Settings
 
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
+    settings = app_settings(
+        tmp_path,
         allow_unauthenticated=True,
         fhir=FhirSettings(allowed_servers=frozenset({fhir_server.base_url})),
     )

@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from apps import app_settings
 from evidence_pages import evaluate_with_evidence
 from stub_servers import QuietHTTPServer
 from timing import late_by
@@ -564,16 +565,10 @@ def test_the_time_budget_holds_across_pages_and_retries(hostile, mappings):
 )
 def test_an_access_token_that_cannot_be_a_header_is_400_and_never_sent(hostile, tmp_path, token):
     from cds_service.web.app import create_app
-    from cds_service.web.config import Settings
 
     server = hostile(fhir_answer)
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
+    settings = app_settings(
+        tmp_path,
         allow_unauthenticated=True,
         fhir=FhirSettings(allowed_servers=frozenset({server.url})),
     )

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from apps import app_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -224,15 +225,9 @@ def test_logs_carry_no_token_and_no_patient_name(tmp_path, caplog, captured_sand
     import logging
 
     from cds_service.web.app import create_app
-    from cds_service.web.config import Settings
 
-    settings_ = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
-        max_body_bytes=10**7,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
+    settings_ = app_settings(
+        tmp_path,
         allow_unauthenticated=True,
     )
     client = create_app(settings_).test_client()

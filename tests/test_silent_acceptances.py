@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from apps import app_settings
 
 from cds_service.cli import fixtures
 from cds_service.hooks.request import HookRequestError, check_request
@@ -61,17 +62,12 @@ def test_discovery_with_a_trailing_slash_stays_open_with_authentication_on(tmp_p
     import json
 
     from cds_service.web.app import create_app
-    from cds_service.web.config import Settings
 
     trust = tmp_path / "trusted-issuers.json"
     trust.write_text(json.dumps({"https://ehr.example.org": {"jwks": {"keys": []}}}))
-    settings = Settings(
-        feedback_db=tmp_path / "f.sqlite3",
-        mappings_dir=None,
+    settings = app_settings(
+        tmp_path,
         max_body_bytes=10**6,
-        cors_origins="*",
-        bench_bare_endpoint=False,
-        log_level="INFO",
         trusted_issuers=trust,
     )
     client = create_app(settings, ["http://127.0.0.1:8765"]).test_client()
