@@ -46,7 +46,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
-from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli.processes import free_port, serve_command, stop_process, wait_for_http  # noqa: E402
 
 BASE_PATIENT = "lbp-radic-failed-pt"
 FILLER_KEYS = ("observations", "conditions", "procedures", "medications")
@@ -336,20 +336,7 @@ def clean_environment() -> dict:
 def service_server(name: str, args, tmp: Path, settings: dict) -> Server:
     port = free_port()
     env = dict(clean_environment(), CDS_FEEDBACK_DB=str(tmp / f"{name}.sqlite3"), **settings)
-    command = [
-        sys.executable,
-        "-m",
-        "cds_service",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.server_threads),
-    ]
+    command = serve_command(port, args.workers, args.server_threads)
     return Server(name, command, env, ROOT, tmp, port)
 
 

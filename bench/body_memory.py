@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
-from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli.processes import free_port, serve_command, stop_process, wait_for_http  # noqa: E402
 
 
 def padded_body(megabytes: float) -> bytes:
@@ -79,20 +79,7 @@ def main() -> int:
             CDS_MAX_BODY_BYTES=str(len(raw) + 1),
         )
         service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cds_service",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--threads",
-                "1",
-            ],
+            serve_command(port, 1, 1),
             env=env,
             cwd=ROOT,
             stderr=subprocess.DEVNULL,

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
 from cds_service.cli.local_fhir import LocalFhirServer, seed_bundle  # noqa: E402
-from cds_service.cli.processes import free_port, wait_for_http  # noqa: E402
+from cds_service.cli.processes import free_port, serve_command, wait_for_http  # noqa: E402
 
 BUDGET_SECONDS = 1.0
 ANSWER_LIMIT_SECONDS = BUDGET_SECONDS + 2.0  # budget plus the service's own work and queueing
@@ -215,20 +215,7 @@ def main() -> int:
         CDS_FHIR_BUDGET_SECONDS=str(BUDGET_SECONDS),
     )
     service = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds_service",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--threads",
-            "8",
-        ],
+        serve_command(port, 2, 8),
         env=env,
         cwd=ROOT,
         stderr=subprocess.DEVNULL,

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds_service.cli import fixtures  # noqa: E402
-from cds_service.cli.processes import free_port, stop_process, wait_for_http  # noqa: E402
+from cds_service.cli.processes import free_port, serve_command, stop_process, wait_for_http  # noqa: E402
 from cds_service.web.auth import generate_key_pair, sign_token  # noqa: E402
 
 DEPLOY = ROOT / "deploy" / "nginx"
@@ -260,20 +260,7 @@ def start_service(
     env.update({"CDS_TRUSTED_ISSUERS": str(trust)} if auth else {"CDS_ALLOW_UNAUTHENTICATED": "1"})
     env.update(extra_env or {})
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds_service",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-        ],
+        serve_command(port, workers, threads),
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -55,7 +54,7 @@ def captured_sandbox():
 @contextlib.contextmanager
 def running_service(env: dict, workers: int = 2, threads: int = 8):
     """`cds-service serve` on a free loopback port with `env` added; yields {"base", "port", "process"}."""
-    from cds_service.cli.processes import free_port, wait_for_http
+    from cds_service.cli.processes import free_port, serve_command, wait_for_http
 
     port = free_port()
     environment = {
@@ -65,20 +64,7 @@ def running_service(env: dict, workers: int = 2, threads: int = 8):
     }
     environment.update(CDS_LOG_LEVEL="WARNING", **env)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds_service",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-        ],
+        serve_command(port, workers, threads),
         env=environment,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

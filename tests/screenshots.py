@@ -85,7 +85,7 @@ def main(out: Path) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cds_service.cli.demo_history import fill_demo_history
-    from cds_service.cli.processes import free_port, wait_for_http
+    from cds_service.cli.processes import free_port, serve_command, wait_for_http
     from cds_service.clinical.mappings import get_mappings
     from cds_service.utilization.store import Store
 
@@ -101,9 +101,7 @@ def main(out: Path) -> int:
             CDS_ALLOW_UNAUTHENTICATED="1", CDS_FEEDBACK_DB=str(db), CDS_DASHBOARD_TOKEN="pw", CDS_LOG_LEVEL="WARNING"
         )
         root = Path(__file__).resolve().parent.parent
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cds_service", "serve", "--port", str(port), "--workers", "1"], cwd=root, env=env
-        )
+        server = subprocess.Popen(serve_command(port, workers=1), cwd=root, env=env)
         try:
             base = f"http://127.0.0.1:{port}"
             if not wait_for_http(base + "/healthz", server, seconds=60):

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from cds_service.cli import fixtures
 from cds_service.cli.main import main
-from cds_service.cli.processes import free_port, wait_for_http
+from cds_service.cli.processes import free_port, serve_command, wait_for_http
 from cds_service.utilization.store import evaluations
 from cds_service.web.auth import generate_key_pair, sign_token
 
@@ -37,18 +37,7 @@ class Serve:
         full.update(CDS_LOG_LEVEL="WARNING", **env)
         self.log = (tmp_path / f"serve-{self.port}.log").open("w")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cds_service",
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-            ],
+            serve_command(self.port, 2, 4),
             cwd=ROOT,
             env=full,
             stdout=self.log,

@@ -93,7 +93,7 @@ def render_card(card: dict) -> str:
 
 def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path, dashboard_token: str) -> subprocess.Popen:
     from ..web.auth import generate_key_pair
-    from .processes import die_with_parent
+    from .processes import die_with_parent, serve_command
 
     pem, jwk = generate_key_pair(KID)
     key_path = key_dir / f"{KID}.pem"
@@ -107,7 +107,7 @@ def _start_service(port: int, fhir_base: str, key_dir: Path, log_path: Path, das
     env["CDS_FHIR_ALLOWED_SERVERS"] = ",".join(filter(None, [env.get("CDS_FHIR_ALLOWED_SERVERS"), fhir_base]))
     with log_path.open("w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            serve_command(port),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,10 +1,12 @@
-"""Small helpers for starting local servers: a free loopback port, and waiting until one answers."""
+"""Small helpers for starting local servers: a free loopback port, the service's command line, and
+waiting until one answers."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 
 import requests
@@ -14,6 +16,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def serve_command(port: int, workers: int | None = None, threads: int | None = None) -> list[str]:
+    """`cds-service serve` on 127.0.0.1:`port`, as this interpreter runs it (the demo, the benchmarks
+    and the tests start the service with it); workers and threads left to serve's defaults when None."""
+    command = [sys.executable, "-m", "cds_service", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    return command
 
 
 def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: float = 30) -> bool:
