@@ -174,7 +174,11 @@ def dashboard_blueprint(settings, store: Store, error: Callable[..., Response]) 
         return Window(since, until), filters
 
     def prepared():
-        """(window, filters, options, table) for this request, or an error answer."""
+        """(window, filters, options, table) for this request, or the answer that refuses it (the
+        credential first, then the window and the data)."""
+        refused = refusal()
+        if refused is not None:
+            return refused
         try:
             window, filters = chosen()
         except ValueError as problem:
@@ -197,9 +201,6 @@ def dashboard_blueprint(settings, store: Store, error: Callable[..., Response]) 
 
     @blueprint.get("/dashboard")
     def dashboard():
-        refused = refusal()
-        if refused is not None:
-            return refused
         ready = prepared()
         if isinstance(ready, Response):
             return ready
@@ -222,9 +223,6 @@ def dashboard_blueprint(settings, store: Store, error: Callable[..., Response]) 
 
     @blueprint.get("/dashboard/orders.csv")
     def orders_csv():
-        refused = refusal()
-        if refused is not None:
-            return refused
         ready = prepared()
         if isinstance(ready, Response):
             return ready
@@ -240,9 +238,6 @@ def dashboard_blueprint(settings, store: Store, error: Callable[..., Response]) 
 
     @blueprint.get("/dashboard/report.csv")
     def report_csv():
-        refused = refusal()
-        if refused is not None:
-            return refused
         ready = prepared()
         if isinstance(ready, Response):
             return ready
